@@ -1,0 +1,119 @@
+"""Every daemon setting in one model: its default, its environment variable, its CLI flag.
+
+A setting ``max_sessions`` is read, in rising precedence, from its default, from
+``JIDOCODER_MAX_SESSIONS`` and from ``jidocoder daemon start --max-sessions``. The README's
+settings table is generated from this model (``python -m jidocoder.config``), so it cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidArgumentError
+
+ENV_PREFIX = "JIDOCODER_"
+MiB = 1024 * 1024
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> str:
+    """$JIDOCODER_SOCKET, else $XDG_RUNTIME_DIR/jidocoder/daemon.sock, else /tmp/jidocoder-<uid>/."""
+    env = os.environ if env is None else env
+    if env.get("JIDOCODER_SOCKET"):
+        return env["JIDOCODER_SOCKET"]
+    if env.get("XDG_RUNTIME_DIR"):
+        return str(Path(env["XDG_RUNTIME_DIR"]) / "jidocoder" / "daemon.sock")
+    return f"/tmp/jidocoder-{os.getuid()}/daemon.sock"
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> str:
+    """$JIDOCODER_STATE_DIR, else $XDG_STATE_HOME/jidocoder, else ~/.local/state/jidocoder."""
+    env = os.environ if env is None else env
+    if env.get("JIDOCODER_STATE_DIR"):
+        return env["JIDOCODER_STATE_DIR"]
+    if env.get("XDG_STATE_HOME"):
+        return str(Path(env["XDG_STATE_HOME"]) / "jidocoder")
+    return str(Path.home() / ".local" / "state" / "jidocoder")
+
+
+class Settings(BaseModel):
+    """The daemon's settings. Field descriptions become the CLI help and the README table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    socket: str = Field("", description="Unix socket the daemon listens on (default: see README).")
+    state_dir: str = Field("", description="Directory for the store and daemon.log (default: see README).")
+    max_sessions: int = Field(1024, ge=1, le=1_000_000,
+                              description="Capacity of the session table; one more is limit_exceeded.")
+    max_restarts: int = Field(10, ge=0, description="Restarts of one session allowed within max_seconds.")
+    max_seconds: float = Field(60.0, gt=0, description="Window (s) in which max_restarts is counted.")
+    max_request_bytes: int = Field(16 * MiB, ge=1024, le=1024 * MiB,
+                                   description="Largest request a client may send, in bytes.")
+    hang_timeout: float = Field(10.0, gt=0,
+                                description="A session whose loop has not turned for this long (s) is killed as hung.")
+    durability: Literal["normal", "full"] = Field(
+        "normal", description="normal: a call survives any process crash; full: also a power loss (fsync per call).")
+    memory_limit_mb: int = Field(2048, ge=16,
+                                 description="Resident memory (MiB) past which a session process is killed and restarted.")
+    cache_max_bytes: int = Field(64 * MiB, ge=0,
+                                 description="Bytes of file content one session may cache; least recently used goes first.")
+    client_buffer_bytes: int = Field(8 * MiB, ge=64 * 1024,
+                                     description="Unsent bytes a client may fall behind before it is disconnected.")
+    terminate_grace: float = Field(2.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a session ends.")
+    log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
+    log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least level logged.")
+
+    @property
+    def socket_path(self) -> str:
+        return self.socket or default_socket_path()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir or default_state_dir())
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None,
+             env: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults, then JIDOCODER_<NAME> variables, then ``overrides`` (CLI flags; None skipped)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw not in (None, ""):
+                values[name] = raw
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            settings = cls.model_validate(values, strict=False)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else None
+            raise InvalidArgumentError(f"bad setting {field}: {first['msg']}", code="invalid_setting",
+                                       field=field) from None
+        return settings.model_copy(update={"socket": settings.socket_path,
+                                           "state_dir": str(settings.state_path)})
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as JIDOCODER_<NAME> variables (how a background daemon inherits them)."""
+        return {ENV_PREFIX + name.upper(): str(getattr(self, name)) for name in type(self).model_fields}
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the model."""
+    rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default if info.default != "" else "see above"
+        rows.append(f"| `{name}` | `{flag_name(name)}` | `{ENV_PREFIX}{name.upper()}` | "
+                    f"`{default}` | {info.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,1 @@
+"""The daemon: processes and plumbing around the foundations."""

@@ -1,0 +1,127 @@
+"""Client requests, dispatched by name to ``handle_<op>``; session operations go to the session.
+
+A handler either answers at once (returns a result) or keeps the ``Pending`` and answers later
+(returns ``DEFERRED``). Anything it raises becomes an error reply: a client's input never takes
+the daemon down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..errors import InvalidArgumentError, JidocoderError
+from .clients import ClientConnection
+from .events import GLOBAL_TOPIC, session_topic
+from .link import Pending
+from .worker import DEBUG_HANDLERS, SESSION_OPS
+
+if TYPE_CHECKING:
+    from .server import Daemon
+
+log = logging.getLogger("jidocoder.daemon")
+
+DEFERRED = object()
+
+
+class Api:
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.supervisor = daemon.supervisor
+        self.bus = daemon.bus
+        self.session_ops = SESSION_OPS | (frozenset(DEBUG_HANDLERS) if self.supervisor.debug_ops else frozenset())
+
+    def dispatch(self, conn: ClientConnection, frame: Any) -> None:
+        request_id = frame.get("id") if isinstance(frame, dict) else None
+        pending = Pending(lambda message: conn.send({"id": request_id, **message}),
+                          frame.get("op", "") if isinstance(frame, dict) else "")
+        try:
+            op, args = parse_request(frame)
+            result = self.call(conn, op, args, pending)
+        except JidocoderError as exc:
+            pending.reply({"error": exc.to_wire()})
+            return
+        except Exception as exc:  # a bug of ours: the daemon answers and carries on
+            log.exception("request %r failed", pending.op)
+            pending.reply({"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}})
+            return
+        if result is not DEFERRED:
+            pending.reply({"result": result})
+
+    def call(self, conn: ClientConnection, op: str, args: dict[str, Any], pending: Pending) -> Any:
+        handler = getattr(self, f"handle_{op}", None)
+        if handler is not None:
+            try:
+                return handler(conn, pending, **args)
+            except TypeError as exc:
+                if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                    raise InvalidArgumentError(f"bad arguments for {op}: {exc}", code="invalid_argument") from None
+                raise
+        if op in self.session_ops:
+            record = self.supervisor.find(args.get("session_id"))
+            self.supervisor.route(record, op, args, pending)
+            return DEFERRED
+        raise InvalidArgumentError(f"unknown operation {op!r}", code="unknown_op", field="op")
+
+    # -- the daemon's own operations ---------------------------------------------------------------
+    def handle_hello(self, conn, pending, **_: Any) -> dict:
+        return {"pid": os.getpid(), "version": __version__,
+                "max_request_bytes": self.daemon.settings.max_request_bytes}
+
+    def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None):
+        self.supervisor.create_session(metadata, llm_config, config, pending)
+        return DEFERRED
+
+    def handle_terminate_session(self, conn, pending, session_id=None):
+        self.supervisor.terminate_session(self.supervisor.find(session_id), pending)
+        return DEFERRED
+
+    def handle_list_sessions(self, conn, pending) -> list:
+        return [self.supervisor.info(r).model_dump() for r in self.supervisor.live_records()]
+
+    def handle_get_session_info(self, conn, pending, session_id=None) -> dict:
+        return self.supervisor.info(self.supervisor.find(session_id, any_live=True)).model_dump()
+
+    def handle_get_session_pid(self, conn, pending, session_id=None):
+        self.supervisor.route(self.supervisor.find(session_id), "get_session_pid", {}, pending)
+        return DEFERRED
+
+    def handle_subscribe_to_session(self, conn, pending, session_id=None) -> None:
+        self.supervisor.find(session_id)
+        conn.topics.add(session_topic(session_id))
+        self.bus.subscribe(session_topic(session_id), conn)
+
+    def handle_unsubscribe_from_session(self, conn, pending, session_id=None) -> None:
+        if not isinstance(session_id, str):
+            raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
+                                       field="session_id")
+        self.bus.unsubscribe(session_topic(session_id), conn)
+
+    def handle_subscribe_to_all_sessions(self, conn, pending) -> None:
+        self.bus.subscribe(GLOBAL_TOPIC, conn)
+
+    def handle_unsubscribe_from_all_sessions(self, conn, pending) -> None:
+        self.bus.unsubscribe(GLOBAL_TOPIC, conn)
+
+    def handle_daemon_status(self, conn, pending) -> dict:
+        settings = self.daemon.settings
+        return {"pid": os.getpid(), "socket": settings.socket, "state_dir": settings.state_dir,
+                "uptime_s": round(time.monotonic() - self.daemon.started_at, 3),
+                "sessions": len(self.supervisor.live_records())}
+
+    def handle_shutdown(self, conn, pending) -> None:
+        self.daemon.loop.call_later(0, self.daemon.begin_shutdown)
+
+
+def parse_request(frame: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
+        raise InvalidArgumentError("a request is {id, op, args} with op a string", code="invalid_request")
+    args = frame.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise InvalidArgumentError("'args' must be a mapping of names", code="invalid_request", field="args")
+    return frame["op"], args

@@ -1,0 +1,120 @@
+"""One client connection as the daemon's loop sees it: a decoder in, a bounded buffer out.
+
+The loop never blocks on a client. What a client has not read yet waits in its out-buffer; a
+client that falls ``client_buffer_bytes`` behind (a subscriber that stopped reading while events
+flow) is disconnected with a logged reason, so it costs a bounded amount of memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from typing import Any, Callable
+
+from .. import wire
+from ..errors import JidocoderError
+
+log = logging.getLogger("jidocoder.daemon")
+
+READ_CHUNK = 64 * 1024
+
+
+class ClientConnection:
+    def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
+                 on_writable_change: Callable[["ClientConnection", bool], None]) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.peer_pid = peer_pid
+        self.decoder = wire.FrameDecoder(max_request + wire.HEADER_SIZE + 1024)
+        self.max_frame = max_request + 1024 * 1024  # replies may be a little larger than requests
+        self.max_buffer = max_buffer
+        self.topics: set[str] = set()
+        self.closed = False
+        self.close_reason = ""
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
+        self._on_writable_change = on_writable_change
+
+    def __repr__(self) -> str:
+        return f"<client fd={self.sock.fileno()} pid={self.peer_pid}>"
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # -- in ----------------------------------------------------------------------------------
+    def read_requests(self) -> list[Any]:
+        """Frames that arrived; [] and ``closed`` set when the peer hung up or broke framing."""
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            self.close(f"read failed: {exc}")
+            return []
+        if not data:
+            self.close("disconnected")
+            return []
+        try:
+            return self.decoder.feed(data)
+        except JidocoderError as exc:
+            self.send({"id": None, "error": exc.to_wire()})
+            self.flush()
+            self.close(f"bad frame: {exc}")
+            return []
+
+    # -- out ---------------------------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            frame = wire.pack_frame(message, self.max_frame)
+        except JidocoderError as exc:  # a reply too large for the link, or unencodable
+            frame = wire.pack_frame({"id": message.get("id"), "error": exc.to_wire()}, self.max_frame)
+        self._queue(frame)
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self.send({"event": event})
+
+    def _queue(self, frame: bytes) -> None:
+        was_empty = not self._out
+        self._out.append(memoryview(frame))
+        self._out_bytes += len(frame)
+        if self._out_bytes > self.max_buffer:
+            self.close(f"fell {self._out_bytes} bytes behind (client_buffer_bytes="
+                       f"{self.max_buffer}): not reading its events")
+            return
+        if was_empty:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._out and not self.closed:
+            head = self._out[0]
+            try:
+                sent = self.sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.close(f"write failed: {exc}")
+                return
+            self._out_bytes -= sent
+            if sent == len(head):
+                self._out.popleft()
+            else:
+                self._out[0] = head[sent:]
+        if not self.closed:
+            self._on_writable_change(self, bool(self._out))
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._out_bytes
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._out.clear()
+        self._out_bytes = 0
+        if reason != "disconnected":
+            log.warning("client %s disconnected: %s", self.peer_pid, reason)

@@ -1,0 +1,113 @@
+"""The daemon's end of one session process: its socket, what is in flight, and forking it.
+
+One socketpair per session process, nothing shared with any other. The daemon writes requests
+without blocking (a busy session's unread requests wait in a buffer here); the session answers
+each in order with its events attached. EOF on the socket means the process is going; the exit
+status comes from reaping it (``SIGCHLD``), which the supervisor does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .. import wire
+from ..errors import JidocoderError
+from .table import SessionTable
+from .worker import SessionSpec, run_session
+
+READ_CHUNK = 64 * 1024
+
+
+@dataclass
+class Pending:
+    """A client call waiting for its reply: who asked, under which id."""
+
+    reply: Callable[[dict[str, Any]], None]  # takes {"result": ...} or {"error": {...}}
+    op: str
+
+
+def fork_session(spec: SessionSpec, table: SessionTable) -> tuple[int, socket.socket]:
+    """Fork the session process; returns its pid and the daemon's end of its socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, so no object here is ever collected (their fds
+        run_session(spec, theirs, table)  # are closed under them by close_inherited_fds)
+    theirs.close()
+    ours.setblocking(False)
+    return pid, ours
+
+
+class SessionLink:
+    def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
+                 on_writable_change: Callable[["SessionLink", bool], None]) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.incarnation = incarnation
+        self.ready = False
+        self.eof = False
+        self.exit_status: int | None = None
+        self.kill_reason: str | None = None  # set when the daemon kills it (hung, memory limit)
+        self.stopping = False  # the daemon asked it to stop: its exit is no crash
+        self.decoder = wire.FrameDecoder(max_frame)
+        self.max_frame = max_frame
+        self.in_flight: dict[int, Pending] = {}
+        self._ids = itertools.count(1)
+        self._out: deque[memoryview] = deque()
+        self._on_writable_change = on_writable_change
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def request(self, op: str, args: dict[str, Any], pending: Pending) -> None:
+        link_id = next(self._ids)
+        frame = wire.pack_frame({"id": link_id, "op": op, "args": args}, self.max_frame)
+        self.in_flight[link_id] = pending
+        self._out.append(memoryview(frame))
+        if len(self._out) == 1:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._out:
+            head = self._out[0]
+            try:
+                sent = self.sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # the process is going; EOF and the reaper will say so
+                self._out.clear()
+                break
+            if sent == len(head):
+                self._out.popleft()
+            else:
+                self._out[0] = head[sent:]
+        self._on_writable_change(self, bool(self._out))
+
+    def read_frames(self) -> list[Any]:
+        """Frames from the process; sets ``eof`` when it closed its end (or broke framing)."""
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return []
+        try:
+            return self.decoder.feed(data)
+        except JidocoderError:
+            self.eof = True  # a session that breaks framing is treated as gone
+            return []
+
+    def take_in_flight(self) -> list[Pending]:
+        pending = list(self.in_flight.values())
+        self.in_flight.clear()
+        return pending
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,98 @@
+"""The daemon's one loop: the only place it waits.
+
+A ``selectors`` selector (epoll: no FD_SETSIZE limit, unlike ``select()``) over the listening
+socket, client connections, session sockets and the signal wakeup socket, plus a heap of timers.
+Callbacks never block; anything slow is split into steps that come back here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import time
+from typing import Any, Callable
+
+log = logging.getLogger("jidocoder.daemon")
+
+
+class Timer:
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self.running = False
+
+    # -- descriptors ------------------------------------------------------------------------
+    def watch(self, fileobj: Any, on_read: Callable[[], None],
+              on_write: Callable[[], None] | None = None) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, (on_read, on_write))
+
+    def want_write(self, fileobj: Any, wanted: bool) -> None:
+        key = self.selector.get_key(fileobj)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+        if key.events != events:
+            self.selector.modify(fileobj, events, key.data)
+
+    def unwatch(self, fileobj: Any) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    # -- time -------------------------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.when, next(self._order), timer))
+        return timer
+
+    def every(self, interval: float, callback: Callable[[], None]) -> None:
+        def tick() -> None:
+            self.call_later(interval, tick)
+            callback()
+        self.call_later(interval, tick)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            for key, mask in self.selector.select(self._timeout()):
+                on_read, on_write = key.data
+                if mask & selectors.EVENT_WRITE and on_write is not None:
+                    on_write()
+                if mask & selectors.EVENT_READ:
+                    on_read()
+            self._run_due_timers()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _timeout(self) -> float | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def close(self) -> None:
+        self.selector.close()

@@ -1,0 +1,225 @@
+"""The daemon process: claim, restore, serve, stop.
+
+``run_daemon`` reads as its lifecycle: claim the state dir and the socket, open the store,
+bring back persisted sessions, serve until asked to stop, stop every session, release.
+Signal handlers do nothing but exist: ``set_wakeup_fd`` turns each signal into a byte on a
+socket the loop watches, so SIGTERM becomes the same shutdown a client asks for, and SIGCHLD
+becomes a call to the reaper, both inside the loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..config import Settings
+from . import store
+from .api import Api
+from .clients import ClientConnection
+from .events import EventBus
+from .logs import setup_daemon_logging
+from .loop import Loop
+from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
+                      prepare_state_dir, raise_fd_limit)
+from .supervisor import Supervisor
+
+log = logging.getLogger("jidocoder.daemon")
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
+PEERCRED = struct.Struct("3i")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.monotonic()
+        self.loop = Loop()
+        self.bus = EventBus()
+        self.clients: set[ClientConnection] = set()
+        self.listener: socket.socket | None = None
+        self.stopping = False
+        self.registry: store.Registry | None = None
+        self.supervisor: Supervisor | None = None
+        self.api: Api | None = None
+        self._lock_fds: list[int] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Everything that can refuse to start, before anything is served."""
+        settings = self.settings
+        state_dir = Path(settings.state_dir)
+        check_socket_path(settings.socket)
+        prepare_state_dir(state_dir)
+        self._lock_fds.append(lock_socket(settings.socket))
+        self._lock_fds.append(lock_state_dir(state_dir, settings.socket))
+        setup_daemon_logging(state_dir, settings.log_level, settings.log_max_bytes, settings.log_backups)
+        raise_fd_limit(settings.max_sessions * 2 + 4096)
+        self.registry = open_registry(state_dir, settings.durability)
+        self.listener = bind_socket(settings.socket)
+
+    def serve(self, on_ready: Callable[[], None]) -> None:
+        self.supervisor = Supervisor(self.settings, self.loop, self.bus, self.registry)
+        self.api = Api(self)
+        self._install_signals()
+        self.loop.watch(self.listener, self._accept)
+        restored = self.supervisor.restore_sessions()
+        log.info("daemon pid %d serving on %s (state dir %s), %d sessions restored",
+                 os.getpid(), self.settings.socket, self.settings.state_dir, restored)
+        self.loop.every(min(0.5, self.settings.hang_timeout / 4), self.supervisor.check_sessions)
+        gc.freeze()  # what exists now is shared with every session forked from here on
+        on_ready()
+        self.loop.run()
+
+    def begin_shutdown(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: %d sessions", len(self.supervisor.records))
+        self._close_listener()
+        self.supervisor.stop_all(self.loop.stop)
+
+    def release(self) -> None:
+        """After the loop: say goodbye to clients, close the store, let go of the locks."""
+        self._close_listener()
+        for conn in list(self.clients):
+            self._drop_client(conn, flush=True)
+        if self.registry is not None:
+            self.registry.close()
+        if self.supervisor is not None:
+            self.supervisor.table.close()
+        for fd in self._lock_fds:
+            os.close(fd)
+        self.loop.close()
+        log.info("daemon stopped")
+
+    # -- clients ------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: refuse this one, keep serving
+                log.error("accept failed: %s", exc)
+                return
+            pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             PEERCRED.size))
+            if uid != os.getuid():
+                log.warning("refused a connection from uid %d (pid %d): not the daemon's user", uid, pid)
+                sock.close()
+                continue
+            self._add_client(sock, pid)
+
+    def _add_client(self, sock: socket.socket, pid: int) -> None:
+        conn = ClientConnection(sock, pid, max_request=self.settings.max_request_bytes,
+                                max_buffer=self.settings.client_buffer_bytes,
+                                on_writable_change=self._client_wants_write)
+        self.clients.add(conn)
+        self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))
+
+    def _on_client_readable(self, conn: ClientConnection) -> None:
+        if conn.closed:
+            return
+        for frame in conn.read_requests():
+            self.api.dispatch(conn, frame)
+        if conn.closed:
+            self._drop_client(conn)
+
+    def _on_client_writable(self, conn: ClientConnection) -> None:
+        if not conn.closed:
+            conn.flush()
+        if conn.closed:
+            self._drop_client(conn)
+
+    def _client_wants_write(self, conn: ClientConnection, wanted: bool) -> None:
+        if conn in self.clients:
+            self.loop.want_write(conn, wanted)
+
+    def _drop_client(self, conn: ClientConnection, flush: bool = False) -> None:
+        if conn not in self.clients:
+            return
+        self.clients.discard(conn)
+        self.loop.unwatch(conn)
+        self.bus.drop(conn)
+        if flush and not conn.closed:
+            flush_before_close(conn)
+        conn.closed = True
+        conn.sock.close()
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, _noop_handler)  # handler must not log: the loop does the work
+        self.loop.watch(self._wake_r, self._on_signals)
+
+    def _on_signals(self) -> None:
+        try:
+            data = self._wake_r.recv(4096)
+        except BlockingIOError:
+            return
+        received = set(data)
+        if signal.SIGCHLD in received:
+            self.supervisor.reap_children()
+        if received & {signal.SIGTERM, signal.SIGINT}:
+            log.info("signal received: stopping")
+            self.begin_shutdown()
+
+    def _close_listener(self) -> None:
+        if self.listener is None:
+            return
+        self.loop.unwatch(self.listener)
+        self.listener.close()
+        self.listener = None
+        try:
+            os.unlink(self.settings.socket)
+        except FileNotFoundError:
+            pass
+
+
+def _noop_handler(signum, frame) -> None:
+    pass
+
+
+def flush_before_close(conn: ClientConnection, timeout: float = 1.0) -> None:
+    """Last replies (a shutdown's) get a moment to leave before the connection closes."""
+    conn.sock.settimeout(timeout)  # blocking, but never for long
+    try:
+        while conn.pending_bytes and not conn.closed:
+            conn.flush()
+    except OSError:
+        pass
+
+
+def open_registry(state_dir: Path, durability: str) -> store.Registry:
+    """The registry; a damaged one is moved aside (never deleted) and a new one started."""
+    try:
+        return store.Registry(state_dir, durability)
+    except store.DamagedStoreError as exc:
+        moved = store.quarantine(state_dir, state_dir / "registry.db", str(exc))
+        log.error("the session registry is damaged (%s): moved to %s; starting with none", exc, moved)
+        return store.Registry(state_dir, durability)
+
+
+def run_daemon(settings: Settings, on_ready: Callable[[], None]) -> int:
+    """Run until stopped; StartError propagates before anything is served."""
+    daemon = Daemon(settings)
+    try:
+        daemon.claim()
+        daemon.serve(on_ready)
+    except Exception:
+        log.exception("the daemon failed")
+        raise
+    finally:
+        daemon.release()
+    return 0

@@ -1,0 +1,484 @@
+"""The supervisor: every session's record, its process, and the one place its status changes.
+
+Lifecycle in verbs: ``create_session`` → ``spawn_session`` → (ready) → ``route`` calls →
+``terminate_session`` → ``finish_session``; on a crash ``handle_exit`` → ``restart_session`` or
+``give_up``. ``change_status`` is the only function that moves a session along the transition
+table: it checks the edge, writes the table slot, persists, and publishes ``session_status``.
+
+Forking is done by the daemon itself, not by a template process. The daemon is single-threaded
+(no thread exists to be caught holding a lock at fork), stays small (its registry is a few KB per
+session), and calls ``gc.freeze()`` in every child; a template would add a hop to every spawn and
+a second reaper to keep honest, for a saving that is only ~14 µs per MB of daemon RSS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Settings
+from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
+                      SessionCrashedError, SessionNotFoundError)
+from ..models import SessionInfo, SessionState
+from ..states import SessionStatus
+from . import exits, store
+from .events import EventBus, session_topic
+from .link import Pending, SessionLink, fork_session
+from .logs import write_session_record
+from .loop import Loop, Timer
+from .table import SessionTable
+from .worker import SessionSpec
+
+log = logging.getLogger("jidocoder.daemon")
+
+MAX_BACKOFF = 2.0  # so that max_restarts + 1 crashes always fit in the window
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class SessionRecord:
+    state: SessionState
+    slot: int
+    link: SessionLink | None = None
+    restarts: int = 0
+    restart_times: deque = field(default_factory=deque)
+    restart_timer: Timer | None = None
+    waiting: list[tuple[str, dict, Pending]] = field(default_factory=list)
+    create_waiter: Pending | None = None
+    terminate_waiters: list[Pending] = field(default_factory=list)
+    last_activity: float = field(default_factory=time.monotonic)
+    spawned_at: float = 0.0
+
+    @property
+    def session_id(self) -> str:
+        return self.state.session_id
+
+    @property
+    def persistent(self) -> bool:
+        return self.state.config.persistence_enabled
+
+    @property
+    def serving(self) -> bool:
+        return self.link is not None and self.link.ready and self.link.exit_status is None
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, loop: Loop, bus: EventBus,
+                 registry: "store.Registry") -> None:
+        self.settings = settings
+        self.loop = loop
+        self.bus = bus
+        self.registry = registry
+        self.state_dir = Path(settings.state_dir)
+        self.table = SessionTable(settings.max_sessions)
+        self.records: dict[str, SessionRecord] = {}
+        self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
+        self.on_all_stopped: Callable[[], None] | None = None
+        self.shutting_down = False
+        self.debug_ops = os.environ.get("JIDOCODER_DEBUG_OPS") == "1"
+
+    # -- creating and restoring ---------------------------------------------------------------
+    def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:
+        for name, value in (("metadata", metadata), ("llm_config", llm_config)):
+            if value is not None and not isinstance(value, dict):
+                raise InvalidArgumentError(f"{name} must be a dict or None", code="invalid_argument",
+                                           field=name)
+        if config is not None and not isinstance(config, dict):
+            raise InvalidArgumentError("config must be a dict or None", code="invalid_config", field="config")
+        session_id = f"session_{uuid.uuid4()}"
+        state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
+        record = self._admit(state)
+        record.create_waiter = pending
+        self._persist(record)
+        self.spawn_session(record)
+
+    def restore_sessions(self) -> int:
+        """Bring back every persisted session (finishing off half-done ones); returns how many."""
+        states, damaged = self.registry.load_all()
+        for session_id, reason in damaged:
+            log.error("session %s not restored: registry row damaged (%s); moved to damaged/",
+                      session_id, reason)
+        known = set()
+        for state in states:
+            known.add(state.session_id)
+            if state.status in (SessionStatus.ACTIVE, SessionStatus.IDLE):
+                if self._restore(state):
+                    continue
+            else:
+                log.info("session %s was %s when the daemon stopped: removed", state.session_id,
+                         state.status.value)
+            self._erase(state.session_id)
+        self._sweep_orphan_files(known)
+        return len(self.records)
+
+    def _restore(self, state: SessionState) -> bool:
+        try:
+            record = self._admit(state)
+        except LimitExceededError:
+            log.error("session %s not restored: the table is full (max_sessions=%d)",
+                      state.session_id, self.settings.max_sessions)
+            return True  # keep its data for a daemon with more room
+        self.spawn_session(record)
+        log.info("restored session %s (%s)", state.session_id, state.status.value)
+        return True
+
+    def _admit(self, state: SessionState) -> SessionRecord:
+        slot = self.table.allocate()
+        if slot is None:
+            raise LimitExceededError(f"the daemon holds its maximum of {self.settings.max_sessions} "
+                                     "sessions (setting max_sessions)", details={"limit": self.settings.max_sessions})
+        record = SessionRecord(state=state, slot=slot)
+        self.records[state.session_id] = record
+        self._write_slot(record)
+        return record
+
+    def _sweep_orphan_files(self, known: set[str]) -> None:
+        """A session db with no registry row was never acknowledged (or half-erased): remove it."""
+        for path in (self.state_dir / store.SESSIONS_DIR).glob("*.db"):
+            if path.stem not in known:
+                store.destroy_session_files(self.state_dir, path.stem)
+
+    # -- processes ----------------------------------------------------------------------------
+    def spawn_session(self, record: SessionRecord) -> None:
+        incarnation = (record.link.incarnation + 1) if record.link else 1
+        spec = SessionSpec(session_id=record.session_id, config=record.state.config, slot=record.slot,
+                           state_dir=self.state_dir, durability=self.settings.durability,
+                           cache_max_bytes=self.settings.cache_max_bytes,
+                           hang_timeout=self.settings.hang_timeout, max_frame=self.max_frame,
+                           daemon_pid=os.getpid(), log_level=logging.getLogger().level,
+                           debug_ops=self.debug_ops)
+        pid, sock = fork_session(spec, self.table)
+        link = SessionLink(pid, sock, incarnation, self.max_frame, self._want_write)
+        record.link = link
+        record.spawned_at = time.monotonic()
+        self.by_pid[pid] = (record, link)
+        self.loop.watch(link, lambda: self._on_readable(record, link), link.flush)
+        self._write_slot(record)
+
+    @property
+    def max_frame(self) -> int:
+        return self.settings.max_request_bytes + 1024 * 1024
+
+    def _want_write(self, link: SessionLink, wanted: bool) -> None:
+        if not link.eof and link.exit_status is None:
+            self.loop.want_write(link, wanted)
+
+    def _on_readable(self, record: SessionRecord, link: SessionLink) -> None:
+        for frame in link.read_frames():
+            self._on_frame(record, link, frame)
+        if link.eof:
+            self.loop.unwatch(link)
+
+    def _on_frame(self, record: SessionRecord, link: SessionLink, frame: Any) -> None:
+        if not isinstance(frame, dict):
+            return
+        if "log" in frame:
+            write_session_record(frame["log"], record.session_id, link.pid)
+        elif "ready" in frame:
+            self._on_ready(record, link)
+        elif "id" in frame:
+            pending = link.in_flight.pop(frame["id"], None)
+            self.bus.publish_all(record.session_id, frame.get("events") or ())
+            if pending is not None:
+                pending.reply({"error": frame["error"]} if "error" in frame else {"result": frame.get("result")})
+
+    def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
+        link.ready = True
+        self._write_slot(record)
+        if record.state.status is SessionStatus.INITIALIZING:
+            self.bus.publish("session_created", record.session_id,
+                             {"session_id": record.session_id, "metadata": record.state.metadata})
+            self.change_status(record, SessionStatus.ACTIVE)
+            waiter, record.create_waiter = record.create_waiter, None
+            if waiter is not None:
+                waiter.reply({"result": record.session_id})
+        elif link.incarnation > 1:
+            self.bus.publish("session_restarted", record.session_id,
+                             {"session_id": record.session_id, "pid": link.pid, "restarts": record.restarts})
+        waiting, record.waiting = record.waiting, []
+        for op, args, pending in waiting:
+            self.route(record, op, args, pending)
+
+    # -- calls --------------------------------------------------------------------------------
+    def find(self, session_id: Any, *, any_live: bool = False) -> SessionRecord:
+        """The record of a session that serves calls (``any_live``: also one being created or
+        terminated, for the questions ``list_sessions`` would answer about it too)."""
+        if not isinstance(session_id, str):
+            raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
+                                       field="session_id")
+        record = self.records.get(session_id)
+        hidden = (SessionStatus.TERMINATED,) if any_live else (
+            SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.INITIALIZING)
+        if record is None or record.state.status in hidden:
+            raise SessionNotFoundError(f"no session {session_id!r} (unknown or terminated)",
+                                       field="session_id")
+        return record
+
+    def route(self, record: SessionRecord, op: str, args: dict, pending: Pending) -> None:
+        """Send a call to the session's process, or hold it until a (re)started one serves."""
+        self.touch(record)
+        if not record.serving:
+            record.waiting.append((op, args, pending))
+            return
+        if op == "get_session_pid":
+            pending.reply({"result": record.link.pid})
+            return
+        record.link.request(op, args, pending)
+
+    def touch(self, record: SessionRecord) -> None:
+        record.last_activity = time.monotonic()
+        self.table.write_activity(record.slot, record.last_activity)
+        if record.state.status is SessionStatus.IDLE:
+            self.change_status(record, SessionStatus.ACTIVE)
+
+    def info(self, record: SessionRecord) -> SessionInfo:
+        slot = self.table.read(record.slot)
+        pid = record.link.pid if record.serving else None
+        return SessionInfo.from_state(record.state, pid=pid, restarts=record.restarts,
+                                      conversation_count=slot.message_count)
+
+    def live_records(self) -> list[SessionRecord]:
+        """Sessions not terminated, oldest first."""
+        listed = [r for r in self.records.values() if r.state.status is not SessionStatus.TERMINATED]
+        return sorted(listed, key=lambda r: r.state.created_at)
+
+    # -- status -------------------------------------------------------------------------------
+    def change_status(self, record: SessionRecord, to: SessionStatus, **changes: Any) -> None:
+        previous = record.state.status
+        if changes:
+            record.state = record.state.update(**changes)
+        record.state = record.state.transition(to)
+        self.table.write_status(record.slot, to.code)
+        self._persist(record)
+        self.bus.publish("session_status", record.session_id, {
+            "session_id": record.session_id, "status": to.value, "previous_status": previous.value,
+            "updated_at": record.state.updated_at})
+
+    def _persist(self, record: SessionRecord) -> None:
+        if not record.persistent:
+            return
+        if record.state.status is SessionStatus.TERMINATED:
+            self.registry.delete(record.session_id)
+        else:
+            self.registry.put(record.state)
+
+    def _write_slot(self, record: SessionRecord) -> None:
+        link = record.link
+        self.table.write_owner(record.slot, status_code=record.state.status.code,
+                               incarnation=link.incarnation if link else 0,
+                               pid=link.pid if link else 0, restarts=record.restarts,
+                               last_activity=record.last_activity)
+
+    # -- terminating --------------------------------------------------------------------------
+    def terminate_session(self, record: SessionRecord, pending: Pending) -> None:
+        self.change_status(record, SessionStatus.TERMINATING)
+        record.terminate_waiters.append(pending)
+        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
+        if record.restart_timer is not None:
+            record.restart_timer.cancel()
+        if record.link is not None and record.link.exit_status is None:
+            self.stop_process(record.link)
+        else:
+            self.finish_session(record, "terminated by request")
+
+    def stop_process(self, link: SessionLink) -> None:
+        """SIGTERM now, SIGKILL after the grace period; the reaper finishes the rest."""
+        link.stopping = True
+        self._signal(link, signal.SIGTERM)
+        self.loop.call_later(self.settings.terminate_grace, lambda: self._signal(link, signal.SIGKILL))
+
+    def finish_session(self, record: SessionRecord, reason: str) -> None:
+        """The process is gone: release its resources, then say so."""
+        if record.persistent:
+            store.destroy_session_files(self.state_dir, record.session_id)
+        self.change_status(record, SessionStatus.TERMINATED)
+        self.bus.publish("session_terminated", record.session_id,
+                         {"session_id": record.session_id, "reason": reason})
+        self.table.release(record.slot)
+        del self.records[record.session_id]
+        self.bus.forget_topic(session_topic(record.session_id))
+        for waiter in record.terminate_waiters:
+            waiter.reply({"result": None})
+        record.terminate_waiters.clear()
+
+    def _erase(self, session_id: str) -> None:
+        store.destroy_session_files(self.state_dir, session_id)
+        self.registry.delete(session_id)
+
+    def _drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
+        waiting, record.waiting = record.waiting, []
+        for _, _, pending in waiting:
+            pending.reply({"error": error.to_wire()})
+
+    # -- exits, crashes, restarts ------------------------------------------------------------
+    def reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.by_pid.pop(pid, None)
+            if entry is not None:
+                self.handle_exit(*entry, status)
+
+    def handle_exit(self, record: SessionRecord, link: SessionLink, status: int) -> None:
+        link.exit_status = status
+        self._drain(record, link)
+        self.loop.unwatch(link)
+        link.close()
+        crash = SessionCrashedError(f"session {record.session_id}'s process died serving this call "
+                                    f"({describe_exit(status)}); it may or may not have been applied")
+        for pending in link.take_in_flight():
+            pending.reply({"error": crash.to_wire()})
+        if self.shutting_down:
+            self._check_all_stopped()
+        elif record.state.status is SessionStatus.TERMINATING:
+            self.finish_session(record, "terminated by request")
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.EXIT_STORE_DAMAGED:
+            self.give_up_damaged(record)
+        else:
+            self.handle_crash(record, link.kill_reason or describe_exit(status))
+
+    def _drain(self, record: SessionRecord, link: SessionLink) -> None:
+        """The process is dead: everything it wrote is already in the socket; take it all."""
+        while not link.eof:
+            frames = link.read_frames()
+            if not frames and not link.eof:
+                return
+            for frame in frames:
+                self._on_frame(record, link, frame)
+
+    def handle_crash(self, record: SessionRecord, reason: str) -> None:
+        log.warning("session %s crashed: %s", record.session_id, reason)
+        if record.state.status is SessionStatus.INITIALIZING:
+            self._fail_creation(record, reason)
+            return
+        now = time.monotonic()
+        while record.restart_times and now - record.restart_times[0] > self.settings.max_seconds:
+            record.restart_times.popleft()
+        will_restart = len(record.restart_times) < self.settings.max_restarts
+        self.bus.publish("session_crashed", record.session_id, {
+            "session_id": record.session_id, "reason": reason, "restarts": record.restarts,
+            "will_restart": will_restart})
+        if not will_restart:
+            self.give_up(record, reason)
+            return
+        delay = 0.0 if not record.restart_times else min(MAX_BACKOFF, 0.05 * 2 ** len(record.restart_times))
+        record.restart_times.append(now)
+        record.restart_timer = self.loop.call_later(delay, lambda: self.restart_session(record))
+
+    def restart_session(self, record: SessionRecord) -> None:
+        record.restart_timer = None
+        if self.records.get(record.session_id) is not record or self.shutting_down:
+            return
+        record.restarts += 1
+        self.spawn_session(record)
+
+    def give_up(self, record: SessionRecord, reason: str) -> None:
+        log.error("session %s restarted too often (%d in %ss): terminated, last reason %s",
+                  record.session_id, self.settings.max_restarts, self.settings.max_seconds, reason)
+        self.change_status(record, SessionStatus.TERMINATING, error=reason)
+        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
+        self.finish_session(record, reason)
+
+    def give_up_damaged(self, record: SessionRecord) -> None:
+        path = store.session_db_path(self.state_dir, record.session_id)
+        moved = store.quarantine(self.state_dir, path, "the session's database cannot be read")
+        log.error("session %s not restored: its store is damaged; moved to %s", record.session_id, moved)
+        self.registry.delete(record.session_id)
+        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id}'s store is damaged"))
+        self.table.release(record.slot)
+        del self.records[record.session_id]
+
+    def _fail_creation(self, record: SessionRecord, reason: str) -> None:
+        waiter, record.create_waiter = record.create_waiter, None
+        if waiter is not None:
+            waiter.reply({"error": SessionCrashedError(f"the session's process failed to start: {reason}").to_wire()})
+        if record.persistent:
+            store.destroy_session_files(self.state_dir, record.session_id)
+        record.state = record.state.transition(SessionStatus.TERMINATED)
+        self._persist(record)
+        self.table.release(record.slot)
+        del self.records[record.session_id]
+
+    # -- watching: hangs, memory, idleness ------------------------------------------------------
+    def check_sessions(self) -> None:
+        now = time.monotonic()
+        for record in list(self.records.values()):
+            link = record.link
+            if link is not None and link.exit_status is None and not link.stopping and link.kill_reason is None:
+                self._check_hung(record, link, now)
+                self._check_memory(link)
+            self._check_idle(record, now)
+
+    def _check_hung(self, record: SessionRecord, link: SessionLink, now: float) -> None:
+        beat = max(self.table.read(record.slot).heartbeat, record.spawned_at)
+        if now - beat <= self.settings.hang_timeout:
+            return
+        log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
+                  record.session_id, link.pid, now - beat)
+        link.kill_reason = "hung"
+        self._signal(link, signal.SIGUSR1)  # faulthandler writes the stack to daemon.log
+        self._signal(link, signal.SIGTERM)
+        self.loop.call_later(0.5, lambda: self._signal(link, signal.SIGKILL))
+
+    def _check_memory(self, link: SessionLink) -> None:
+        try:
+            with open(f"/proc/{link.pid}/statm", "rb") as f:
+                rss = int(f.read().split()[1]) * PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return
+        if rss > self.settings.memory_limit_mb * 1024 * 1024:
+            log.error("session pid %d uses %d MiB, over memory_limit_mb=%d: killing it",
+                      link.pid, rss // (1024 * 1024), self.settings.memory_limit_mb)
+            link.kill_reason = "memory limit"
+            self._signal(link, signal.SIGKILL)
+
+    def _check_idle(self, record: SessionRecord, now: float) -> None:
+        if record.state.status is not SessionStatus.ACTIVE:
+            return
+        if now - record.last_activity > record.state.config.timeout_minutes * 60:
+            self.change_status(record, SessionStatus.IDLE)
+
+    def _signal(self, link: SessionLink, signum: int) -> None:
+        if link.exit_status is None:
+            try:
+                os.kill(link.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    # -- stopping the daemon ------------------------------------------------------------------
+    def stop_all(self, on_all_stopped: Callable[[], None]) -> None:
+        """Stop every session process, keep every persisted status; call back when all are reaped."""
+        self.shutting_down = True
+        self.on_all_stopped = on_all_stopped
+        for record in self.records.values():
+            if record.restart_timer is not None:
+                record.restart_timer.cancel()
+            self._drop_waiting(record, SessionCrashedError("the daemon is stopping"))
+            if record.link is not None and record.link.exit_status is None:
+                self.stop_process(record.link)
+        self._check_all_stopped()
+
+    def _check_all_stopped(self) -> None:
+        if self.on_all_stopped is not None and not self.by_pid:
+            callback, self.on_all_stopped = self.on_all_stopped, None
+            callback()

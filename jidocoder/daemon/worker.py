@@ -1,0 +1,376 @@
+"""The session process: one session's ContextManager loop, forked from the daemon.
+
+Fork hygiene, each point seen to break a naive version:
+- every inherited descriptor is closed but the session's own socket: another session's socket
+  or a client's connection held open here would hide that peer's EOF from the daemon;
+- default signal handlers come back and ``set_wakeup_fd(-1)``: an inherited wakeup fd made a
+  session's SIGTERM look like the daemon's own; SIGINT is ignored, since a terminal's ^C is for
+  the daemon, which then stops its sessions itself;
+- ``PR_SET_PDEATHSIG`` (then ``getppid()`` checked, the parent may already be gone) and EOF on
+  the socket both end the process when the daemon dies, so a restarted daemon never finds two
+  processes for one session;
+- the daemon's sqlite connection is never touched here; the session opens its own store;
+- ``gc.freeze()`` first, so this process's collector never writes to the pages it shares with
+  the daemon;
+- the process leaves only through ``os._exit`` with a code from ``exits``.
+
+The loop waits on its socket with a timeout and beats a heartbeat into its table slot at every
+turn; a request is handled to the end (state changed, store committed) before its reply goes out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+from .. import wire
+from ..context import SessionContext
+from ..errors import InvalidArgumentError, JidocoderError, LimitExceededError
+from ..filecache import FileCache
+from ..models import Message, SessionConfig
+from . import exits
+from .logs import LOG_NAME, install_session_logging
+from .table import SessionTable
+
+log = logging.getLogger("jidocoder.session")
+
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+READ_CHUNK = 64 * 1024  # CPython allocates the whole buffer per recv: keep it small
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything a session process needs to start, fixed at fork time."""
+
+    session_id: str
+    config: SessionConfig
+    slot: int
+    state_dir: Path
+    durability: str
+    cache_max_bytes: int
+    hang_timeout: float
+    max_frame: int
+    daemon_pid: int
+    log_level: int
+    debug_ops: bool
+
+
+def run_session(spec: SessionSpec, sock: socket.socket, table: SessionTable) -> NoReturn:
+    """Entry point in the child right after fork; never returns."""
+    code = exits.EXIT_BOOT_ERROR
+    try:
+        prepare_process(spec, sock)
+        code = SessionProcess(spec, sock, table).serve()
+    except BaseException as exc:  # noqa: BLE001 - the last word of a process that must exit
+        code = getattr(exc, "exit_code", code)
+        try:
+            log.exception("session process failed: %s", exc)
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+def prepare_process(spec: SessionSpec, sock: socket.socket) -> None:
+    gc.freeze()
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_parent_death_signal(spec.daemon_pid)
+    close_inherited_fds(keep=sock.fileno())
+    set_process_name(f"jido-{spec.session_id[8:16] or spec.session_id[:8]}")
+    install_session_logging(lambda frame: send_blocking(sock, frame, spec.max_frame), spec.log_level)
+    dump_stack_on_sigusr1(spec.state_dir)
+
+
+def set_parent_death_signal(daemon_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
+        os._exit(exits.EXIT_OK)
+
+
+def set_process_name(name: str) -> None:
+    libc = ctypes.CDLL(None)
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def close_inherited_fds(keep: int) -> None:
+    """Close every fd above stderr except ``keep`` (close_range(2) under the hood: cheap)."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+
+
+def dump_stack_on_sigusr1(state_dir: Path) -> None:
+    """The daemon sends SIGUSR1 before killing a hung session: the stack goes to daemon.log."""
+    fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    faulthandler.register(signal.SIGUSR1, file=fd, all_threads=True, chain=False)
+
+
+def send_blocking(sock: socket.socket, frame: dict[str, Any], max_frame: int) -> None:
+    sock.sendall(wire.pack_frame(frame, max_frame))
+
+
+class StopServing(Exception):
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+class SessionProcess:
+    """The ContextManager loop around one ``SessionContext``, its cache and its store."""
+
+    def __init__(self, spec: SessionSpec, sock: socket.socket, table: SessionTable) -> None:
+        self.spec = spec
+        self.sock = sock
+        self.table = table
+        self.cache = FileCache(spec.cache_max_bytes)
+        self.store = open_store(spec)
+        self.context = load_context(spec, self.store)
+        self.requests = 0
+        self.beat_interval = min(1.0, spec.hang_timeout / 4)
+
+    def serve(self) -> int:
+        self.table.beat(self.spec.slot)
+        self.publish_counters()
+        self.send({"ready": {"message_count": self.context.message_count}})
+        decoder = wire.FrameDecoder(self.spec.max_frame)
+        selector = selectors.DefaultSelector()
+        selector.register(self.sock, selectors.EVENT_READ)
+        while True:
+            self.table.beat(self.spec.slot)
+            if not selector.select(self.beat_interval):
+                continue
+            data = self.sock.recv(READ_CHUNK)
+            if not data:
+                return exits.EXIT_OK  # the daemon is gone: nothing left to serve
+            try:
+                frames = decoder.feed(data)
+            except JidocoderError:
+                return exits.EXIT_PROTOCOL
+            for frame in frames:
+                self.table.beat(self.spec.slot)
+                self.send(self.handle(frame))
+
+    def handle(self, frame: Any) -> dict[str, Any]:
+        request_id = frame.get("id") if isinstance(frame, dict) else None
+        try:
+            op, args = parse_request(frame)
+            handler = HANDLERS.get(op) or (DEBUG_HANDLERS.get(op) if self.spec.debug_ops else None)
+            if handler is None:
+                raise InvalidArgumentError(f"unknown operation {op!r}", code="unknown_op", field="op")
+            result, events = call_handler(handler, self, args)
+        except JidocoderError as exc:
+            return {"id": request_id, "error": exc.to_wire()}
+        except StopServing:
+            raise
+        except Exception as exc:  # a bug in a handler: answer, log, keep serving
+            log.exception("request %s failed", frame.get("op") if isinstance(frame, dict) else "?")
+            return {"id": request_id, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
+        self.requests += 1
+        self.persist(events)
+        self.publish_counters()
+        return {"id": request_id, "result": result, "events": events}
+
+    def persist(self, events: list[tuple[str, dict]]) -> None:
+        """Write what the events say changed, before the reply goes out. A failed write leaves
+        memory ahead of the store: exiting is how the process gets back to the stored state."""
+        if self.store is None:
+            return
+        try:
+            for kind, payload in events:
+                PERSISTERS[kind](self, payload)
+        except Exception as exc:
+            log.exception("store write failed")
+            raise StopServing(exits.EXIT_STORE_FAILED) from exc
+
+    def publish_counters(self) -> None:
+        self.table.write_counters(self.spec.slot, message_count=self.context.message_count,
+                                  requests=self.requests)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        try:
+            send_blocking(self.sock, frame, self.spec.max_frame)
+        except LimitExceededError as exc:  # a reply too large for the link: say so instead
+            send_blocking(self.sock, {"id": frame.get("id"), "error": exc.to_wire()}, self.spec.max_frame)
+
+
+def open_store(spec: SessionSpec):
+    if not spec.config.persistence_enabled:
+        return None
+    from .store import DamagedStoreError, SessionStore
+    try:
+        return SessionStore(spec.state_dir, spec.session_id, spec.durability)
+    except DamagedStoreError as exc:
+        raise StopServing(exits.EXIT_STORE_DAMAGED) from exc
+
+
+def load_context(spec: SessionSpec, store) -> SessionContext:
+    if store is None:
+        return SessionContext(spec.session_id, spec.config)
+    from .store import DamagedStoreError
+    try:
+        messages, files, index = store.load()
+    except DamagedStoreError as exc:
+        raise StopServing(exits.EXIT_STORE_DAMAGED) from exc
+    return SessionContext.restore(spec.session_id, spec.config, messages, files, index)
+
+
+def parse_request(frame: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
+        raise InvalidArgumentError("a request needs an 'op' string", code="invalid_request")
+    args = frame.get("args") or {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise InvalidArgumentError("'args' must be a mapping of names", code="invalid_request", field="args")
+    return frame["op"], args
+
+
+def call_handler(handler: Callable[..., Any], session: SessionProcess, args: dict[str, Any]):
+    args = {k: v for k, v in args.items() if k != "session_id"}
+    try:
+        return handler(session, **args)
+    except TypeError as exc:
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:  # the call itself
+            raise InvalidArgumentError(f"bad arguments: {exc}", code="invalid_argument") from None
+        raise
+
+
+# -- the operations: each returns (result, events) ---------------------------------------------
+NO_EVENTS: list = []
+
+
+def handle_send_message(s: SessionProcess, role: Any, content: Any):
+    return None, s.context.add_message(role, content)
+
+
+def handle_get_conversation_history(s: SessionProcess):
+    return [m.model_dump() for m in s.context.history()], NO_EVENTS
+
+
+def handle_clear_conversation(s: SessionProcess):
+    return None, s.context.clear_conversation()
+
+
+def handle_add_file(s: SessionProcess, path: Any):
+    return None, s.context.add_file(path)
+
+
+def handle_remove_file(s: SessionProcess, path: Any):
+    return None, s.context.remove_file(path)
+
+
+def handle_get_active_files(s: SessionProcess):
+    return [f.model_dump() for f in s.context.active_files()], NO_EVENTS
+
+
+def handle_update_file_index(s: SessionProcess, path: Any, metadata: Any):
+    return None, s.context.update_file_index(path, metadata)
+
+
+def handle_get_file_index(s: SessionProcess):
+    return s.context.file_index(), NO_EVENTS
+
+
+def handle_build_context(s: SessionProcess, include: Any = ("conversation", "files", "file_index"),
+                         max_messages: Any = None, max_files: Any = None):
+    built = s.context.build_context(include, max_messages=max_messages, max_files=max_files)
+    for key in ("conversation", "files"):
+        if key in built:
+            built[key] = [item.model_dump() for item in built[key]]
+    return built, NO_EVENTS
+
+
+def handle_cache_file(s: SessionProcess, path: Any, content: Any, metadata: Any = None):
+    s.cache.put(path, content, metadata)
+    return None, NO_EVENTS
+
+
+def handle_get_file(s: SessionProcess, path: Any):
+    cached = s.cache.get(path)
+    return (cached.model_dump() if cached is not None else None), NO_EVENTS
+
+
+def handle_invalidate_file(s: SessionProcess, path: Any):
+    s.cache.invalidate(path)
+    return None, NO_EVENTS
+
+
+def handle_clear_session_cache(s: SessionProcess):
+    s.cache.clear()
+    return None, NO_EVENTS
+
+
+HANDLERS: dict[str, Callable[..., Any]] = {
+    name[len("handle_"):]: fn for name, fn in dict(globals()).items() if name.startswith("handle_")
+}
+SESSION_OPS = frozenset(HANDLERS)
+
+
+# -- what each event means for the store --------------------------------------------------------
+def _persist_message(s: SessionProcess, p: dict) -> None:
+    message = Message(role=p["role"], content=p["content"], timestamp=p["timestamp"])
+    s.store.append_message(message, keep=s.spec.config.max_history)
+
+
+def _persist_file_added(s: SessionProcess, p: dict) -> None:
+    added = next(f for f in reversed(s.context.active_files()) if f.path == p["file_path"])
+    s.store.add_file(added)
+
+
+def _persist_index(s: SessionProcess, p: dict) -> None:
+    s.store.put_index(p["file_path"], s.context.file_index()[p["file_path"]])
+
+
+PERSISTERS: dict[str, Callable[[SessionProcess, dict], None]] = {
+    "conversation_added": _persist_message,
+    "conversation_cleared": lambda s, p: s.store.clear_messages(),
+    "file_added": _persist_file_added,
+    "file_removed": lambda s, p: s.store.remove_file(p["file_path"]),
+    "file_index_updated": _persist_index,
+}
+
+
+# -- test hooks, served only when the daemon runs with debug_ops -------------------------------
+def debug_exit(s: SessionProcess, code: int = 3):
+    raise StopServing(int(code))
+
+
+def debug_hang(s: SessionProcess, seconds: float = 3600.0):
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:  # busy, no heartbeat: what a stuck handler looks like
+        pass
+    return None, NO_EVENTS
+
+
+def debug_log(s: SessionProcess, marker: str = "", count: int = 1, size: int = 100):
+    for i in range(int(count)):
+        log.info("%s %d %s", marker, i, "x" * int(size))
+    return None, NO_EVENTS
+
+
+def debug_allocate(s: SessionProcess, megabytes: int = 1):
+    s.__dict__.setdefault("_ballast", []).append(bytearray(int(megabytes) * 1024 * 1024))
+    return None, NO_EVENTS
+
+
+def debug_pid(s: SessionProcess):
+    return os.getpid(), NO_EVENTS
+
+
+DEBUG_HANDLERS: dict[str, Callable[..., Any]] = {
+    "debug_exit": debug_exit, "debug_hang": debug_hang, "debug_log": debug_log,
+    "debug_allocate": debug_allocate, "debug_pid": debug_pid,
+}

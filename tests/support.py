@@ -1,0 +1,165 @@
+"""The only copy of the test helpers: deadlines, waiting on conditions, processes, fds.
+
+Every wait has a deadline from SHORT or LONG; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from jidocoder import Client
+
+SHORT = 5.0   # something that should happen at once
+LONG = 30.0   # something that involves many processes
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = SHORT, message: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(delay)  # polling interval of a deadline wait, not synchronisation
+        delay = min(delay * 2, 0.05)
+
+
+def process_alive(pid: int) -> bool:
+    """True for a live process; a zombie counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def process_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children (any state, zombies included)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def zombies_among_children(pid: int) -> list[int]:
+    return [child for child in children_of(pid) if process_state(child) == "Z"]
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def short_tempdir() -> Path:
+    """A directory with a short path: a Unix socket path must fit in 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="jd-", dir="/tmp"))
+
+
+class DaemonProcess:
+    """A real daemon in its own process group, started in the foreground so its pid is ours."""
+
+    def __init__(self, root: Path, **settings: Any) -> None:
+        self.root = root
+        self.socket = str(root / "d.sock")
+        self.state_dir = root / "state"
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+        self.seen_pids: set[int] = set()
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOCODER_")}
+        env.update(JIDOCODER_SOCKET=self.socket, JIDOCODER_STATE_DIR=str(self.state_dir),
+                   JIDOCODER_DEBUG_OPS="1")
+        return env
+
+    def flags(self) -> list[str]:
+        flags = []
+        for name, value in self.settings.items():
+            flags += ["--" + name.replace("_", "-"), str(value)]
+        return flags
+
+    def start(self) -> "DaemonProcess":
+        command = [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground", *self.flags()]
+        self.proc = subprocess.Popen(command, env=self.env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        wait_until(self._accepting, LONG, "the daemon to accept connections")
+        return self
+
+    def _accepting(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}: "
+                                 f"{self.proc.stderr.read().decode()}")
+        try:
+            Client(self.socket, timeout=SHORT).close()
+        except Exception:
+            return False
+        return True
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+    def session_pids(self) -> list[int]:
+        pids = children_of(self.pid)
+        self.seen_pids.update(pids)
+        return pids
+
+    def stop(self, timeout: float = LONG) -> int:
+        """SIGTERM, wait; returns the exit code. Every session process seen must be gone."""
+        self.session_pids()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self.kill()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (if alive) and reap it; then wait for its sessions to follow."""
+        self.session_pids()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(SHORT)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        wait_until(lambda: not any(process_alive(p) for p in self.seen_pids), SHORT,
+                   "the daemon's session processes to exit")
+
+    def log_text(self) -> str:
+        path = self.state_dir / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

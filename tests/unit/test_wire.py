@@ -1,0 +1,439 @@
+"""wire: encode/decode round trips, framing limits, the two kinds of EOF, incremental decoding."""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jidocoder.errors import InvalidArgumentError, LimitExceededError, ProtocolError
+from jidocoder.states import SessionStatus
+from jidocoder.wire import (
+    DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, decode, encode, pack_frame, read_frame,
+    write_frame,
+)
+
+MiB = 1024 * 1024
+
+
+def header(size: int) -> bytes:
+    return struct.pack(">I", size)
+
+
+@pytest.fixture
+def pair():
+    left, right = socket.socketpair()
+    yield left, right
+    left.close()
+    right.close()
+
+
+# --- encode / decode --------------------------------------------------------------------
+
+def test_plain_values_are_packed_natively_in_a_stable_format():
+    # These bytes are what the store persists: they must not change between versions.
+    assert encode({"a": [1, -1, 1.5, True, None, b"x", "s"]}) == bytes.fromhex(
+        "81a1619701ffcb3ff8000000000000c3c0c40178a173")
+
+
+def test_str_and_bytes_stay_distinct():
+    value = decode(encode(["text", b"text", bytearray(b"ba"), memoryview(b"mv")]))
+    assert value == ["text", b"text", b"ba", b"mv"]
+    assert [type(item) for item in value] == [str, bytes, bytes, bytes]
+
+
+def test_aware_datetime_comes_back_as_the_same_instant_in_utc_to_the_microsecond():
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    sent = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=plus_five)
+    received = decode(encode(sent))
+    assert received == sent
+    assert received.tzinfo is timezone.utc
+    assert (received.hour, received.minute, received.microsecond) == (18, 29, 123456)
+
+
+def test_datetimes_before_the_epoch_and_far_ahead_keep_their_microseconds():
+    early = datetime(1901, 12, 13, 20, 45, 52, 1, tzinfo=timezone.utc)
+    late = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    assert decode(encode([early, late])) == [early, late]
+
+
+def test_aware_datetime_subclass_round_trips_exactly():
+    class Moment(datetime):
+        pass
+
+    sent = Moment(2030, 1, 1, 0, 0, 0, 654321, tzinfo=timezone(timedelta(hours=-7)))
+    received = decode(encode(sent))
+    assert type(received) is datetime
+    assert received == sent
+
+
+def test_naive_datetime_is_refused():
+    with pytest.raises(InvalidArgumentError) as caught:
+        encode({"at": datetime(2024, 1, 1, 12, 0)})
+    assert caught.value.code == "invalid_argument"
+    assert "naive datetime" in caught.value.message
+
+
+def test_session_status_comes_back_as_the_enum_member():
+    received = decode(encode([status for status in SessionStatus]))
+    assert received == list(SessionStatus)
+    assert all(got is sent for got, sent in zip(received, SessionStatus))
+    assert decode(encode(SessionStatus.ACTIVE)) is SessionStatus.ACTIVE
+
+
+def test_session_status_has_a_stable_extension_encoding():
+    assert encode(SessionStatus.IDLE) == b"\xd6\x01idle"  # fixext 4, type 1
+    assert encode(SessionStatus.ACTIVE) == b"\xc7\x06\x01active"  # ext 8, length 6, type 1
+
+
+def test_plain_string_equal_to_a_status_stays_a_plain_string():
+    received = decode(encode("active"))
+    assert type(received) is str
+    assert received == "active"
+
+
+def test_nested_dicts_lists_and_tuples_round_trip_with_tuples_as_lists():
+    sent = {"a": {"b": {"c": [1, (2, (3, SessionStatus.IDLE)), {"d": b"\x00"}]}}, "e": ()}
+    assert decode(encode(sent)) == {
+        "a": {"b": {"c": [1, [2, [3, SessionStatus.IDLE]], {"d": b"\x00"}]}}, "e": []}
+
+
+def test_int_and_str_keys_round_trip():
+    sent = {1: "one", -2: "minus two", "three": 3, 2**40: "big"}
+    assert decode(encode(sent)) == sent
+
+
+def test_subclasses_of_plain_types_are_sent_as_the_plain_values():
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+        def __str__(self) -> str:
+            return "not the value"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Ratio(float):
+        pass
+
+    sent = OrderedDict([("colour", Colour.RED), ("level", Level.HIGH), ("ratio", Ratio(0.5))])
+    received = decode(encode(sent))
+    assert received == {"colour": "red", "level": 3, "ratio": 0.5}
+    assert [type(value) for value in received.values()] == [str, int, float]
+    assert type(received) is dict
+
+
+def test_integer_limits_of_msgpack():
+    assert decode(encode([-(2**63), 2**64 - 1])) == [-(2**63), 2**64 - 1]
+    with pytest.raises(InvalidArgumentError) as caught:
+        encode(2**64)
+    assert caught.value.code == "invalid_argument"
+    assert "outside" in caught.value.message
+
+
+@pytest.mark.parametrize("value", [
+    {1, 2}, frozenset(), object(), datetime.now().date(), timedelta(seconds=1), 1 + 2j,
+    {"nested": [Exception("x")]},
+])
+def test_unencodable_objects_are_invalid_arguments(value):
+    with pytest.raises(InvalidArgumentError) as caught:
+        encode(value)
+    assert caught.value.code == "invalid_argument"
+    assert "cannot encode" in caught.value.message
+
+
+def test_self_referencing_list_is_an_invalid_argument():
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(InvalidArgumentError):
+        encode(loop)
+
+
+def test_lone_surrogate_string_is_an_invalid_argument():
+    with pytest.raises(InvalidArgumentError):
+        encode("\ud800")
+
+
+def test_encoding_still_works_after_a_failed_encode():
+    with pytest.raises(InvalidArgumentError):
+        encode([1, 2, {3}])
+    assert decode(encode([1, 2, 3])) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("data", [
+    b"",                      # no object at all
+    b"\xc1",                  # the one byte msgpack never uses
+    b"\x92\x01",              # an array of two holding one item
+    b"\x01\x02",              # two objects where one is expected
+    b"\xa2\xff\xfe",          # a str that is not UTF-8
+    b"\xd4\x07\x00",          # an extension type nobody registered
+    b"\xc7\x05\x01happy",     # a SessionStatus extension naming no status
+    b"\x81\x91\x01\x02",      # a map keyed by a list
+])
+def test_undecodable_bytes_are_a_protocol_error(data):
+    with pytest.raises(ProtocolError) as caught:
+        decode(data)
+    assert caught.value.code == "protocol_error"
+
+
+# --- pack_frame ---------------------------------------------------------------------------
+
+def test_frame_is_a_big_endian_length_then_the_body():
+    body = encode({"op": "ping"})
+    assert pack_frame({"op": "ping"}, 100) == len(body).to_bytes(4, "big") + body
+    assert HEADER_SIZE == 4
+
+
+def test_default_max_frame_leaves_room_for_a_16_mib_request():
+    assert DEFAULT_MAX_FRAME == 16 * MiB + 64 * 1024
+
+
+def test_body_of_exactly_max_size_is_packed():
+    frame = pack_frame(b"x" * 10, max_size=12)  # bin8 header: 2 bytes + 10
+    assert frame == header(12) + b"\xc4\x0a" + b"x" * 10
+
+
+def test_oversized_body_is_refused_with_its_size_and_the_limit():
+    with pytest.raises(LimitExceededError) as caught:
+        pack_frame(b"x" * 100, max_size=50)
+    assert caught.value.code == "limit_exceeded"
+    assert caught.value.details == {"size": 102, "limit": 50}
+
+
+def test_pack_frame_still_works_after_an_oversized_frame():
+    with pytest.raises(LimitExceededError):
+        pack_frame(b"x" * (2 * MiB), max_size=MiB)
+    assert decode(pack_frame([1], 10)[HEADER_SIZE:]) == [1]
+
+
+def test_encoding_error_in_pack_frame_is_an_invalid_argument():
+    with pytest.raises(InvalidArgumentError):
+        pack_frame({"bad": {1}}, DEFAULT_MAX_FRAME)
+
+
+def test_encoding_is_safe_from_many_threads_at_once():
+    results: dict[int, list[object]] = {}
+
+    def work(n: int) -> None:
+        sent = [{"n": n, "when": datetime(2024, 1, 1, tzinfo=timezone.utc), "t": (n, n)}] * 50
+        results[n] = [decode(pack_frame(item, DEFAULT_MAX_FRAME)[HEADER_SIZE:]) for item in sent]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for n in range(8):
+        assert results[n] == [{"n": n, "when": datetime(2024, 1, 1, tzinfo=timezone.utc),
+                               "t": [n, n]}] * 50
+
+
+# --- FrameDecoder -------------------------------------------------------------------------
+
+def test_decoder_returns_every_complete_frame_and_keeps_the_rest():
+    frames = pack_frame("a", 100) + pack_frame({"b": 2}, 100)
+    third = pack_frame([3], 100)
+    decoder = FrameDecoder(100)
+    assert decoder.feed(frames + third[:3]) == ["a", {"b": 2}]
+    assert (decoder.pending, decoder.at_boundary) == (3, False)
+    assert decoder.feed(third[3:5]) == []
+    assert decoder.pending == 5
+    assert decoder.feed(third[5:]) == [[3]]
+    assert (decoder.pending, decoder.at_boundary) == (0, True)
+
+
+def test_decoder_accepts_memoryview_and_bytearray_pieces():
+    frame = pack_frame({"k": "v"}, 100)
+    decoder = FrameDecoder(100)
+    assert decoder.feed(memoryview(frame)[:6]) == []
+    assert decoder.feed(bytearray(frame[6:])) == [{"k": "v"}]
+
+
+def test_decoder_refuses_an_oversized_header_without_buffering_the_body():
+    decoder = FrameDecoder(max_size=1024)
+    with pytest.raises(LimitExceededError) as caught:
+        decoder.feed(header(2**31) + b"x" * 1000)
+    assert caught.value.details == {"size": 2**31, "limit": 1024}
+    assert decoder.pending == 0
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"x" * 1000)
+    assert decoder.pending == 0
+
+
+def test_decoder_refuses_an_oversized_header_as_soon_as_the_header_is_complete():
+    decoder = FrameDecoder(max_size=1024)
+    assert decoder.feed(header(1025)[:3]) == []
+    with pytest.raises(LimitExceededError):
+        decoder.feed(header(1025)[3:])
+    assert decoder.pending == 0
+
+
+def test_decoder_raises_protocol_error_for_an_undecodable_body():
+    decoder = FrameDecoder(100)
+    with pytest.raises(ProtocolError):
+        decoder.feed(header(1) + b"\xc1")
+    with pytest.raises(ProtocolError) as caught:
+        decoder.feed(pack_frame("fine", 100))
+    assert "earlier error" in caught.value.message
+
+
+def test_empty_frame_is_a_protocol_error():
+    with pytest.raises(ProtocolError):
+        FrameDecoder(100).feed(header(0))
+
+
+def test_decoder_close_is_silent_between_frames():
+    decoder = FrameDecoder(100)
+    decoder.feed(pack_frame(1, 100))
+    decoder.close()
+
+
+def test_decoder_close_in_the_middle_of_a_frame_is_a_protocol_error():
+    decoder = FrameDecoder(100)
+    decoder.feed(pack_frame("abc", 100)[:-1])
+    with pytest.raises(ProtocolError) as caught:
+        decoder.close()
+    assert caught.value.message == "EOF in the middle of a frame"
+    assert caught.value.details == {"pending": 7}
+
+
+def test_decoder_rejects_a_negative_max_size():
+    with pytest.raises(InvalidArgumentError):
+        FrameDecoder(-1)
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5) | st.integers(-5, 5), children, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(objects=st.lists(json_like, max_size=6), data=st.data())
+def test_frames_split_at_any_points_decode_to_the_same_objects_in_order(objects, data):
+    stream = b"".join(pack_frame(obj, DEFAULT_MAX_FRAME) for obj in objects)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+    received: list[object] = []
+    for start, stop in zip([0, *cuts], [*cuts, len(stream)]):
+        received.extend(decoder.feed(stream[start:stop]))
+    assert received == objects
+    assert decoder.at_boundary
+    decoder.close()
+
+
+def test_ten_mib_frame_fed_in_4_kib_pieces_decodes_in_linear_time():
+    content = bytes(range(256)) * (10 * MiB // 256)
+    frame = pack_frame({"content": content}, DEFAULT_MAX_FRAME)
+    decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+    received: list[object] = []
+    started = time.perf_counter()
+    with memoryview(frame) as view:
+        for start in range(0, len(frame), 4096):
+            received.extend(decoder.feed(view[start:start + 4096]))
+    elapsed = time.perf_counter() - started
+    assert received == [{"content": content}]
+    assert decoder.at_boundary
+    # Linear work takes milliseconds; copying the buffer on every piece would take seconds.
+    assert elapsed < 0.5
+
+
+# --- blocking helpers over real sockets ---------------------------------------------------
+
+def test_write_frame_then_read_frame_round_trips(pair):
+    left, right = pair
+    write_frame(left, {"op": "ping", "at": SessionStatus.ACTIVE}, 100)
+    write_frame(left, [1, 2], 100)
+    assert read_frame(right, 100) == {"op": "ping", "at": SessionStatus.ACTIVE}
+    assert read_frame(right, 100) == [1, 2]
+
+
+def test_read_frame_reads_a_frame_larger_than_the_socket_buffer(pair):
+    left, right = pair
+    sent = {"content": b"\x07" * (3 * MiB)}
+    writer = threading.Thread(target=write_frame, args=(left, sent, DEFAULT_MAX_FRAME))
+    writer.start()
+    assert read_frame(right, DEFAULT_MAX_FRAME) == sent
+    writer.join()
+
+
+def test_read_frame_returns_none_on_a_clean_eof(pair):
+    left, right = pair
+    write_frame(left, "last", 100)
+    left.shutdown(socket.SHUT_WR)
+    assert read_frame(right, 100) == "last"
+    assert read_frame(right, 100) is None
+
+
+def test_read_frame_eof_inside_the_header_is_a_protocol_error(pair):
+    left, right = pair
+    left.sendall(header(10)[:2])
+    left.shutdown(socket.SHUT_WR)
+    with pytest.raises(ProtocolError) as caught:
+        read_frame(right, 100)
+    assert caught.value.details == {"received": 2, "expected": 4}
+
+
+def test_read_frame_eof_inside_the_body_is_a_protocol_error(pair):
+    left, right = pair
+    left.sendall(pack_frame("abcdefgh", 100)[:-3])
+    left.shutdown(socket.SHUT_WR)
+    with pytest.raises(ProtocolError) as caught:
+        read_frame(right, 100)
+    assert caught.value.message == "EOF in the middle of a frame"
+    assert caught.value.details == {"received": 6, "expected": 9}
+
+
+def test_read_frame_refuses_an_oversized_header_without_reading_the_body(pair):
+    left, right = pair
+    left.sendall(header(101) + b"body bytes")
+    with pytest.raises(LimitExceededError) as caught:
+        read_frame(right, 100)
+    assert caught.value.details == {"size": 101, "limit": 100}
+    assert right.recv(100) == b"body bytes"
+
+
+def test_write_frame_sends_nothing_when_the_frame_is_too_large(pair):
+    left, right = pair
+    with pytest.raises(LimitExceededError):
+        write_frame(left, b"x" * 200, 100)
+    with pytest.raises(InvalidArgumentError):
+        write_frame(left, {"bad": object()}, 100)
+    right.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        right.recv(1)
+
+
+def test_decoder_over_a_socket_tells_clean_eof_from_a_truncated_frame(pair):
+    left, right = pair
+    left.sendall(pack_frame("one", 100) + pack_frame("two", 100))
+    left.shutdown(socket.SHUT_WR)
+    decoder = FrameDecoder(100)
+    received: list[object] = []
+    while chunk := right.recv(3):
+        received.extend(decoder.feed(chunk))
+    assert received == ["one", "two"]
+    decoder.close()
+
+    cut_left, cut_right = socket.socketpair()
+    with cut_left, cut_right:
+        cut_left.sendall(pack_frame("one", 100) + pack_frame("two", 100)[:-1])
+        cut_left.shutdown(socket.SHUT_WR)
+        decoder = FrameDecoder(100)
+        received = []
+        while chunk := cut_right.recv(3):
+            received.extend(decoder.feed(chunk))
+        assert received == ["one"]
+        with pytest.raises(ProtocolError, match="EOF in the middle of a frame"):
+            decoder.close()
