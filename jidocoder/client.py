@@ -196,7 +196,7 @@ class Client:
 
     def _send(self, op: str, frame: bytes, deadline: float) -> None:
         if not self._send_lock.acquire(timeout=_remaining(deadline)):
-            raise self._timeout(op, "waiting to send")
+            raise self._timeout(op, "waiting to send; nothing was sent")
         try:
             sent = self._send_until(frame, deadline)
         except OSError as e:
@@ -205,11 +205,11 @@ class Client:
         finally:
             self._send_lock.release()
         if sent == 0:
-            raise self._timeout(op, "sending; the daemon is not reading")
+            raise self._timeout(op, "the daemon is not reading; nothing was sent")
         if sent < len(frame):
             # Half a frame is on the wire: nothing after it could be framed correctly.
             self._lose("a request was cut off mid-frame by the timeout", None)
-            raise self._timeout(op, "sending; the daemon is not reading")
+            raise self._timeout(op, "the daemon is not reading; the connection is dropped")
 
     def _send_until(self, frame: bytes, deadline: float) -> int:
         """Write ``frame`` until done or the deadline passes; the number of bytes written."""
@@ -229,12 +229,11 @@ class Client:
             return slot.reply
         if slot.done.is_set():  # woken without a reply: the connection ended
             raise self._unavailable()
-        raise self._timeout(op, "waiting for the reply")
+        raise self._timeout(op, "no reply; the request may still be applied")
 
-    def _timeout(self, op: str, doing: str) -> RequestTimeoutError:
+    def _timeout(self, op: str, why: str) -> RequestTimeoutError:
         return RequestTimeoutError(
-            f"the daemon did not answer {op} within {self.timeout:g} s ({doing}); "
-            "the request may still be applied",
+            f"the daemon did not answer {op} within {self.timeout:g} s ({why})",
             details={"op": op, "timeout": self.timeout})
 
     def _unavailable(self) -> DaemonUnavailableError:

@@ -66,6 +66,7 @@ class Settings(BaseModel):
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least level logged.")
+    debug_ops: bool = Field(False, description="Serve the test-only debug_* session operations (never in production).")
 
     @property
     def socket_path(self) -> str:

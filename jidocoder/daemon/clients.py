@@ -22,7 +22,8 @@ READ_CHUNK = 64 * 1024
 
 class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
-                 on_writable_change: Callable[["ClientConnection", bool], None]) -> None:
+                 on_writable_change: Callable[["ClientConnection", bool], None],
+                 on_closed: Callable[["ClientConnection"], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
@@ -35,6 +36,7 @@ class ClientConnection:
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._on_writable_change = on_writable_change
+        self._on_closed = on_closed
 
     def __repr__(self) -> str:
         return f"<client fd={self.sock.fileno()} pid={self.peer_pid}>"
@@ -74,16 +76,21 @@ class ClientConnection:
         self._queue(frame)
 
     def send_event(self, event: dict[str, Any]) -> None:
-        self.send({"event": event})
+        """Events are what a client can fall behind on: past the bound it is cut off. (A reply
+        is never dropped: the client asked for it, and one request brings one reply.)"""
+        if self.closed:
+            return
+        frame = wire.pack_frame({"event": event}, self.max_frame)
+        if self._out_bytes + len(frame) > self.max_buffer:
+            self.close(f"fell {self._out_bytes} bytes behind (client_buffer_bytes="
+                       f"{self.max_buffer}): not reading its events")
+            return
+        self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
         was_empty = not self._out
         self._out.append(memoryview(frame))
         self._out_bytes += len(frame)
-        if self._out_bytes > self.max_buffer:
-            self.close(f"fell {self._out_bytes} bytes behind (client_buffer_bytes="
-                       f"{self.max_buffer}): not reading its events")
-            return
         if was_empty:
             self.flush()
 
@@ -118,3 +125,4 @@ class ClientConnection:
         self._out_bytes = 0
         if reason != "disconnected":
             log.warning("client %s disconnected: %s", self.peer_pid, reason)
+        self._on_closed(self)

@@ -120,7 +120,8 @@ class Daemon:
     def _add_client(self, sock: socket.socket, pid: int) -> None:
         conn = ClientConnection(sock, pid, max_request=self.settings.max_request_bytes,
                                 max_buffer=self.settings.client_buffer_bytes,
-                                on_writable_change=self._client_wants_write)
+                                on_writable_change=self._client_wants_write,
+                                on_closed=self._drop_client)
         self.clients.add(conn)
         self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))
 

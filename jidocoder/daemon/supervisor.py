@@ -91,7 +91,7 @@ class Supervisor:
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
-        self.debug_ops = os.environ.get("JIDOCODER_DEBUG_OPS") == "1"
+        self.debug_ops = settings.debug_ops
 
     # -- creating and restoring ---------------------------------------------------------------
     def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:

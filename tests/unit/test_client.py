@@ -378,10 +378,13 @@ def not_reading(peer: Peer) -> None:
     peer.release.wait(LONG)
 
 
-def test_peer_that_stops_reading_cannot_hold_a_send_past_the_timeout(serve):
+def test_send_cut_off_by_the_timeout_raises_request_timeout_and_drops_the_connection(serve):
     _, client = serve(not_reading, hello={"pid": 1, "version": "0.1.0"}, timeout=SHORT)
     with pytest.raises(RequestTimeoutError):
-        client.cache_file("s1", "/big", b"x" * (8 * 1024 * 1024))
+        client.cache_file("s1", "/big", b"x" * (8 * 1024 * 1024))  # far beyond socket buffers
+    with pytest.raises(DaemonUnavailableError) as info:  # half a frame is on the wire
+        client.clear_conversation("s1")
+    assert "cut off mid-frame" in info.value.message
 
 
 def test_request_over_max_request_bytes_raises_before_sending_and_client_stays_usable(serve):
