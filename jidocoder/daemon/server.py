@@ -29,6 +29,7 @@ from .loop import Loop
 from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
 from .supervisor import Supervisor
+from .watchdog import check_sessions
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -72,7 +73,7 @@ class Daemon:
         restored = self.supervisor.restore_sessions()
         log.info("daemon pid %d serving on %s (state dir %s), %d sessions restored",
                  os.getpid(), self.settings.socket, self.settings.state_dir, restored)
-        self.loop.every(min(0.5, self.settings.hang_timeout / 4), self.supervisor.check_sessions)
+        self.loop.every(min(0.5, self.settings.hang_timeout / 4), lambda: check_sessions(self.supervisor))
         gc.freeze()  # what exists now is shared with every session forked from here on
         on_ready()
         self.loop.run()

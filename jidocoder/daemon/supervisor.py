@@ -39,7 +39,6 @@ from .worker import SessionSpec
 log = logging.getLogger("jidocoder.daemon")
 
 MAX_BACKOFF = 2.0  # so that max_restarts + 1 crashes always fit in the window
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -300,8 +299,8 @@ class Supervisor:
     def stop_process(self, link: SessionLink) -> None:
         """SIGTERM now, SIGKILL after the grace period; the reaper finishes the rest."""
         link.stopping = True
-        self._signal(link, signal.SIGTERM)
-        self.loop.call_later(self.settings.terminate_grace, lambda: self._signal(link, signal.SIGKILL))
+        self.signal_process(link, signal.SIGTERM)
+        self.loop.call_later(self.settings.terminate_grace, lambda: self.signal_process(link, signal.SIGKILL))
 
     def finish_session(self, record: SessionRecord, reason: str) -> None:
         """The process is gone: release its resources, then say so."""
@@ -344,8 +343,9 @@ class Supervisor:
         self._drain(record, link)
         self.loop.unwatch(link)
         link.close()
+        reason = link.kill_reason or describe_exit(status)
         crash = SessionCrashedError(f"session {record.session_id}'s process died serving this call "
-                                    f"({describe_exit(status)}); it may or may not have been applied")
+                                    f"({reason}); it may or may not have been applied")
         for pending in link.take_in_flight():
             pending.reply({"error": crash.to_wire()})
         if self.shutting_down:
@@ -355,7 +355,7 @@ class Supervisor:
         elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.EXIT_STORE_DAMAGED:
             self.give_up_damaged(record)
         else:
-            self.handle_crash(record, link.kill_reason or describe_exit(status))
+            self.handle_crash(record, reason)
 
     def _drain(self, record: SessionRecord, link: SessionLink) -> None:
         """The process is dead: everything it wrote is already in the socket; take it all."""
@@ -419,46 +419,7 @@ class Supervisor:
         self.table.release(record.slot)
         del self.records[record.session_id]
 
-    # -- watching: hangs, memory, idleness ------------------------------------------------------
-    def check_sessions(self) -> None:
-        now = time.monotonic()
-        for record in list(self.records.values()):
-            link = record.link
-            if link is not None and link.exit_status is None and not link.stopping and link.kill_reason is None:
-                self._check_hung(record, link, now)
-                self._check_memory(link)
-            self._check_idle(record, now)
-
-    def _check_hung(self, record: SessionRecord, link: SessionLink, now: float) -> None:
-        beat = max(self.table.read(record.slot).heartbeat, record.spawned_at)
-        if now - beat <= self.settings.hang_timeout:
-            return
-        log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
-                  record.session_id, link.pid, now - beat)
-        link.kill_reason = "hung"
-        self._signal(link, signal.SIGUSR1)  # faulthandler writes the stack to daemon.log
-        self._signal(link, signal.SIGTERM)
-        self.loop.call_later(0.5, lambda: self._signal(link, signal.SIGKILL))
-
-    def _check_memory(self, link: SessionLink) -> None:
-        try:
-            with open(f"/proc/{link.pid}/statm", "rb") as f:
-                rss = int(f.read().split()[1]) * PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            return
-        if rss > self.settings.memory_limit_mb * 1024 * 1024:
-            log.error("session pid %d uses %d MiB, over memory_limit_mb=%d: killing it",
-                      link.pid, rss // (1024 * 1024), self.settings.memory_limit_mb)
-            link.kill_reason = "memory limit"
-            self._signal(link, signal.SIGKILL)
-
-    def _check_idle(self, record: SessionRecord, now: float) -> None:
-        if record.state.status is not SessionStatus.ACTIVE:
-            return
-        if now - record.last_activity > record.state.config.timeout_minutes * 60:
-            self.change_status(record, SessionStatus.IDLE)
-
-    def _signal(self, link: SessionLink, signum: int) -> None:
+    def signal_process(self, link: SessionLink, signum: int) -> None:
         if link.exit_status is None:
             try:
                 os.kill(link.pid, signum)

@@ -28,7 +28,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,0 +1,81 @@
+"""The watchdog: what the supervisor checks on every tick, from outside each session.
+
+- **Hangs**: a session's loop beats a heartbeat into its table slot at every turn. A slot whose
+  beat is older than ``hang_timeout`` (a busy loop, a deadlock, a SIGSTOPped process) gets
+  SIGUSR1 first, so faulthandler writes its stack to daemon.log, then SIGTERM, then SIGKILL
+  (the only one a stopped process cannot ignore); the crash is reported as ``"hung"``.
+- **Memory**: a session whose resident set passes ``memory_limit_mb`` is SIGKILLed and reported
+  as ``"memory limit"``. Enforced from outside: ``RLIMIT_AS`` would only raise MemoryError,
+  which the session's own error handling would swallow.
+- **Idleness**: an active session with no call for its ``timeout_minutes`` goes idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from ..states import SessionStatus
+from .link import SessionLink
+
+if TYPE_CHECKING:
+    from .supervisor import SessionRecord, Supervisor
+
+log = logging.getLogger("jidocoder.daemon")
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+STACK_DUMP_GRACE = 0.2  # time for faulthandler to write before SIGTERM lands
+KILL_GRACE = 0.5
+
+
+def check_sessions(supervisor: "Supervisor") -> None:
+    now = time.monotonic()
+    for record in list(supervisor.records.values()):
+        link = record.link
+        if link is not None and link.exit_status is None and not link.stopping and link.kill_reason is None:
+            check_hung(supervisor, record, link, now) or check_memory(supervisor, link)
+        check_idle(supervisor, record, now)
+
+
+def check_hung(supervisor: "Supervisor", record: "SessionRecord", link: SessionLink, now: float) -> bool:
+    beat = max(supervisor.table.read(record.slot).heartbeat, record.spawned_at)
+    if now - beat <= supervisor.settings.hang_timeout:
+        return False
+    log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
+              record.session_id, link.pid, now - beat)
+    link.kill_reason = "hung"
+    supervisor.signal_process(link, signal.SIGUSR1)
+    supervisor.loop.call_later(STACK_DUMP_GRACE, lambda: supervisor.signal_process(link, signal.SIGTERM))
+    supervisor.loop.call_later(STACK_DUMP_GRACE + KILL_GRACE,
+                               lambda: supervisor.signal_process(link, signal.SIGKILL))
+    return True
+
+
+def check_memory(supervisor: "Supervisor", link: SessionLink) -> bool:
+    rss = resident_bytes(link.pid)
+    limit = supervisor.settings.memory_limit_mb * 1024 * 1024
+    if rss is None or rss <= limit:
+        return False
+    log.error("session pid %d uses %d MiB, over memory_limit_mb=%d: killing it",
+              link.pid, rss // (1024 * 1024), supervisor.settings.memory_limit_mb)
+    link.kill_reason = "memory limit"
+    supervisor.signal_process(link, signal.SIGKILL)
+    return True
+
+
+def check_idle(supervisor: "Supervisor", record: "SessionRecord", now: float) -> None:
+    if record.state.status is not SessionStatus.ACTIVE or (record.link and record.link.in_flight):
+        return  # a call still being served is activity too
+    if now - record.last_activity > record.state.config.timeout_minutes * 60:
+        supervisor.change_status(record, SessionStatus.IDLE)
+
+
+def resident_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
