@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import InvalidArgumentError
-from .models import ROLES, ActiveFile, Message, SessionConfig, utc_now
+from .models import ROLES, ActiveFile, Message, SessionConfig, check_path, utc_now
 
 Events = list[tuple[str, dict[str, Any]]]
 Clock = Callable[[], datetime]
@@ -89,7 +89,7 @@ class SessionContext:
         Past ``max_files`` the oldest is dropped with its file-index entry: ``file_added``,
         then ``file_removed`` for the dropped one.
         """
-        _check_path(path)
+        check_path(path)
         if path in self._files:
             return []
         self._files[path] = ActiveFile(path=path, added_at=self._now())
@@ -102,7 +102,7 @@ class SessionContext:
 
     def remove_file(self, path: str) -> Events:
         """Remove ``path`` and its file-index entry; ``file_removed`` only if it was active."""
-        _check_path(path)
+        check_path(path)
         was_active = path in self._files
         self._drop_file(path)
         return [self._file_event("file_removed", path)] if was_active else []
@@ -112,7 +112,7 @@ class SessionContext:
 
         The path need not be active. Emits ``file_index_updated``.
         """
-        _check_path(path)
+        check_path(path)
         if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
             raise InvalidArgumentError("metadata must be a dict with str keys", field="metadata")
         entry = {**self._index.get(path, {}), **copy.deepcopy(metadata)}
@@ -168,12 +168,6 @@ class SessionContext:
             raise ValueError("the clock must return timezone-aware datetimes")
         return now.astimezone(timezone.utc)
 
-
-def _check_path(path: object) -> None:
-    if not isinstance(path, str):
-        raise InvalidArgumentError(f"path must be a str, got {type(path).__name__}", field="path")
-    if not path:
-        raise InvalidArgumentError("path must not be empty", code="empty_field", field="path")
 
 
 def _check_include(include: object) -> frozenset[str]:

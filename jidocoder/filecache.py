@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Any
 
 from .errors import InvalidArgumentError, LimitExceededError
-from .models import CachedFile
+from .models import CachedFile, check_path
 
 
 class FileCache:
@@ -35,7 +35,7 @@ class FileCache:
         ``mtime`` is the file's if ``path`` exists on disk as given, else None. An entry larger
         than ``max_bytes`` raises ``LimitExceededError`` and leaves the cache as it was.
         """
-        _check_path(path)
+        check_path(path)
         size = _content_size(content)
         metadata = _check_metadata(metadata)
         if size > self.max_bytes:
@@ -52,7 +52,7 @@ class FileCache:
 
     def get(self, path: str) -> CachedFile | None:
         """The entry for ``path`` (now the most recently used), or None when not cached."""
-        _check_path(path)
+        check_path(path)
         entry = self._entries.get(path)
         if entry is not None:
             self._entries.move_to_end(path)
@@ -60,7 +60,7 @@ class FileCache:
 
     def invalidate(self, path: str) -> None:
         """Forget ``path``; nothing happens if it is not cached."""
-        _check_path(path)
+        check_path(path)
         entry = self._entries.pop(path, None)
         if entry is not None:
             self._total -= entry.size
@@ -83,12 +83,6 @@ class FileCache:
             _, oldest = self._entries.popitem(last=False)
             self._total -= oldest.size
 
-
-def _check_path(path: object) -> None:
-    if not isinstance(path, str):
-        raise InvalidArgumentError(f"path must be a str, got {type(path).__name__}", field="path")
-    if not path:
-        raise InvalidArgumentError("path must not be empty", code="empty_field", field="path")
 
 
 def _content_size(content: object) -> int:

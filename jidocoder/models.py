@@ -30,6 +30,14 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 ROLES = ("user", "assistant", "system", "tool")
 
 
+def check_path(path: object) -> None:
+    """A file path argument: a non-empty str (``invalid_argument`` / ``empty_field`` otherwise)."""
+    if not isinstance(path, str):
+        raise InvalidArgumentError(f"path must be a str, got {type(path).__name__}", field="path")
+    if not path:
+        raise InvalidArgumentError("path must not be empty", code="empty_field", field="path")
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
