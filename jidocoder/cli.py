@@ -168,7 +168,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with client:
         pid = client.daemon_pid
         client.shutdown()
-    wait_gone(pid, STOP_TIMEOUT)
+    if not wait_gone(pid, STOP_TIMEOUT):
+        print(f"jidocoder: the daemon (pid {pid}) is still running {STOP_TIMEOUT:.0f} s after it was "
+              "asked to stop", file=sys.stderr)
+        return EXIT_FAILED
     print(f"jidocoder daemon (pid {pid}) stopped")
     return 0
 
@@ -220,10 +223,11 @@ def probe(socket_path: str) -> dict[str, Any] | None:
         return None
 
 
-def wait_gone(pid: int, timeout: float) -> None:
+def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.01)  # polling a pid we cannot wait on (not our child): no event to wait for
+    return not process_alive(pid)
 
 
 def process_alive(pid: int) -> bool:

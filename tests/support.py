@@ -163,3 +163,32 @@ class DaemonProcess:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def take_events(client: Client, count: int, timeout: float = SHORT) -> list:
+    """Exactly the next ``count`` events of ``client``; fails if they do not all come in time."""
+    deadline = time.monotonic() + timeout
+    events = []
+    while len(events) < count:
+        event = client.next_event(max(0.0, deadline - time.monotonic()))
+        if event is None:
+            raise AssertionError(f"timed out after {timeout}s with {len(events)} of {count} events: "
+                                 f"{[(e.type, e.topic) for e in events]}")
+        events.append(event)
+    return events
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS in /proc/<pid>/status), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (/proc/<pid>/stat), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -53,6 +53,7 @@ class SessionLink:
         self.exit_status: int | None = None
         self.kill_reason: str | None = None  # set when the daemon kills it (hung, memory limit)
         self.stopping = False  # the daemon asked it to stop: its exit is no crash
+        self.damage: str | None = None  # why its store is unusable, as it said before exiting
         self.decoder = wire.FrameDecoder(max_frame)
         self.max_frame = max_frame
         self.in_flight: dict[int, Pending] = {}

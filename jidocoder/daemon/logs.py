@@ -35,6 +35,9 @@ class OneLineFormatter(logging.Formatter):
         return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
+# Until setup_daemon_logging runs, records go nowhere rather than to stderr (logging.lastResort).
+logging.getLogger("jidocoder").addHandler(logging.NullHandler())
+
 FORMAT = "%(asctime)s %(levelname)s [%(session)s pid=%(process)d] %(name)s: %(message)s"
 
 

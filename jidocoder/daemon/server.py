@@ -26,7 +26,7 @@ from .clients import ClientConnection
 from .events import EventBus
 from .logs import setup_daemon_logging
 from .loop import Loop
-from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
+from .startup import (StartError, bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
 from .supervisor import Supervisor
 from .watchdog import check_sessions
@@ -204,12 +204,17 @@ def flush_before_close(conn: ClientConnection, timeout: float = 1.0) -> None:
 
 
 def open_registry(state_dir: Path, durability: str) -> store.Registry:
-    """The registry; a damaged one is moved aside (never deleted) and a new one started."""
+    """The registry; a damaged one is moved aside (never deleted) with every session's database,
+    since without their rows they cannot be restored, and a new registry is started."""
     try:
         return store.Registry(state_dir, durability)
     except store.DamagedStoreError as exc:
-        moved = store.quarantine(state_dir, state_dir / "registry.db", str(exc))
+        moved = store.quarantine(state_dir, state_dir / store.REGISTRY_FILE, str(exc))
         log.error("the session registry is damaged (%s): moved to %s; starting with none", exc, moved)
+        for path in sorted((state_dir / store.SESSIONS_DIR).glob("*.db")):
+            kept = store.quarantine(state_dir, path, "the session registry was damaged")
+            log.error("session %s cannot be restored without the registry: its data moved to %s",
+                      path.stem, kept)
         return store.Registry(state_dir, durability)
 
 
@@ -219,6 +224,8 @@ def run_daemon(settings: Settings, on_ready: Callable[[], None]) -> int:
     try:
         daemon.claim()
         daemon.serve(on_ready)
+    except StartError:
+        raise  # a refusal, not a failure: the command prints its message
     except Exception:
         log.exception("the daemon failed")
         raise

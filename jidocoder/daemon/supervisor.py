@@ -189,6 +189,8 @@ class Supervisor:
             return
         if "log" in frame:
             write_session_record(frame["log"], record.session_id, link.pid)
+        elif "damaged" in frame:
+            link.damage = str(frame["damaged"])
         elif "ready" in frame:
             self._on_ready(record, link)
         elif "id" in frame:
@@ -353,7 +355,7 @@ class Supervisor:
         elif record.state.status is SessionStatus.TERMINATING:
             self.finish_session(record, "terminated by request")
         elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.EXIT_STORE_DAMAGED:
-            self.give_up_damaged(record)
+            self.give_up_damaged(record, link.damage or "the session's database cannot be read")
         else:
             self.handle_crash(record, reason)
 
@@ -399,10 +401,11 @@ class Supervisor:
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
         self.finish_session(record, reason)
 
-    def give_up_damaged(self, record: SessionRecord) -> None:
+    def give_up_damaged(self, record: SessionRecord, why: str) -> None:
         path = store.session_db_path(self.state_dir, record.session_id)
-        moved = store.quarantine(self.state_dir, path, "the session's database cannot be read")
-        log.error("session %s not restored: its store is damaged; moved to %s", record.session_id, moved)
+        moved = store.quarantine(self.state_dir, path, why)
+        log.error("session %s not restored: its store is damaged (%s); moved to %s",
+                  record.session_id, why, moved)
         self.registry.delete(record.session_id)
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id}'s store is damaged"))
         self.table.release(record.slot)

@@ -75,7 +75,10 @@ def run_session(spec: SessionSpec, sock: socket.socket, table: SessionTable) -> 
     except BaseException as exc:  # noqa: BLE001 - the last word of a process that must exit
         code = getattr(exc, "exit_code", code)
         try:
-            log.exception("session process failed: %s", exc)
+            if getattr(exc, "last_word", None):
+                send_blocking(sock, exc.last_word, spec.max_frame)
+            else:
+                log.exception("session process failed: %s", exc)
         except BaseException:  # noqa: BLE001
             pass
     finally:
@@ -124,9 +127,12 @@ def send_blocking(sock: socket.socket, frame: dict[str, Any], max_frame: int) ->
 
 
 class StopServing(Exception):
-    def __init__(self, exit_code: int) -> None:
+    """Leave the loop with ``exit_code``; ``last_word`` is sent to the daemon first, if any."""
+
+    def __init__(self, exit_code: int, last_word: dict[str, Any] | None = None) -> None:
         super().__init__(exit_code)
         self.exit_code = exit_code
+        self.last_word = last_word
 
 
 class SessionProcess:
@@ -214,7 +220,7 @@ def open_store(spec: SessionSpec):
     try:
         return SessionStore(spec.state_dir, spec.session_id, spec.durability)
     except DamagedStoreError as exc:
-        raise StopServing(exits.EXIT_STORE_DAMAGED) from exc
+        raise StopServing(exits.EXIT_STORE_DAMAGED, {"damaged": exc.message}) from exc
 
 
 def load_context(spec: SessionSpec, store) -> SessionContext:
@@ -224,7 +230,7 @@ def load_context(spec: SessionSpec, store) -> SessionContext:
     try:
         messages, files, index = store.load()
     except DamagedStoreError as exc:
-        raise StopServing(exits.EXIT_STORE_DAMAGED) from exc
+        raise StopServing(exits.EXIT_STORE_DAMAGED, {"damaged": exc.message}) from exc
     return SessionContext.restore(spec.session_id, spec.config, messages, files, index)
 
 
