@@ -31,6 +31,20 @@ class Pending:
     op: str
 
 
+@dataclass
+class Call:
+    """A call sent to a session process, kept until it answers (or dies)."""
+
+    op: str
+    args: dict[str, Any]
+    pending: Pending
+
+
+# Request ids are unique across every process of every session, so an id a dead process wrote
+# as "started" can never be confused with one sent to its successor.
+_request_ids = itertools.count(1)
+
+
 def fork_session(spec: SessionSpec, table: SessionTable) -> tuple[int, socket.socket]:
     """Fork the session process; returns its pid and the daemon's end of its socket."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -56,8 +70,7 @@ class SessionLink:
         self.damage: str | None = None  # why its store is unusable, as it said before exiting
         self.decoder = wire.FrameDecoder(max_frame)
         self.max_frame = max_frame
-        self.in_flight: dict[int, Pending] = {}
-        self._ids = itertools.count(1)
+        self.in_flight: dict[int, Call] = {}
         self._out: deque[memoryview] = deque()
         self._on_writable_change = on_writable_change
 
@@ -65,9 +78,9 @@ class SessionLink:
         return self.sock.fileno()
 
     def request(self, op: str, args: dict[str, Any], pending: Pending) -> None:
-        link_id = next(self._ids)
+        link_id = next(_request_ids)
         frame = wire.pack_frame({"id": link_id, "op": op, "args": args}, self.max_frame)
-        self.in_flight[link_id] = pending
+        self.in_flight[link_id] = Call(op, args, pending)
         self._out.append(memoryview(frame))
         if len(self._out) == 1:
             self.flush()
@@ -105,10 +118,13 @@ class SessionLink:
             self.eof = True  # a session that breaks framing is treated as gone
             return []
 
-    def take_in_flight(self) -> list[Pending]:
-        pending = list(self.in_flight.values())
+    def take_in_flight(self, started: int) -> tuple[list[Call], list[Call]]:
+        """Split what was in flight when the process died: the calls it had begun (ids up to
+        ``started``, which it handles strictly in order) and the calls it never read."""
+        begun = [call for call_id, call in self.in_flight.items() if call_id <= started]
+        unread = [call for call_id, call in self.in_flight.items() if call_id > started]
         self.in_flight.clear()
-        return pending
+        return begun, unread
 
     def close(self) -> None:
         self.sock.close()

@@ -65,7 +65,8 @@ class SessionRecord:
 
     @property
     def serving(self) -> bool:
-        return self.link is not None and self.link.ready and self.link.exit_status is None
+        link = self.link
+        return link is not None and link.ready and not link.eof and link.exit_status is None
 
 
 def describe_exit(status: int) -> str:
@@ -194,10 +195,10 @@ class Supervisor:
         elif "ready" in frame:
             self._on_ready(record, link)
         elif "id" in frame:
-            pending = link.in_flight.pop(frame["id"], None)
+            call = link.in_flight.pop(frame["id"], None)
             self.bus.publish_all(record.session_id, frame.get("events") or ())
-            if pending is not None:
-                pending.reply({"error": frame["error"]} if "error" in frame else {"result": frame.get("result")})
+            if call is not None:
+                call.pending.reply({"error": frame["error"]} if "error" in frame else {"result": frame.get("result")})
 
     def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
         link.ready = True
@@ -306,6 +307,7 @@ class Supervisor:
 
     def finish_session(self, record: SessionRecord, reason: str) -> None:
         """The process is gone: release its resources, then say so."""
+        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         if record.persistent:
             store.destroy_session_files(self.state_dir, record.session_id)
         self.change_status(record, SessionStatus.TERMINATED)
@@ -348,8 +350,10 @@ class Supervisor:
         reason = link.kill_reason or describe_exit(status)
         crash = SessionCrashedError(f"session {record.session_id}'s process died serving this call "
                                     f"({reason}); it may or may not have been applied")
-        for pending in link.take_in_flight():
-            pending.reply({"error": crash.to_wire()})
+        begun, unread = link.take_in_flight(self.table.read(record.slot).started)
+        for call in begun:
+            call.pending.reply({"error": crash.to_wire()})
+        record.waiting[:0] = [(call.op, call.args, call.pending) for call in unread]
         if self.shutting_down:
             self._check_all_stopped()
         elif record.state.status is SessionStatus.TERMINATING:

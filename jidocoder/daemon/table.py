@@ -8,7 +8,8 @@ SIGKILLed daemon and may unlink a segment still in use).
 Two writers, disjoint fields, so no lock is shared between processes:
 - the daemon writes ``status``, ``incarnation``, ``pid``, ``restarts`` and ``last_activity``;
 - a session process writes only its own slot's ``heartbeat`` (CLOCK_MONOTONIC, system-wide),
-  ``message_count`` and ``requests``.
+  ``message_count`` and ``started`` (the id of the last request it began to handle: after a
+  crash, the daemon knows exactly which calls the process had read and which it never saw).
 Every field is naturally aligned, so a reader never sees a torn value on the machines we run on.
 """
 
@@ -20,12 +21,14 @@ import time
 from dataclasses import dataclass
 
 # status u8 | pad | incarnation u32 | pid i32 | restarts u32 | heartbeat f64 | last_activity f64
-# | message_count u32 | pad | requests u64
+# | message_count u32 | pad | started u64
 _SLOT = struct.Struct("<B3xIiIddI4xQ")
 SLOT_SIZE = _SLOT.size
 _HEARTBEAT_OFFSET = 16
-_COUNTERS = struct.Struct("<I4xQ")
+_COUNT = struct.Struct("<I")
 _COUNTERS_OFFSET = 32
+_STARTED = struct.Struct("<Q")
+_STARTED_OFFSET = 40
 _HEARTBEAT = struct.Struct("<d")
 _STATUS = struct.Struct("<B")
 _OWNER = struct.Struct("<IiI")
@@ -42,7 +45,7 @@ class Slot:
     heartbeat: float
     last_activity: float
     message_count: int
-    requests: int
+    started: int
 
 
 class SessionTable:
@@ -93,8 +96,11 @@ class SessionTable:
         _HEARTBEAT.pack_into(self._map, index * SLOT_SIZE + _HEARTBEAT_OFFSET,
                              time.monotonic() if now is None else now)
 
-    def write_counters(self, index: int, *, message_count: int, requests: int) -> None:
-        _COUNTERS.pack_into(self._map, index * SLOT_SIZE + _COUNTERS_OFFSET, message_count, requests)
+    def write_message_count(self, index: int, message_count: int) -> None:
+        _COUNT.pack_into(self._map, index * SLOT_SIZE + _COUNTERS_OFFSET, message_count)
+
+    def write_started(self, index: int, request_id: int) -> None:
+        _STARTED.pack_into(self._map, index * SLOT_SIZE + _STARTED_OFFSET, request_id)
 
     def close(self) -> None:
         self._map.close()

@@ -145,7 +145,6 @@ class SessionProcess:
         self.cache = FileCache(spec.cache_max_bytes)
         self.store = open_store(spec)
         self.context = load_context(spec, self.store)
-        self.requests = 0
         self.beat_interval = min(1.0, spec.hang_timeout / 4)
 
     def serve(self) -> int:
@@ -168,6 +167,8 @@ class SessionProcess:
                 return exits.EXIT_PROTOCOL
             for frame in frames:
                 self.table.beat(self.spec.slot)
+                if isinstance(frame, dict) and isinstance(frame.get("id"), int):
+                    self.table.write_started(self.spec.slot, frame["id"])  # before any effect
                 self.send(self.handle(frame))
 
     def handle(self, frame: Any) -> dict[str, Any]:
@@ -185,7 +186,6 @@ class SessionProcess:
         except Exception as exc:  # a bug in a handler: answer, log, keep serving
             log.exception("request %s failed", frame.get("op") if isinstance(frame, dict) else "?")
             return {"id": request_id, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
-        self.requests += 1
         self.persist(events)
         self.publish_counters()
         return {"id": request_id, "result": result, "events": events}
@@ -203,8 +203,7 @@ class SessionProcess:
             raise StopServing(exits.EXIT_STORE_FAILED) from exc
 
     def publish_counters(self) -> None:
-        self.table.write_counters(self.spec.slot, message_count=self.context.message_count,
-                                  requests=self.requests)
+        self.table.write_message_count(self.spec.slot, self.context.message_count)
 
     def send(self, frame: dict[str, Any]) -> None:
         try:

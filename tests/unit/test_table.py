@@ -19,7 +19,8 @@ def test_daemon_fields_do_not_overwrite_the_sessions_fields():
     table = SessionTable(2)
     slot = table.allocate()
     table.beat(slot, now=123.5)
-    table.write_counters(slot, message_count=7, requests=9)
+    table.write_message_count(slot, 7)
+    table.write_started(slot, 9)
     table.write_owner(slot, status_code=2, incarnation=3, pid=4242, restarts=1, last_activity=55.25)
     assert table.read(slot) == type(table.read(slot))(2, 3, 4242, 1, 123.5, 55.25, 7, 9)
 
@@ -27,7 +28,7 @@ def test_daemon_fields_do_not_overwrite_the_sessions_fields():
 def test_released_slot_comes_back_zeroed():
     table = SessionTable(1)
     slot = table.allocate()
-    table.write_counters(slot, message_count=5, requests=5)
+    table.write_message_count(slot, 5)
     table.release(slot)
     assert table.read(table.allocate()).message_count == 0
 
@@ -38,7 +39,7 @@ def test_a_forked_child_writes_its_slot_and_the_parent_sees_it():
     pid = os.fork()
     if pid == 0:
         try:
-            table.write_counters(slot, message_count=11, requests=12)
+            table.write_message_count(slot, 11)
             table.beat(slot, now=99.0)
         finally:
             os._exit(0)
