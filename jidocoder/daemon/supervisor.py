@@ -104,9 +104,8 @@ class Supervisor:
         session_id = f"session_{uuid.uuid4()}"
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
         record = self._admit(state)
-        record.create_waiter = pending
-        self._persist(record)
-        self.spawn_session(record)
+        record.create_waiter = pending  # persisted first when active: an unacknowledged session
+        self.spawn_session(record)       # leaves nothing to restore
 
     def restore_sessions(self) -> int:
         """Bring back every persisted session (finishing off half-done ones); returns how many."""
@@ -373,7 +372,6 @@ class Supervisor:
                 self._on_frame(record, link, frame)
 
     def handle_crash(self, record: SessionRecord, reason: str) -> None:
-        log.warning("session %s crashed: %s", record.session_id, reason)
         if record.state.status is SessionStatus.INITIALIZING:
             self._fail_creation(record, reason)
             return
@@ -384,6 +382,8 @@ class Supervisor:
         self.bus.publish("session_crashed", record.session_id, {
             "session_id": record.session_id, "reason": reason, "restarts": record.restarts,
             "will_restart": will_restart})
+        log.warning("session %s crashed: %s (restarts so far %d, %s)", record.session_id, reason,
+                    record.restarts, "restarting" if will_restart else "giving up")
         if not will_restart:
             self.give_up(record, reason)
             return
@@ -416,13 +416,13 @@ class Supervisor:
         del self.records[record.session_id]
 
     def _fail_creation(self, record: SessionRecord, reason: str) -> None:
+        log.warning("session %s failed to start: %s", record.session_id, reason)
         waiter, record.create_waiter = record.create_waiter, None
         if waiter is not None:
             waiter.reply({"error": SessionCrashedError(f"the session's process failed to start: {reason}").to_wire()})
         if record.persistent:
             store.destroy_session_files(self.state_dir, record.session_id)
         record.state = record.state.transition(SessionStatus.TERMINATED)
-        self._persist(record)
         self.table.release(record.slot)
         del self.records[record.session_id]
 

@@ -46,6 +46,7 @@ log = logging.getLogger("jidocoder.session")
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
+PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved once in the daemon, inherited by every child
 READ_CHUNK = 64 * 1024  # CPython allocates the whole buffer per recv: keep it small
 
 
@@ -99,15 +100,13 @@ def prepare_process(spec: SessionSpec, sock: socket.socket) -> None:
 
 
 def set_parent_death_signal(daemon_pid: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
         os._exit(exits.EXIT_OK)
 
 
 def set_process_name(name: str) -> None:
-    libc = ctypes.CDLL(None)
-    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    PRCTL(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def close_inherited_fds(keep: int) -> None:
