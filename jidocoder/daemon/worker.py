@@ -212,11 +212,12 @@ class SessionProcess:
 
 
 def open_store(spec: SessionSpec):
+    """The session's store; lazy, so that a new session creates no file before its first write."""
     if not spec.config.persistence_enabled:
         return None
     from .store import DamagedStoreError, SessionStore
     try:
-        return SessionStore(spec.state_dir, spec.session_id, spec.durability)
+        return SessionStore(spec.state_dir, spec.session_id, spec.durability, lazy=True)
     except DamagedStoreError as exc:
         raise StopServing(exits.EXIT_STORE_DAMAGED, {"damaged": exc.message}) from exc
 
