@@ -39,6 +39,7 @@ from .worker import SessionSpec
 log = logging.getLogger("jidocoder.daemon")
 
 MAX_BACKOFF = 2.0  # so that max_restarts + 1 crashes always fit in the window
+RESTORE_BATCH = 32  # restored sessions forked per loop turn: clients are served in between
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Supervisor:
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
+        self._to_spawn: deque[SessionRecord] = deque()
         self.debug_ops = settings.debug_ops
 
     # -- creating and restoring ---------------------------------------------------------------
@@ -124,6 +126,7 @@ class Supervisor:
                          state.status.value)
             self._erase(state.session_id)
         self._sweep_orphan_files(known)
+        self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
     def _restore(self, state: SessionState) -> bool:
@@ -133,9 +136,19 @@ class Supervisor:
             log.error("session %s not restored: the table is full (max_sessions=%d)",
                       state.session_id, self.settings.max_sessions)
             return True  # keep its data for a daemon with more room
-        self.spawn_session(record)
-        log.info("restored session %s (%s)", state.session_id, state.status.value)
+        self._to_spawn.append(record)
+        log.info("restoring session %s (%s)", state.session_id, state.status.value)
         return True
+
+    def spawn_restored(self) -> None:
+        """Fork restored sessions a batch per loop turn: the daemon serves from its first
+        moment, and a call to a session not yet forked waits for it like one during a restart."""
+        for _ in range(min(RESTORE_BATCH, len(self._to_spawn))):
+            record = self._to_spawn.popleft()
+            if self.records.get(record.session_id) is record and record.link is None and not self.shutting_down:
+                self.spawn_session(record)
+        if self._to_spawn:
+            self.loop.call_later(0, self.spawn_restored)
 
     def _admit(self, state: SessionState) -> SessionRecord:
         slot = self.table.allocate()
