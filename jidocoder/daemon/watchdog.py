@@ -74,8 +74,11 @@ def check_idle(supervisor: "Supervisor", record: "SessionRecord", now: float) ->
 
 
 def resident_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
+    try:  # three syscalls, not the seven of open(): this runs for every session on every tick
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return int(os.read(fd, 256).split()[1]) * PAGE_SIZE
+        finally:
+            os.close(fd)
     except (OSError, ValueError, IndexError):
         return None

@@ -4,10 +4,12 @@ speaks the protocol with jidocoder.wire (no daemon, no processes)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -16,11 +18,12 @@ import pytest
 
 import jidocoder
 from jidocoder import wire
-from jidocoder.client import READER_THREAD_NAME, Client
+from jidocoder.client import DRAIN_THREAD_NAME, Client
 from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, JidocoderError,
                               LimitExceededError, RequestTimeoutError, SessionCrashedError,
                               SessionNotFoundError)
 from jidocoder.models import ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo
+from tests.support import wait_until
 
 SHORT = 0.2  # a wait that is expected to run out
 LONG = 5.0   # a wait that is expected to succeed well before it runs out
@@ -134,12 +137,37 @@ def serve(tmp_path):
             raise peer.failure
 
 
+def big_event(seq: int) -> dict:
+    return {**event(seq), "payload": {"session_id": "s1", "file_path": "/" + "x" * 4000}}
+
+
+def in_background(call: Callable[[], Any]) -> tuple[threading.Thread, list, list]:
+    """Run ``call`` in a thread; its result or exception lands in the lists returned."""
+    results: list[Any] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        except BaseException as e:
+            failures.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, results, failures
+
+
+def reading(client: Client) -> bool:
+    """Some thread holds the client's reader role (it is inside poll or routing)."""
+    return client._reading
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def reader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == READER_THREAD_NAME]
+def thread_names() -> set[str]:
+    return {t.name for t in threading.enumerate()}
 
 
 # -- connecting -------------------------------------------------------------------------------
@@ -152,7 +180,6 @@ def test_client_without_socket_file_raises_daemon_unavailable_naming_socket(tmp_
     assert "jidocoder daemon start" in info.value.message
     assert info.value.code == "daemon_unavailable"
     assert isinstance(info.value.__cause__, FileNotFoundError)
-    assert reader_threads() == []
 
 
 def test_client_on_stale_socket_file_raises_daemon_unavailable(tmp_path):
@@ -321,6 +348,75 @@ def test_twenty_threads_sharing_a_client_each_get_their_own_reply(serve):
     assert results == {n: f"s{n}" for n in range(20)}
 
 
+def batch(count: int, *, reverse: bool) -> Callable[[Peer], None]:
+    """Answer subscriptions at once; collect ``count`` other requests, then answer them in
+    arrival order or last first, each with its session id."""
+    def script(peer: Peer) -> None:
+        requests: list[dict] = []
+        while len(requests) < count:
+            request = peer.recv()
+            if request["op"].startswith("subscribe"):
+                peer.reply(request, None)
+            else:
+                requests.append(request)
+        for request in reversed(requests) if reverse else requests:
+            peer.reply(request, request["args"]["session_id"])
+        echo(peer)
+    return script
+
+
+@pytest.mark.parametrize("subscribed", [False, True], ids=["callers-only", "with-drain"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["first-first", "last-first"])
+def test_the_reader_role_moves_until_every_caller_has_its_reply(serve, reverse, subscribed):
+    _, client = serve(batch(20, reverse=reverse))
+    if subscribed:
+        client.subscribe_to_all_sessions()
+    calls = [in_background(lambda n=n: client.get_session_pid(f"s{n}")) for n in range(20)]
+    for thread, _, _ in calls:
+        thread.join(LONG)
+    assert [(results, failures) for _, results, failures in calls] == [
+        ([f"s{n}"], []) for n in range(20)]
+
+
+def test_a_follower_times_out_on_its_own_deadline_while_another_thread_reads(serve):
+    def script(peer: Peer) -> None:
+        first, _ = peer.recv(), peer.recv()
+        peer.release.wait(LONG)
+        peer.reply(first, "first")
+        echo(peer)
+
+    peer, client = serve(script)
+    reader, results, _ = in_background(lambda: client.get_session_pid("s1"))
+    wait_until(lambda: reading(client) and len(peer.received) == 2, LONG, "a reader in poll")
+    client.timeout = SHORT
+    started = time.monotonic()
+    with pytest.raises(RequestTimeoutError):
+        client.get_session_pid("s2")
+    assert time.monotonic() - started < LONG
+    peer.release.set()
+    reader.join(LONG)
+    assert results == ["first"]
+
+
+def test_a_timeout_in_the_middle_of_a_reply_leaves_the_stream_in_step(serve):
+    def script(peer: Peer) -> None:
+        first = peer.recv()
+        frame = wire.pack_frame({"id": first["id"], "result": "x" * 200_000},
+                                wire.DEFAULT_MAX_FRAME)
+        peer.conn.sendall(frame[:100_000])
+        second = peer.recv()  # the client gave up on the first and asks again
+        peer.conn.sendall(frame[100_000:])
+        peer.reply(second, "on time")
+        echo(peer)
+
+    _, client = serve(script, timeout=SHORT)
+    with pytest.raises(RequestTimeoutError):
+        client.get_session_pid("s1")
+    client.timeout = LONG
+    assert client.get_session_pid("s2") == "on time"
+    assert client.get_session_pid("s3") == {"session_id": "s3"}
+
+
 # -- events -----------------------------------------------------------------------------------
 
 def events_during_call(peer: Peer) -> None:
@@ -340,6 +436,55 @@ def test_events_pushed_during_a_call_come_out_of_next_event_in_order(serve):
                                 payload={"session_id": "s1", "file_path": "/f1"}, seq=1,
                                 timestamp=T0)
     assert client.next_event(0) is None
+
+
+def test_next_event_reads_events_that_arrive_while_no_call_is_in_flight(serve):
+    def script(peer: Peer) -> None:
+        peer.reply(peer.recv(), None)
+        for seq in (1, 2, 3):
+            peer.push(event(seq))
+        echo(peer)
+
+    _, client = serve(script)
+    client.clear_conversation("s1")
+    assert [client.next_event(LONG).seq for _ in range(3)] == [1, 2, 3]
+    assert DRAIN_THREAD_NAME not in thread_names()
+
+
+def test_a_thread_waiting_for_events_reads_the_reply_of_another_caller(serve):
+    def script(peer: Peer) -> None:
+        peer.reply(peer.recv(), "reply")
+        peer.push(event(1))
+        echo(peer)
+
+    _, client = serve(script)
+    waiter, received, _ = in_background(lambda: client.next_event(LONG))
+    wait_until(lambda: reading(client), LONG, "the event waiter to read")
+    started = time.monotonic()
+    assert client.get_session_pid("s1") == "reply"
+    assert time.monotonic() - started < LONG / 2  # not held until the waiter's timeout
+    waiter.join(LONG)
+    assert [e.seq for e in received] == [1]
+
+
+def test_a_subscribed_client_reads_its_events_while_no_thread_asks_for_them(serve):
+    pushed = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.reply(peer.recv(), None)
+        for seq in range(1, 1001):  # 4 MB: the peer's writes block unless the client reads
+            peer.push(big_event(seq))
+        pushed.set()
+        echo(peer)
+
+    _, client = serve(script)
+    client.subscribe_to_all_sessions()
+    assert pushed.wait(LONG)
+    assert client.get_session_pid("s1") == {"session_id": "s1"}
+    assert [client.next_event(LONG).seq for _ in range(1000)] == list(range(1, 1001))
+    assert client.next_event(0) is None
+    client.close()
+    assert DRAIN_THREAD_NAME not in thread_names()
 
 
 def test_next_event_returns_none_on_timeout(serve):
@@ -442,6 +587,19 @@ def test_connection_loss_fails_the_waiting_call_and_every_later_one(serve):
         client.next_event()
 
 
+def test_connection_loss_fails_the_reader_and_every_follower(serve):
+    def script(peer: Peer) -> None:
+        for _ in range(3):
+            peer.recv()  # three calls in flight; hang up without answering
+
+    _, client = serve(script)
+    calls = [in_background(lambda: client.get_session_pid("s1")) for _ in range(3)]
+    for thread, _, _ in calls:
+        thread.join(LONG)
+    assert [[type(e) for e in failures] for _, _, failures in calls] == [
+        [DaemonUnavailableError]] * 3
+
+
 def test_events_buffered_before_loss_are_delivered_then_next_event_raises(serve):
     def script(peer: Peer) -> None:
         request = peer.recv()
@@ -479,17 +637,18 @@ def test_shutdown_returns_once_the_daemon_closes_the_connection(serve):
 
 # -- closing ----------------------------------------------------------------------------------
 
-def test_close_leaves_no_reader_thread_and_no_fd(tmp_path):
+def test_a_client_starts_no_thread_and_close_leaves_no_fd(tmp_path):
     before = fd_count()
     peer = Peer(str(tmp_path / "p.sock"), echo, HELLO)
     try:
+        threads = thread_names()
         client = Client(peer.path, timeout=LONG)
-        assert len(reader_threads()) == 1
         client.get_session_pid("s1")
+        assert client.next_event(0) is None
+        assert thread_names() == threads  # every frame was read by the thread that needed it
         client.close()
         client.close()  # idempotent
         peer.thread.join(LONG)  # the peer saw EOF and closed its end
-        assert reader_threads() == []
     finally:
         peer.stop()
     assert peer.failure is None
@@ -500,7 +659,6 @@ def test_context_manager_closes_and_later_calls_raise_daemon_unavailable(serve):
     _, client = serve()
     with client as entered:
         assert entered is client
-    assert reader_threads() == []
     with pytest.raises(DaemonUnavailableError):
         client.get_session_pid("s1")
     with pytest.raises(DaemonUnavailableError):
@@ -530,6 +688,31 @@ def test_close_wakes_a_call_waiting_for_its_reply(serve):
     client.close()
     caller.join(LONG)
     assert [type(e) for e in failures] == [DaemonUnavailableError]
+
+
+def test_close_wakes_a_thread_waiting_for_events(serve):
+    _, client = serve()
+    waiter, _, failures = in_background(lambda: client.next_event(None))
+    wait_until(lambda: reading(client), LONG, "the event waiter to read")
+    client.close()
+    waiter.join(LONG)
+    assert [type(e) for e in failures] == [DaemonUnavailableError]
+    assert "closed" in failures[0].message
+    assert client._sock.fileno() == -1
+
+
+def test_close_from_a_signal_handler_inside_next_event_closes_without_deadlock(serve):
+    _, client = serve()
+    previous = signal.signal(signal.SIGALRM, lambda *_: client.close())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, SHORT)
+        with pytest.raises(DaemonUnavailableError) as info:
+            client.next_event(LONG)  # the main thread holds the role, inside poll
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "closed" in info.value.message
+    assert client._sock.fileno() == -1
 
 
 def test_repr_names_socket_pid_and_state(serve):
