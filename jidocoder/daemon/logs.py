@@ -89,11 +89,17 @@ class PipeLogHandler(MultiProcessingHandler):
         logging.Handler.close(self)
 
 
+_INHERITED_HANDLERS: list[logging.Handler] = []
+
+
 def install_session_logging(send: Callable[[dict[str, Any]], None], level: int) -> None:
     """In a freshly forked session: drop the daemon's file handler (never write its file from
     two processes) and send every record to the daemon instead."""
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)  # not closed: closing would flush the daemon's buffer twice
+        root.removeHandler(old)
+        # Kept alive, never closed: its fd was already closed under it, and if it were collected
+        # its file object would close that fd number again, by then maybe another file's.
+        _INHERITED_HANDLERS.append(old)
     root.addHandler(PipeLogHandler(send))
     root.setLevel(level)
