@@ -48,7 +48,12 @@ _request_ids = itertools.count(1)
 def fork_session(spec: SessionSpec, table: SessionTable) -> tuple[int, socket.socket]:
     """Fork the session process; returns its pid and the daemon's end of its socket."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
     if pid == 0:  # the child: never returns, so no object here is ever collected (their fds
         run_session(spec, theirs, table)  # are closed under them by close_inherited_fds)
     theirs.close()

@@ -72,10 +72,18 @@ class Loop:
             for key, mask in self.selector.select(self._timeout()):
                 on_read, on_write = key.data
                 if mask & selectors.EVENT_WRITE and on_write is not None:
-                    on_write()
+                    self._call(on_write)
                 if mask & selectors.EVENT_READ:
-                    on_read()
+                    self._call(on_read)
             self._run_due_timers()
+
+    @staticmethod
+    def _call(callback: Callable[[], None]) -> None:
+        """A bug in one callback is logged and costs that event, never the daemon."""
+        try:
+            callback()
+        except Exception:
+            log.exception("unexpected error in the daemon loop (the daemon carries on)")
 
     def stop(self) -> None:
         self.running = False
@@ -92,7 +100,7 @@ class Loop:
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                self._call(timer.callback)
 
     def close(self) -> None:
         self.selector.close()
