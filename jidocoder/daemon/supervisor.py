@@ -360,8 +360,12 @@ class Supervisor:
             if pid == 0:
                 return
             entry = self.by_pid.pop(pid, None)
-            if entry is not None:
+            if entry is None:
+                continue
+            try:
                 self.handle_exit(*entry, status)
+            except Exception:  # one exit handled badly must not leave the other children unreaped
+                log.exception("handling the exit of session process %d failed", pid)
 
     def handle_exit(self, record: SessionRecord, link: SessionLink, status: int) -> None:
         link.exit_status = status
