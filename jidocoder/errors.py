@@ -108,6 +108,10 @@ _BY_CODE: dict[str, type[JidocoderError]] = {
 }
 
 
+# A bug on the daemon's side: nothing the caller did wrong, so not a validation error.
+_BY_CODE["internal_error"] = JidocoderError
+
+
 def from_wire(data: dict[str, Any]) -> JidocoderError:
     """Rebuild an error sent by ``to_wire``; any code no other class owns is a validation rule."""
     code = str(data.get("code", "error"))
