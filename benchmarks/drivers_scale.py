@@ -1,7 +1,11 @@
-"""Scale (1, 100, 1,000 live sessions), restart restoring them, and fork from a grown process.
+"""Scale (1, 100, 1,000 live sessions and the most this machine holds), restart restoring
+1,000, and fork from a grown process.
 
 One daemon grows through the scale points; it is then stopped and started again on the same
 state dir, and the time until every session is listed with a serving process is the restore.
+In the full run the restored daemon (``max_sessions`` raised to ``scale_most``) then keeps
+creating sessions until that cap or until MemAvailable falls below 25 % of MemTotal: the "most"
+point. It is measured after the restore so that the restore row still times 1,000 sessions.
 """
 
 from __future__ import annotations
@@ -26,10 +30,77 @@ def rtt_p50(socket_path: str, sid: str, count: int) -> float:
                            for _ in range(count)], 50)
 
 
+def mem_available_fraction() -> float:
+    """/proc/meminfo MemAvailable / MemTotal."""
+    values = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, rest = line.split(":", 1)
+            values[name] = int(rest.split()[0])
+    return values["MemAvailable"] / values["MemTotal"]
+
+
+def reading(ctx: Context, daemon: BenchDaemon, sid: str, label: object) -> tuple:
+    """(round-trip p50, mean USS, mean PSS per session, daemon RSS) with the daemon as it is."""
+    time.sleep(0.5)
+    uss, pss, seen = session_memory(daemon.pid)
+    got = (rtt_p50(daemon.socket, sid, ctx.counts["scale_rtt"]), uss, pss, rss_mb(daemon.pid))
+    ctx.log(f"  scale {label}: rtt p50 {got[0]:.3f} ms, USS {uss:.2f} MB, PSS {pss:.2f} MB, "
+            f"daemon RSS {got[3]:.1f} MB ({seen} processes)")
+    return got
+
+
+def scale_rows(label: str, got: tuple, base: tuple, base_label: str, note: str) -> list[Row]:
+    rtt, uss, pss, _ = got
+    floor_name = f"same at {base_label} session"
+    return [Row(f"scale: send_message p50 at {label}", "ms", rtt, base[0], 1.5, p50=rtt,
+                floor_name=floor_name, note=note),
+            Row(f"scale: USS per session at {label}", "MB", uss, base[1], 1.5,
+                floor_name=floor_name, note=note),
+            Row(f"scale: PSS per session at {label}", "MB", pss, base[2], 1.5,
+                floor_name=floor_name, note=note)]
+
+
+def grow_to_most(ctx: Context, daemon: BenchDaemon, have: int, cap: int,
+                 min_available: float = 0.25) -> tuple[int, str]:
+    """Create sessions in batches (8 concurrent clients) until ``cap`` live sessions or until
+    MemAvailable falls below ``min_available`` of MemTotal. Batches shrink as memory nears the
+    limit (estimated from what the sessions so far took), so it is overshot by little. A batch
+    that fails ends the growth too. Returns the count reached and what stopped it."""
+    began, first = time.monotonic(), mem_available_fraction()
+    made = 0
+    while True:
+        left = mem_available_fraction()
+        if left < min_available:
+            reason = f"MemAvailable {left:.1%} of MemTotal"
+            break
+        if have >= cap:
+            reason = f"max_sessions cap {cap} (MemAvailable {left:.1%})"
+            break
+        batch = min(256, cap - have)
+        if made >= 64 and first > left:
+            per_session = (first - left) / made
+            batch = max(8, min(batch, int((left - min_available) / per_session) + 1))
+        try:
+            create_many(daemon.socket, batch)
+        except Exception as exc:  # e.g. the machine refused a fork: that is the most it holds
+            with Client(daemon.socket, timeout=60) as client:
+                have = len(client.list_sessions())
+            reason = f"{type(exc).__name__}: {exc}"
+            break
+        have, made = have + batch, made + batch
+    ctx.log(f"  grew to {have} sessions in {time.monotonic() - began:.1f} s; stopped by {reason}")
+    return have, reason
+
+
 def measure_scale_and_restore(ctx: Context) -> list[Row]:
+    """1, 100, 1,000 sessions on one daemon; stop it and time the restart restoring the 1,000;
+    then (full run) the restored daemon grows to the most this machine holds."""
     points = ctx.counts["scale"]
-    most = points[-1]
-    daemon = BenchDaemon(max_sessions=max(1024, most * 2)).start()
+    last, cap = points[-1], int(ctx.counts.get("scale_most") or 0)
+    max_sessions = max(1024, last * 2, cap)
+    daemon = BenchDaemon(max_sessions=max_sessions).start()
+    restored = None
     rows: list[Row] = []
     try:
         ids = create_many(daemon.socket, 1, clients=1)
@@ -37,33 +108,35 @@ def measure_scale_and_restore(ctx: Context) -> list[Row]:
         for point in points:
             if point > len(ids):
                 ids += create_many(daemon.socket, point - len(ids))
-            time.sleep(0.5)
-            uss, pss, seen = session_memory(daemon.pid)
-            readings[point] = (rtt_p50(daemon.socket, ids[0], ctx.counts["scale_rtt"]), uss, pss,
-                               rss_mb(daemon.pid))
-            ctx.log(f"  scale {point}: rtt p50 {readings[point][0]:.3f} ms, USS {uss:.2f} MB, "
-                    f"PSS {pss:.2f} MB, daemon RSS {readings[point][3]:.1f} MB ({seen} processes)")
+            readings[point] = reading(ctx, daemon, ids[0], point)
         base = readings[points[0]]
         for point in points[1:]:
-            rtt, uss, pss, rss = readings[point]
-            note = f"daemon RSS {rss:.1f} MB"
-            rows += [Row(f"scale: send_message p50 at {point} sessions", "ms", rtt, base[0], 1.5,
-                         p50=rtt, floor_name=f"same at {points[0]} session", note=note),
-                     Row(f"scale: USS per session at {point} sessions", "MB", uss, base[1], 1.5,
-                         floor_name=f"same at {points[0]} session", note=note),
-                     Row(f"scale: PSS per session at {point} sessions", "MB", pss, base[2], 1.5,
-                         floor_name=f"same at {points[0]} session", note=note)]
+            rows += scale_rows(f"{point} sessions", readings[point], base, str(points[0]),
+                               f"daemon RSS {readings[point][3]:.1f} MB")
         daemon.stop()
-        rows.append(measure_restore(ctx, daemon.root, most))
+        # the restore measures exactly the ``last`` sessions persisted above; only then grow
+        restore_row, restored = measure_restore(ctx, daemon.root, last, max_sessions,
+                                                keep=cap > last)
+        rows.append(restore_row)
+        if restored is not None:
+            most, reason = grow_to_most(ctx, restored, last, cap)
+            got = reading(ctx, restored, ids[0], f"{most} (most)")
+            rows += scale_rows(f"{most} sessions (most)", got, base, str(points[0]),
+                               f"daemon RSS {got[3]:.1f} MB; stopped by {reason}; sessions "
+                               f"{last + 1}..{most} created on the daemon that restored {last}")
     finally:
+        if restored is not None:
+            restored.stop()
         daemon.stop()
         daemon.remove()
     return rows
 
 
-def measure_restore(ctx: Context, root: str, count: int) -> Row:
-    """Start on a state dir holding ``count`` sessions → all listed, each with a serving pid."""
-    daemon = BenchDaemon(root=root, max_sessions=max(1024, count * 2))
+def measure_restore(ctx: Context, root: str, count: int, max_sessions: int,
+                    keep: bool = False) -> tuple[Row, BenchDaemon | None]:
+    """Start on a state dir holding ``count`` sessions → all listed, each with a serving pid.
+    With ``keep`` the restored daemon is returned running (the caller stops it)."""
+    daemon = BenchDaemon(root=root, max_sessions=max_sessions)
     try:
         start = now()
         daemon.start()
@@ -77,12 +150,18 @@ def measure_restore(ctx: Context, root: str, count: int) -> Row:
             else:
                 raise RuntimeError("restored sessions never all served")
         elapsed = (now() - start) * MS
-    finally:
+        if len(infos) != count:
+            raise RuntimeError(f"restored {len(infos)} sessions, expected {count}")
+    except BaseException:
+        daemon.stop()
+        raise
+    if not keep:
         daemon.stop()
     f = ctx.floors
     floor = f.p50("interpreter") + count * f.p50("fork_ready")
-    return Row(f"daemon restart restoring {count} sessions", "ms", elapsed, floor, None,
-               absolute_max=2000.0, floor_name=f"interpreter + {count} x fork→ready")
+    row = Row(f"daemon restart restoring {count} sessions", "ms", elapsed, floor, None,
+              absolute_max=2000.0, floor_name=f"interpreter + {count} x fork→ready")
+    return row, (daemon if keep else None)
 
 
 def measure_fork_choice(ctx: Context) -> list[Row]:

@@ -1,4 +1,4 @@
-"""Suite-wide guards: no process the suite started survives it."""
+"""Suite-wide guards: no process the suite started survives it, and the test process leaks no fd."""
 
 from __future__ import annotations
 
@@ -9,9 +9,30 @@ import pytest
 from tests.support import children_of, process_alive
 
 
+def suite_daemons() -> set[int]:
+    """Live jidocoder processes whose socket lives in a directory the suite made (/tmp/jd-*),
+    wherever they are in the process tree (a background daemon is nobody's child)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if b"JIDOCODER_SOCKET=/tmp/jd-" in environ and process_alive(int(entry)):
+            found.add(int(entry))
+    return found
+
+
 @pytest.fixture(autouse=True, scope="session")
-def no_stray_processes():
-    before = set(children_of(os.getpid()))
+def no_stray_processes_or_fds():
+    children_before = set(children_of(os.getpid()))
+    daemons_before = suite_daemons()
+    fds_before = len(os.listdir("/proc/self/fd"))
     yield
-    left = [pid for pid in set(children_of(os.getpid())) - before if process_alive(pid)]
+    left = [pid for pid in set(children_of(os.getpid())) - children_before if process_alive(pid)]
     assert left == [], f"processes started by the suite are still alive: {left}"
+    assert suite_daemons() - daemons_before == set(), "a daemon or session process of the suite survived it"
+    assert len(os.listdir("/proc/self/fd")) == fds_before, "the test process leaks file descriptors"
