@@ -35,6 +35,7 @@ log = logging.getLogger("jidocoder.daemon")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 PEERCRED = struct.Struct("3i")
+ACCEPT_PAUSE = 0.1  # after accept() fails (out of fds): time for connections to close
 
 
 class Daemon:
@@ -107,8 +108,10 @@ class Daemon:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: refuse this one, keep serving
-                log.error("accept failed: %s", exc)
+            except OSError as exc:  # EMFILE and friends: the listener stays readable, so pause
+                log.error("accept failed: %s; not accepting for %.1f s", exc, ACCEPT_PAUSE)
+                self.loop.unwatch(self.listener)  # it or epoll would spin on it at full CPU
+                self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 return
             pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                              PEERCRED.size))
@@ -117,6 +120,10 @@ class Daemon:
                 sock.close()
                 continue
             self._add_client(sock, pid)
+
+    def _resume_accepting(self) -> None:
+        if self.listener is not None and not self.stopping:
+            self.loop.watch(self.listener, self._accept)
 
     def _add_client(self, sock: socket.socket, pid: int) -> None:
         conn = ClientConnection(sock, pid, max_request=self.settings.max_request_bytes,

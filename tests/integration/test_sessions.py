@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from jidocoder import (InvalidArgumentError, LimitExceededError, SessionNotFoundError,
                        SessionStatus)
-from tests.support import (SHORT, children_of, cpu_seconds, fd_count, process_alive, take_events,
+from tests.support import (LONG, SHORT, children_of, cpu_seconds, fd_count, process_alive, take_events,
                            wait_until)
 
 SESSION_ID = re.compile(r"session_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -494,3 +495,38 @@ def test_a_hung_session_blocks_no_call_about_other_sessions(daemon_factory):
         assert outcome == {"result": None}
         assert first.get_session_info(hung).restarts == 0
         assert first.get_session_pid(hung) == hung_pid
+
+
+
+def test_running_out_of_descriptors_pauses_accepting_without_spinning_and_recovers(daemon):
+    soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (fd_count(daemon.pid) + 4, hard))
+    pending = []
+    try:
+        for _ in range(8):  # the kernel queues them all; the daemon can accept only a few
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(daemon.socket)
+            pending.append(sock)
+        wait_until(lambda: "not accepting" in daemon.log_text(), SHORT, "the daemon to pause accepting")
+        assert cpu_used_over(daemon.pid, 0.5) < 0.25  # paused, not spinning on a readable listener
+    finally:
+        for sock in pending:
+            sock.close()
+    resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    with wait_until(lambda: try_client(daemon), LONG, "a new connection to be served") as client:
+        assert client.list_sessions() == []
+
+
+def cpu_used_over(pid: int, seconds: float) -> float:
+    """CPU seconds ``pid`` uses during a window of ``seconds`` (a measurement, not a wait)."""
+    before, end = cpu_seconds(pid), time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return cpu_seconds(pid) - before
+
+
+def try_client(daemon):
+    try:
+        return daemon.client(timeout=SHORT)
+    except Exception:
+        return None
