@@ -36,7 +36,8 @@ class Api:
 
     def dispatch(self, conn: ClientConnection, frame: Any) -> None:
         request_id = frame.get("id") if isinstance(frame, dict) else None
-        pending = Pending(lambda message: conn.send({"id": request_id, **message}),
+        conn.begin_call()
+        pending = Pending(lambda message: conn.reply(request_id, message),
                           frame.get("op", "") if isinstance(frame, dict) else "")
         try:
             op, args = parse_request(frame)

@@ -1,8 +1,11 @@
 """One client connection as the daemon's loop sees it: a decoder in, a bounded buffer out.
 
-The loop never blocks on a client. What a client has not read yet waits in its out-buffer; a
-client that falls ``client_buffer_bytes`` behind (a subscriber that stopped reading while events
-flow) is disconnected with a logged reason, so it costs a bounded amount of memory.
+The loop never blocks on a client, and no client can make the daemon grow without bound:
+- events a client has not read wait in its out-buffer; one that falls ``client_buffer_bytes``
+  behind (a subscriber that stopped reading while events flow) is disconnected, with a reason;
+- replies are never dropped (the client asked for them), so a client that sends requests but
+  does not read the replies is throttled instead: while its out-buffer is over the bound, or it
+  has ``MAX_IN_FLIGHT`` calls unanswered, the daemon stops reading from it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from ..errors import JidocoderError
 log = logging.getLogger("jidocoder.daemon")
 
 READ_CHUNK = 64 * 1024
+MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops reading it
 
 
 class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
-                 on_writable_change: Callable[["ClientConnection", bool], None],
+                 on_interest: Callable[["ClientConnection", bool, bool], None],
                  on_closed: Callable[["ClientConnection"], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
@@ -35,7 +39,10 @@ class ClientConnection:
         self.close_reason = ""
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
-        self._on_writable_change = on_writable_change
+        self._on_interest = on_interest
+        self.in_flight = 0
+        self.backlog: deque[Any] = deque()  # requests read but held back while throttled
+        self.resume_scheduled = False
         self._on_closed = on_closed
 
     def __repr__(self) -> str:
@@ -64,6 +71,31 @@ class ClientConnection:
             self.flush()
             self.close(f"bad frame: {exc}")
             return []
+
+    # -- calls -------------------------------------------------------------------------------
+    def next_call(self) -> Any:
+        """The next request to dispatch, or None while throttled (or none is waiting)."""
+        if self.backlog and self.accepting_calls:
+            return self.backlog.popleft()
+        return None
+
+    def begin_call(self) -> None:
+        self.in_flight += 1
+        self._update_interest()
+
+    def reply(self, request_id: Any, message: dict[str, Any]) -> None:
+        """The answer to a call that ``begin_call`` counted."""
+        self.in_flight -= 1
+        self.send({"id": request_id, **message})
+        self._update_interest()
+
+    @property
+    def accepting_calls(self) -> bool:
+        return not self.closed and self.in_flight < MAX_IN_FLIGHT and self._out_bytes <= self.max_buffer
+
+    def _update_interest(self) -> None:
+        if not self.closed:
+            self._on_interest(self, self.accepting_calls and not self.backlog, bool(self._out))
 
     # -- out ---------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
@@ -109,8 +141,7 @@ class ClientConnection:
                 self._out.popleft()
             else:
                 self._out[0] = head[sent:]
-        if not self.closed:
-            self._on_writable_change(self, bool(self._out))
+        self._update_interest()
 
     @property
     def pending_bytes(self) -> int:

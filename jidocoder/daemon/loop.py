@@ -34,6 +34,7 @@ class Loop:
         self.selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
+        self._parked: dict[Any, selectors.SelectorKey] = {}
         self.running = False
 
     # -- descriptors ------------------------------------------------------------------------
@@ -42,12 +43,28 @@ class Loop:
         self.selector.register(fileobj, selectors.EVENT_READ, (on_read, on_write))
 
     def want_write(self, fileobj: Any, wanted: bool) -> None:
-        key = self.selector.get_key(fileobj)
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
-        if key.events != events:
+        self.set_interest(fileobj, read=True, write=wanted)
+
+    def set_interest(self, fileobj: Any, *, read: bool, write: bool) -> None:
+        """Which events to wait for; neither means the fd is parked (kept, not waited on)."""
+        events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        try:
+            key = self.selector.get_key(fileobj)
+        except KeyError:
+            key = self._parked.get(fileobj)
+            if key is None or not events:
+                return
+            del self._parked[fileobj]
+            self.selector.register(fileobj, events, key.data)
+            return
+        if not events:
+            self._parked[fileobj] = key
+            self.selector.unregister(fileobj)
+        elif key.events != events:
             self.selector.modify(fileobj, events, key.data)
 
     def unwatch(self, fileobj: Any) -> None:
+        self._parked.pop(fileobj, None)
         try:
             self.selector.unregister(fileobj)
         except (KeyError, ValueError):

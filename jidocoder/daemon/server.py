@@ -128,7 +128,7 @@ class Daemon:
     def _add_client(self, sock: socket.socket, pid: int) -> None:
         conn = ClientConnection(sock, pid, max_request=self.settings.max_request_bytes,
                                 max_buffer=self.settings.client_buffer_bytes,
-                                on_writable_change=self._client_wants_write,
+                                on_interest=self._client_interest,
                                 on_closed=self._drop_client)
         self.clients.add(conn)
         self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))
@@ -136,10 +136,15 @@ class Daemon:
     def _on_client_readable(self, conn: ClientConnection) -> None:
         if conn.closed:
             return
-        for frame in conn.read_requests():
-            self.api.dispatch(conn, frame)
+        conn.backlog.extend(conn.read_requests())
+        self._dispatch_backlog(conn)
         if conn.closed:
             self._drop_client(conn)
+
+    def _dispatch_backlog(self, conn: ClientConnection) -> None:
+        conn.resume_scheduled = False
+        while (frame := conn.next_call()) is not None:
+            self.api.dispatch(conn, frame)
 
     def _on_client_writable(self, conn: ClientConnection) -> None:
         if not conn.closed:
@@ -147,9 +152,13 @@ class Daemon:
         if conn.closed:
             self._drop_client(conn)
 
-    def _client_wants_write(self, conn: ClientConnection, wanted: bool) -> None:
-        if conn in self.clients:
-            self.loop.want_write(conn, wanted)
+    def _client_interest(self, conn: ClientConnection, read: bool, write: bool) -> None:
+        if conn not in self.clients:
+            return
+        self.loop.set_interest(conn, read=read, write=write)
+        if conn.backlog and conn.accepting_calls and not conn.resume_scheduled:
+            conn.resume_scheduled = True  # later, not from inside the reply that made room
+            self.loop.call_later(0, lambda: self._dispatch_backlog(conn))
 
     def _drop_client(self, conn: ClientConnection, flush: bool = False) -> None:
         if conn not in self.clients:

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from jidocoder import (InvalidArgumentError, LimitExceededError, SessionNotFoundError,
-                       SessionStatus)
-from tests.support import (LONG, SHORT, children_of, cpu_seconds, fd_count, process_alive, take_events,
-                           wait_until)
+                       SessionStatus, wire)
+from tests.support import (LONG, SHORT, children_of, cpu_seconds, fd_count, process_alive, rss_kib,
+                           take_events, wait_until)
 
 SESSION_ID = re.compile(r"session_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 UNKNOWN_ID = "session_00000000-0000-4000-8000-000000000000"
@@ -530,3 +530,25 @@ def try_client(daemon):
         return daemon.client(timeout=SHORT)
     except Exception:
         return None
+
+
+def test_a_client_that_sends_but_does_not_read_is_throttled_and_gets_every_reply(daemon_factory):
+    daemon = daemon_factory(client_buffer_bytes=1024 * 1024)
+    count, entry = 1500, {"blob": "x" * 100_000}  # each reply ~100 KB: 150 MB if nothing held back
+    with daemon.client() as c, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        session = c.create_session(config={"persistence_enabled": False})
+        c.update_file_index(session, "/big", entry)
+        raw.connect(daemon.socket)
+        rss_before = rss_kib(daemon.pid)
+        frames = b"".join(wire.pack_frame({"id": i, "op": "get_file_index", "args": {"session_id": session}},
+                                          1 << 20) for i in range(1, count + 1))
+        sender = threading.Thread(target=raw.sendall, args=(frames,))
+        sender.start()
+        sender.join(3.0)  # all of it fits in the kernel's buffer: the daemon decides what it reads
+        # Another client's call to the same session is served in order behind what the daemon
+        # took from the raw client: once it returns, whatever the daemon holds is in memory.
+        assert c.get_file_index(session)["/big"]["blob"] == entry["blob"]
+        assert rss_kib(daemon.pid) - rss_before < 40 * 1024
+        ids = [wire.read_frame(raw, 1 << 24)["id"] for _ in range(count)]
+        sender.join(SHORT)
+        assert ids == list(range(1, count + 1))
