@@ -374,7 +374,11 @@ def debug_pid(s: SessionProcess):
     return os.getpid(), NO_EVENTS
 
 
+def debug_raise(s: SessionProcess, message: str = "a bug"):
+    raise RuntimeError(message)  # what a bug in a handler looks like
+
+
 DEBUG_HANDLERS: dict[str, Callable[..., Any]] = {
     "debug_exit": debug_exit, "debug_hang": debug_hang, "debug_log": debug_log,
-    "debug_allocate": debug_allocate, "debug_pid": debug_pid,
+    "debug_allocate": debug_allocate, "debug_pid": debug_pid, "debug_raise": debug_raise,
 }

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from jidocoder import Client, Event, SessionStatus
-from jidocoder.errors import SessionCrashedError, SessionNotFoundError
+from jidocoder.errors import JidocoderError, SessionCrashedError, SessionNotFoundError
 from tests.support import (LONG, SHORT, DaemonProcess, process_alive, process_state, wait_until,
                            zombies_among_children)
 
@@ -536,4 +536,21 @@ def test_sessions_killed_while_logging_leave_the_log_parseable_and_the_others_lo
             if match["message"].startswith("noise"):  # a record arrives whole or not at all
                 marker, number, payload = match["message"].split(" ")
                 assert payload == "x" * RECORD_SIZE and int(number) < RECORDS_PER_CALL
+    assert_no_zombies(daemon)
+
+
+# -- errors inside a session ----------------------------------------------------------------------
+def test_a_bug_in_a_handler_is_answered_and_the_process_keeps_serving(daemon):
+    with daemon.client() as c:
+        session = c.create_session()
+        c.send_message(session, "user", "before")
+        pid = c.get_session_pid(session)
+        with pytest.raises(JidocoderError) as caught:
+            debug(c, "debug_raise", session, message="boom")
+        assert (type(caught.value), caught.value.code) == (JidocoderError, "internal_error")
+        assert "RuntimeError: boom" in caught.value.message
+        c.send_message(session, "user", "after")
+        assert contents(c, session) == ["before", "after"]
+        assert (c.get_session_pid(session), c.get_session_info(session).restarts) == (pid, 0)
+    assert "RuntimeError: boom" in daemon.log_text()  # the traceback reached the log, for a person
     assert_no_zombies(daemon)
