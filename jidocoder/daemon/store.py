@@ -43,7 +43,7 @@ Why this shape (API.md §6, Durability):
   page cache) before the call returns, so it survives any process crash. ``FULL`` ("full") also
   fsyncs the WAL on each commit, so it survives a power loss. Every write method is one
   transaction that commits before it returns.
-- **Costs**, measured 2026-05 (2 vCPU VM, ext4 on virtio, CPython 3.11, SQLite 3.40, files in
+- **Costs**, measured 2026-11 (2 vCPU VM, ext4 on virtio, CPython 3.11, SQLite 3.40, files in
   /tmp, where creating a file costs ~0.19 ms; medians, ms; "before" is the previous version):
 
   ======================================  =============  =============
