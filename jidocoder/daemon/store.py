@@ -394,9 +394,17 @@ class Registry(_Database):
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the file and truncate it to zero bytes."""
+        """Copy the WAL into the file and truncate it to zero bytes.
+
+        At "normal" nothing is promised across a power loss, so the copy is not fsynced: written
+        to the file, it survives any process crash, and a terminate saves two fdatasyncs."""
         with self._direct() as conn:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if self._synchronous != "FULL":
+                conn.execute("PRAGMA synchronous=OFF")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
         if busy:  # only if another connection reads the registry, which nothing should
             raise JidocoderError(f"{self.path}: another connection blocks the checkpoint",
                                  code="store_busy")
