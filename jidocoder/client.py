@@ -3,7 +3,8 @@
 Each method is one request (docs/protocol.md, API.md) whose result comes back as a model. The
 connection under it (one socket for replies and events, read by whichever thread needs a frame,
 and a drain thread only once the client subscribes) is ``Connection``, in ``_connection.py``,
-whose docstring explains the design and the hazards it guards against.
+and its mixin ``Reader``, in ``_reader.py``, whose docstrings explain the design and the hazards
+they guard against.
 
 This module never imports ``jidocoder.daemon``: a client process must stay small and free of
 the daemon's threads and state.
@@ -15,7 +16,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._connection import DEFAULT_MAX_REQUEST_BYTES, DRAIN_THREAD_NAME, Connection, to_model
+from ._connection import DEFAULT_MAX_REQUEST_BYTES, Connection
+from ._reader import DRAIN_THREAD_NAME, to_model
 from .config import default_socket_path
 from .errors import ProtocolError, RequestTimeoutError
 from .models import ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo

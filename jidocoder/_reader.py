@@ -1,0 +1,313 @@
+"""The reader role and the drain: how the threads of one client share the reading of its socket.
+
+One Unix stream socket carries both the replies to this client's requests and the events it
+subscribed to, interleaved in whatever order the daemon sends them (docs/protocol.md); whoever
+reads it routes what it finds: a reply to the caller waiting for its id, an event to a buffer.
+``Reader`` is a mixin of ``Connection`` (_connection.py), which owns the socket, the lock and
+the state this module reads and writes: one object, one lock.
+
+Why leader/follower and not a reader thread: a thread that reads every reply and hands it to
+its caller costs two wakeups (futex and GIL) per call; measured against the daemon, it doubled
+a one-hop call (143 µs against 72 µs on a raw socket). Here the thread that needs a frame reads
+it itself, so a client used by one thread never hands anything over:
+
+    caller ──(send lock: one whole frame at a time)──► socket ──► daemon
+    caller ◄── poll + recv in its own thread, holding the reader role ◄── socket
+    other callers ◄── a slot per request id, filled and woken by the role holder
+    next_event()  ◄── a deque of Event, filled by whichever thread holds the role
+
+How the role moves:
+- It is a flag under the client's lock. A thread that needs a frame (a caller waiting for its
+  reply, ``next_event`` for an event, ``shutdown`` for EOF) takes it if it is free; otherwise
+  it waits on its own Condition (on the same lock) until what it needs arrives, the role frees
+  up, the connection ends or its deadline passes.
+- The holder reads with the lock released: ``poll`` with its remaining deadline, one ``recv``
+  of what is there, fed to a ``wire.FrameDecoder``. It routes each complete frame (waking the
+  threads whose reply or event came) and stops once what it waits for has come or its deadline
+  has passed; on the way out it wakes one waiter that still needs a frame, to read for the rest.
+- A frame cut in two by a deadline is not lost: its first part stays in the decoder for the
+  next holder, so a timeout never puts the stream out of step, and a daemon stalled mid-frame
+  holds no reader past its deadline.
+
+The drain, only in a client that has subscribed: with no thread reading, its events would pile
+up in the kernel and in the daemon, which drops a client that falls ``client_buffer_bytes``
+behind. The first subscription starts one thread (``DRAIN_THREAD_NAME``) that waits for the
+socket to turn readable without the role and takes the role only when it is free, for one read;
+finding it held, it backs off rather than ask to be woken, so no call pays a handoff for it. A
+client that never subscribes runs no thread at all.
+
+Hazard designed against: the socket is closed by the last thread to stop polling it (``close``,
+the role holder, the drain): an fd closed under a poll could be reused by an unrelated file.
+
+This module, like client.py, never imports ``jidocoder.daemon``: a client process must stay
+small and free of the daemon's threads and state.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from . import wire
+from .config import MiB
+from .errors import InvalidArgumentError, ProtocolError
+from .models import Event
+
+__all__ = ["DRAIN_THREAD_NAME", "Reader", "to_model"]
+
+DRAIN_THREAD_NAME = "jidocoder-client-drain"
+
+# Replies come from our own daemon (a 0600 socket), and one may carry a whole cached file or a
+# long conversation, so the bound is generous (the largest max_request_bytes the daemon takes):
+# it only keeps a garbage header from making the decoder buffer up to 4 GiB.
+_MAX_REPLY_BYTES = 1024 * MiB
+# One recv takes at most this much, into a buffer allocated once per client: Python allocates
+# the whole requested size on every plain recv, and more than 64 KiB measured slower.
+_RECV_BYTES = 64 * 1024
+
+# How long the drain leaves the socket alone after finding the role held: the role holder reads
+# (and routes events) meanwhile, so this only bounds how often the drain looks, never how soon
+# a frame is read. 5 ms of a flood is far less than the kernel and daemon buffers hold.
+_DRAIN_BACKOFF = 0.005
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class _EndOfStream(Exception):
+    """The daemon closed the connection between two frames."""
+
+
+class _Slot:
+    """Where the role holder leaves the reply to one request."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self) -> None:
+        self.reply: dict[str, Any] | None = None
+
+
+class Reader:
+    """The reader role and the drain, mixed into ``Connection``, which sets every attribute
+    below in its ``__init__`` and provides ``_check_open``, ``_lose_locked`` and
+    ``_close_socket_if_unused``."""
+
+    _lock: threading.Lock
+    _sock: socket.socket
+    _pending: dict[int, _Slot]
+    _events: deque[Event]
+    # Each waiting thread's Condition → whether what it waits for has come.
+    _waiters: dict[threading.Condition, Callable[[], bool]]
+    _reading: bool  # the reader role is held
+    _reader: int | None  # the role holder's thread ident
+    _role_free: threading.Condition  # role given up or drain ended
+    _drain: threading.Thread | None  # started by the first subscription
+    _draining: bool  # the drain thread may still poll the socket
+    _drain_stop: threading.Event  # ends the drain's back-off at once
+    _lost: tuple[str, BaseException | None] | None
+    _closed: bool
+    _decoder: wire.FrameDecoder
+    _buffer: memoryview
+    _poller: select.poll
+    _check_open: Callable[[], None]
+    _lose_locked: Callable[[str, BaseException | None], None]
+    _close_socket_if_unused: Callable[[], None]
+
+    # -- waiting for what the socket brings --------------------------------------------------
+
+    def _take_event(self, deadline: float | None) -> Event | None:
+        """The oldest buffered event, reading for one until the deadline (None: never)."""
+        with self._lock:
+            if not self._await(self._has_event, deadline):
+                return None
+            return self._events.popleft()
+
+    def _has_event(self) -> bool:
+        return bool(self._events)
+
+    def _await_end(self, deadline: float) -> bool:
+        """Read (buffering the events still in flight) until the connection ends; False if the
+        deadline passes first."""
+        with self._lock:
+            return self._await(self._ended, deadline)
+
+    def _ended(self) -> bool:
+        return self._lost is not None or self._closed
+
+    # -- the reader role (every method below runs with _lock held) ---------------------------
+
+    def _await(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """Wait until ``ready()``, reading the socket whenever the role is free; False once the
+        deadline (None: never) passes first. What is ready wins over a lost connection."""
+        cond: threading.Condition | None = None
+        try:
+            while not ready():
+                self._check_open()
+                if not self._reading:
+                    if not self._lead(ready, deadline):
+                        return ready()
+                    continue
+                remaining = None if deadline is None else _remaining(deadline)
+                if remaining == 0:
+                    return False
+                if cond is None:
+                    cond = threading.Condition(self._lock)
+                    self._waiters[cond] = ready
+                cond.wait(remaining)
+            return True
+        finally:
+            if cond is not None:
+                del self._waiters[cond]
+            if not self._reading:
+                self._promote()  # leaving with the role free: someone else may need it
+
+    def _lead(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """Hold the reader role until ``ready()``, the connection ends, or the deadline passes
+        (False). The lock is released while the socket is read."""
+        self._reading, self._reader = True, threading.get_ident()
+        try:
+            polled = False
+            while not ready() and not self._closed and self._lost is None:
+                remaining = None if deadline is None else _remaining(deadline)
+                if remaining == 0 and polled:
+                    return False
+                polled = True
+                self._lock.release()
+                try:
+                    frames = self._read_frames(remaining)
+                except Exception as e:  # noqa: BLE001 -- whatever ends the stream ends it for all
+                    frames, failure = [], e
+                else:
+                    failure = None
+                finally:
+                    self._lock.acquire()
+                self._route(frames or [])
+                if failure is not None:
+                    self._lose_locked(_describe(failure), _cause(failure))
+                elif frames is None and remaining is not None:
+                    return False
+            return True
+        finally:
+            self._reading, self._reader = False, None
+            self._close_socket_if_unused()
+            self._role_free.notify_all()
+            self._promote()
+
+    def _read_frames(self, timeout: float | None) -> list[Any] | None:
+        """The frames completed by what the socket holds; None if nothing came in ``timeout``
+        seconds. Part of a frame stays in the decoder for whoever reads next."""
+        if not self._poller.poll(None if timeout is None else timeout * 1000):
+            return None
+        count = self._sock.recv_into(self._buffer, _RECV_BYTES)
+        if count == 0:
+            self._decoder.close()  # ProtocolError if the EOF cut a frame short
+            raise _EndOfStream("the daemon closed the connection")
+        return self._decoder.feed(self._buffer[:count])
+
+    def _route(self, frames: list[Any]) -> None:
+        """Each reply to its slot and each event to the deque, then wake whoever can go on. A
+        bad frame ends the connection, after the good ones before it are delivered."""
+        try:
+            for frame in frames:
+                if not isinstance(frame, dict):
+                    raise ProtocolError(f"the daemon sent a {type(frame).__name__}, "
+                                        "not a message")
+                if "event" in frame:
+                    self._events.append(to_model(Event, frame["event"]))
+                    continue
+                slot = self._pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
+                if slot is not None:
+                    slot.reply = frame
+        except ProtocolError as e:
+            self._lose_locked(_describe(e), e)
+        for cond, waiter_ready in self._waiters.items():
+            if waiter_ready():
+                cond.notify()
+
+    def _promote(self) -> None:
+        """Wake one waiter that still needs a frame, to take the free role."""
+        if self._closed or self._lost is not None:
+            return  # _wake_all already woke everyone
+        for cond, waiter_ready in self._waiters.items():
+            if not waiter_ready():
+                cond.notify()
+                return
+
+    def _wake_all(self) -> None:
+        for cond in self._waiters:
+            cond.notify()
+
+    # -- the drain: a subscribed client reads its events even while no thread asks ----------
+
+    def _start_drain(self) -> None:
+        """After a subscription: without a reader, events would pile up in the daemon until it
+        drops this client (client_buffer_bytes). Clients that never subscribe have no thread."""
+        with self._lock:
+            if self._drain is not None or self._closed or self._lost is not None:
+                return
+            self._draining = True
+            self._drain = drain = threading.Thread(target=self._drain_loop,
+                                                   name=DRAIN_THREAD_NAME, daemon=True)
+        try:
+            drain.start()
+        except BaseException:  # no thread: close() must not wait for one
+            with self._lock:
+                self._draining = False
+            raise
+
+    def _drain_loop(self) -> None:
+        """The lowest-priority participant: it waits for the socket to turn readable without the
+        role, and takes the role only when it is free, for one non-blocking read. It never
+        contends with a caller reading its own reply: seeing the role held (read without the
+        lock, a hint) it backs off instead of asking to be woken, so no call pays a wakeup."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        try:
+            while not self._drain_stop.is_set():
+                poller.poll()  # shutdown (close, lost) wakes it with POLLHUP
+                if self._reading:
+                    self._drain_stop.wait(_DRAIN_BACKOFF)
+                    continue
+                with self._lock:
+                    if self._closed or self._lost is not None:
+                        return
+                    if not self._reading:
+                        self._lead(_never, time.monotonic())  # one read, whatever it brings
+        finally:
+            with self._lock:
+                self._draining = False
+                self._close_socket_if_unused()
+                self._role_free.notify_all()
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _never() -> bool:
+    return False
+
+
+def _describe(failure: BaseException) -> str:
+    if isinstance(failure, _EndOfStream):
+        return str(failure)
+    return f"{type(failure).__name__}: {failure}"
+
+
+def _cause(failure: BaseException) -> BaseException | None:
+    return None if isinstance(failure, _EndOfStream) else failure
+
+
+def to_model(model: type[ModelT], data: Any) -> ModelT:
+    """``data`` as ``model``: what the daemon sends is checked here, where the events are
+    routed, and in client.py, where results are returned."""
+    try:
+        return model.model_validate(data)
+    except (ValidationError, InvalidArgumentError) as e:  # the models may translate their errors
+        raise ProtocolError(f"the daemon sent an invalid {model.__name__}: {e}") from e
