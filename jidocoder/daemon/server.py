@@ -29,7 +29,7 @@ from .loop import Loop
 from .startup import (StartError, bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
 from .supervisor import Supervisor
-from .watchdog import check_sessions
+from .watchdog import MEMORY_CHECK_INTERVAL, check_memory_use, check_sessions
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -75,6 +75,7 @@ class Daemon:
         log.info("daemon pid %d serving on %s (state dir %s), %d sessions restored",
                  os.getpid(), self.settings.socket, self.settings.state_dir, restored)
         self.loop.every(min(0.5, self.settings.hang_timeout / 4), lambda: check_sessions(self.supervisor))
+        self.loop.every(MEMORY_CHECK_INTERVAL, lambda: check_memory_use(self.supervisor))
         gc.freeze()  # what exists now is shared with every session forked from here on
         on_ready()
         self.loop.run()

@@ -31,13 +31,28 @@ STACK_DUMP_GRACE = 0.2  # time for faulthandler to write before SIGTERM lands
 KILL_GRACE = 0.5
 
 
+MEMORY_CHECK_INTERVAL = 2.0  # reading /proc costs ~10 µs a session: not on every tick
+
+
 def check_sessions(supervisor: "Supervisor") -> None:
+    """Every tick: hangs (a read of the shared table) and idleness, for every session."""
     now = time.monotonic()
+    for record, link in watched(supervisor):
+        check_hung(supervisor, record, link, now)
     for record in list(supervisor.records.values()):
-        link = record.link
-        if link is not None and link.exit_status is None and not link.stopping and link.kill_reason is None:
-            check_hung(supervisor, record, link, now) or check_memory(supervisor, link)
         check_idle(supervisor, record, now)
+
+
+def check_memory_use(supervisor: "Supervisor") -> None:
+    for _, link in watched(supervisor):
+        check_memory(supervisor, link)
+
+
+def watched(supervisor: "Supervisor") -> list[tuple["SessionRecord", SessionLink]]:
+    """Sessions with a live process that nobody is already stopping or killing."""
+    return [(record, record.link) for record in list(supervisor.records.values())
+            if record.link is not None and record.link.exit_status is None
+            and not record.link.stopping and record.link.kill_reason is None]
 
 
 def check_hung(supervisor: "Supervisor", record: "SessionRecord", link: SessionLink, now: float) -> bool:
