@@ -1,11 +1,11 @@
-"""The watchdog: what the supervisor checks on every tick, from outside each session.
+"""The watchdog: what the supervisor checks periodically, from outside each session.
 
 - **Hangs**: a session's loop beats a heartbeat into its table slot at every turn. A slot whose
   beat is older than ``hang_timeout`` (a busy loop, a deadlock, a SIGSTOPped process) gets
   SIGUSR1 first, so faulthandler writes its stack to daemon.log, then SIGTERM, then SIGKILL
   (the only one a stopped process cannot ignore); the crash is reported as ``"hung"``.
-- **Memory**: a session whose resident set passes ``memory_limit_mb`` is SIGKILLed and reported
-  as ``"memory limit"``. Enforced from outside: ``RLIMIT_AS`` would only raise MemoryError,
+- **Memory** (every ``MEMORY_CHECK_INTERVAL``; the rest on every tick): a session whose resident
+  set passes ``memory_limit_mb`` is SIGKILLed and reported as ``"memory limit"``. Enforced from outside: ``RLIMIT_AS`` would only raise MemoryError,
   which the session's own error handling would swallow.
 - **Idleness**: an active session with no call for its ``timeout_minutes`` goes idle.
 """
