@@ -77,6 +77,16 @@ def subset(payload: dict, expected: dict) -> dict:
     return {key: payload.get(key) for key in expected}
 
 
+def expect_first_crash_and_restart(events: "EventLog", session: str, reason: str,
+                                   timeout: float = SHORT) -> Event:
+    """``session_crashed`` (``reason``, restarts 0, will restart), then ``session_restarted``,
+    which is returned."""
+    crashed = events.wait_type("session_crashed", session, timeout=timeout)
+    assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
+        "reason": reason, "restarts": 0, "will_restart": True}
+    return events.wait_type("session_restarted", session)
+
+
 def assert_no_zombies(daemon: DaemonProcess) -> None:
     assert zombies_among_children(daemon.pid) == []
 
@@ -228,10 +238,7 @@ def test_five_sessions_killed_at_once_are_all_restarted_and_serve(daemon):
         for pid in old_pids:
             os.kill(pid, signal.SIGKILL)
         for session in victims:
-            crashed = events.wait_type("session_crashed", session)
-            assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
-                "reason": "killed by SIGKILL", "restarts": 0, "will_restart": True}
-            restarted = events.wait_type("session_restarted", session)
+            restarted = expect_first_crash_and_restart(events, session, "killed by SIGKILL")
             assert restarted.payload["restarts"] == 1
         for session, old_pid in zip(victims, old_pids):
             assert c.get_session_pid(session) not in old_pids
@@ -254,10 +261,7 @@ def test_sigsegv_is_reported_as_killed_by_sigsegv_and_the_session_restarts(daemo
         pid = c.get_session_pid(session)
         resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))  # no core file left behind
         os.kill(pid, signal.SIGSEGV)
-        crashed = events.wait_type("session_crashed", session)
-        assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
-            "reason": "killed by SIGSEGV", "restarts": 0, "will_restart": True}
-        events.wait_type("session_restarted", session)
+        expect_first_crash_and_restart(events, session, "killed by SIGSEGV")
         assert contents(c, session) == ["hello"]
     assert_no_zombies(daemon)
 
@@ -271,10 +275,7 @@ def test_exit_code_is_reported_and_the_call_inside_the_process_raises_session_cr
         with pytest.raises(SessionCrashedError) as raised:
             debug(c, "debug_exit", session, code=3)
         assert raised.value.code == "session_crashed"
-        crashed = events.wait_type("session_crashed", session)
-        assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
-            "reason": "exit code 3", "restarts": 0, "will_restart": True}
-        restarted = events.wait_type("session_restarted", session)
+        restarted = expect_first_crash_and_restart(events, session, "exit code 3")
         assert restarted.payload["pid"] == c.get_session_pid(session)
         assert contents(c, session) == ["hello"]
         assert c.get_session_info(session).restarts == 1
@@ -291,10 +292,7 @@ def test_stopped_session_is_killed_as_hung_and_restarted(daemon_factory):
         events = EventLog(watcher)
         old_pid = c.get_session_pid(session)
         os.kill(old_pid, signal.SIGSTOP)
-        crashed = events.wait_type("session_crashed", session, timeout=SHORT)
-        assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
-            "reason": "hung", "restarts": 0, "will_restart": True}
-        restarted = events.wait_type("session_restarted", session)
+        restarted = expect_first_crash_and_restart(events, session, "hung")
         assert restarted.payload["pid"] != old_pid
         wait_until(lambda: process_state(old_pid) is None, SHORT, "the stopped process to be gone")
         assert contents(c, session) == ["hello"]
@@ -311,10 +309,7 @@ def test_busy_session_is_killed_as_hung_after_its_stack_is_written_to_the_log(da
         events = EventLog(watcher)
         with pytest.raises(SessionCrashedError):
             debug(c, "debug_hang", session, seconds=60)
-        crashed = events.wait_type("session_crashed", session)
-        assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
-            "reason": "hung", "restarts": 0, "will_restart": True}
-        events.wait_type("session_restarted", session)
+        expect_first_crash_and_restart(events, session, "hung")
         c.send_message(session, "user", "serving again")
         assert contents(c, session) == ["serving again"]
         assert events.of(bystander) == []
@@ -390,10 +385,7 @@ def test_session_past_the_memory_limit_is_killed_and_restarted(daemon_factory):
             debug(c, "debug_allocate", session, megabytes=100)
         except SessionCrashedError:
             pass  # killed while allocating: the call was inside the process
-        crashed = events.wait_type("session_crashed", session)
-        assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
-            "reason": "memory limit", "restarts": 0, "will_restart": True}
-        events.wait_type("session_restarted", session)
+        expect_first_crash_and_restart(events, session, "memory limit")
         assert c.get_session_pid(session) != old_pid
         c.send_message(session, "user", "lean again")
         assert contents(c, session) == ["hello", "lean again"]
