@@ -53,6 +53,22 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+HELPER_NAMES = (b"jido-template", b"jido-spare")  # the daemon's children that serve no session
+
+
+def session_processes(daemon_pid: int) -> list[int]:
+    """The daemon's live children that are session processes (not its template or spares)."""
+    found = []
+    for pid in children_of(daemon_pid):
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().strip() not in HELPER_NAMES:
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

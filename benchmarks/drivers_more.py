@@ -14,7 +14,7 @@ import time
 
 from jidocoder import Client
 
-from .common import children_of, percentile, uss_pss_mb
+from .common import children_of, percentile, session_processes, uss_pss_mb
 from .daemon import BenchDaemon
 from .drivers import CONTENT, MS, Context, latency_rows, now, timed
 from .report import Row
@@ -23,7 +23,7 @@ from .report import Row
 def session_memory(daemon_pid: int) -> tuple[float, float, int]:
     """Mean USS and PSS (MB) over the daemon's session processes, and how many there are."""
     readings = []
-    for pid in children_of(daemon_pid):
+    for pid in session_processes(daemon_pid):
         try:
             readings.append(uss_pss_mb(pid))
         except OSError:
@@ -168,7 +168,7 @@ def measure_kill_storm(ctx: Context) -> list[Row]:
 
         def killer() -> None:
             while not stop.wait(0.1):
-                others = [p for p in children_of(ctx.daemon.pid) if p != own]
+                others = [p for p in session_processes(ctx.daemon.pid) if p != own]
                 if others:
                     try:
                         os.kill(random.choice(others), signal.SIGKILL)

@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import sys
 import time
+from typing import Callable
 
 import msgpack  # noqa: F401 -- the preload: a session's parent has these imported
 import pydantic  # noqa: F401
@@ -84,9 +85,9 @@ def floor_fork_burst(workers: int, repeats: int) -> dict:
     return {"samples": totals}
 
 
-def floor_template_fork(count: int, ballast_mb: int) -> dict:
-    """A template forked while small serves spawns for a parent grown to ``ballast_mb``: the
-    parent writes one byte to the template, whose child writes ready on a pipe the parent reads."""
+def start_template(serve: Callable[[socket.socket, int], None]) -> tuple[int, socket.socket, int]:
+    """Fork a template while this process is small: it runs ``serve(its socket, ready pipe)``
+    with SIGCHLD ignored (the kernel reaps its children). Returns (pid, our socket, ready pipe)."""
     gc.freeze()
     ready_r, ready_w = os.pipe()
     ours, theirs = socket.socketpair()
@@ -95,14 +96,24 @@ def floor_template_fork(count: int, ballast_mb: int) -> dict:
         set_parent_death_signal()
         ours.close()
         os.close(ready_r)
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps: no wait between spawns
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        serve(theirs, ready_w)
+        os._exit(0)
+    theirs.close()
+    os.close(ready_w)
+    return template, ours, ready_r
+
+
+def floor_template_fork(count: int, ballast_mb: int) -> dict:
+    """A template forked while small serves spawns for a parent grown to ``ballast_mb``: the
+    parent writes one byte to the template, whose child writes ready on a pipe the parent reads."""
+    def serve(theirs: socket.socket, ready_w: int) -> None:
         while theirs.recv(1):
             if os.fork() == 0:
                 os.write(ready_w, b"r")
                 os._exit(0)
-        os._exit(0)
-    theirs.close()
-    os.close(ready_w)
+
+    template, ours, ready_r = start_template(serve)
     ballast = grow(ballast_mb)
     samples = []
     for _ in range(count):
@@ -110,6 +121,45 @@ def floor_template_fork(count: int, ballast_mb: int) -> dict:
         ours.send(b"f")
         os.read(ready_r, 1)
         samples.append(now() - start)
+    rss = rss_mb(os.getpid())
+    ours.close()
+    reap(template)
+    del ballast
+    return {"samples": samples, "rss": rss}
+
+
+def floor_spare_start(count: int, ballast_mb: int) -> dict:
+    """The other way to start a worker for a parent grown to ``ballast_mb``: a template forked
+    while small makes a spare ahead of need, holding one end of a socketpair the parent sent it;
+    a start is one byte from the parent to the spare, which writes ready on a pipe the parent
+    reads. Making the spare is not timed (it is done before it is needed)."""
+    def serve(theirs: socket.socket, ready_w: int) -> None:
+        while True:
+            _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+            if not fds:
+                return
+            if os.fork() == 0:  # the spare: says it is up, waits for its start, says ready
+                theirs.close()
+                go = socket.socket(fileno=fds[0])
+                os.write(ready_w, b"u")
+                if go.recv(1):
+                    os.write(ready_w, b"r")
+                os._exit(0)
+            os.close(fds[0])
+
+    template, ours, ready_r = start_template(serve)
+    ballast = grow(ballast_mb)
+    samples = []
+    for _ in range(count):
+        start_end, spare_end = socket.socketpair()
+        socket.send_fds(ours, [b"s"], [spare_end.fileno()])
+        spare_end.close()
+        os.read(ready_r, 1)  # the spare is up
+        start = now()
+        start_end.send(b"s")
+        os.read(ready_r, 1)
+        samples.append(now() - start)
+        start_end.close()
     rss = rss_mb(os.getpid())
     ours.close()
     reap(template)

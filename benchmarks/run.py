@@ -69,6 +69,7 @@ def measure_floors(counts: dict, scratch: str) -> Floors:
         f.samples[f"fork_ready_{size}"], f.values[f"fork_ready_{size}_rss"] = got["samples"], got["rss"]
         got = run_floor("template_fork", count=n, ballast_mb=ballast)
         f.samples[f"template_fork_{size}"] = got["samples"]
+        f.samples[f"spare_start_{size}"] = run_floor("spare_start", count=n, ballast_mb=ballast)["samples"]
     f.samples["fork_ready"] = f.samples["fork_ready_30"]
     f.samples["fork_burst"] = run_floor("fork_burst", workers=counts["burst"], repeats=5)["samples"]
     f.samples["exit_reap"] = run_floor("exit_reap", count=n)["samples"]

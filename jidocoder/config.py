@@ -62,6 +62,8 @@ class Settings(BaseModel):
                                  description="Bytes of file content one session may cache; least recently used goes first.")
     client_buffer_bytes: int = Field(8 * MiB, ge=64 * 1024,
                                      description="Unsent bytes a client may fall behind before it is disconnected.")
+    spare_processes: int = Field(1, ge=0, le=64,
+                                 description="Session processes kept started and waiting, so that a create waits for no fork.")
     terminate_grace: float = Field(2.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a session ends.")
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from tests.support import children_of, process_alive
+from tests.support import TEMP_PREFIX, children_of, process_alive
 
 
 def suite_daemons() -> set[int]:
-    """Live jidocoder processes whose socket lives in a directory the suite made (/tmp/jd-*),
+    """Live jidocoder processes whose socket lives in a directory this run made (/tmp/jd-<pid>-*),
     wherever they are in the process tree (a background daemon is nobody's child)."""
     found = set()
     for entry in os.listdir("/proc"):
@@ -21,7 +21,7 @@ def suite_daemons() -> set[int]:
                 environ = f.read()
         except OSError:
             continue
-        if b"JIDOCODER_SOCKET=/tmp/jd-" in environ and process_alive(int(entry)):
+        if b"JIDOCODER_SOCKET=" + TEMP_PREFIX.encode() in environ and process_alive(int(entry)):
             found.add(int(entry))
     return found
 

@@ -69,6 +69,22 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+HELPER_NAMES = ("jido-template", "jido-spare")  # the daemon's children that serve no session
+
+
+def process_name(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def session_processes(daemon_pid: int) -> list[int]:
+    """The daemon's children that are session processes (not its template or spares)."""
+    return [pid for pid in children_of(daemon_pid) if process_name(pid) not in HELPER_NAMES]
+
+
 def zombies_among_children(pid: int) -> list[int]:
     return [child for child in children_of(pid) if process_state(child) == "Z"]
 
@@ -77,9 +93,13 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+# Directories of this test run: the pid tells them from another run's on the same machine.
+TEMP_PREFIX = f"/tmp/jd-{os.getpid()}-"
+
+
 def short_tempdir() -> Path:
-    """A directory with a short path: a Unix socket path must fit in 107 bytes."""
-    return Path(tempfile.mkdtemp(prefix="jd-", dir="/tmp"))
+    """A directory with a short path (a Unix socket path must fit in 107 bytes), of this run."""
+    return Path(tempfile.mkdtemp(prefix=Path(TEMP_PREFIX).name, dir="/tmp"))
 
 
 class DaemonProcess:
@@ -130,9 +150,10 @@ class DaemonProcess:
         return Client(self.socket, timeout=timeout)
 
     def session_pids(self) -> list[int]:
-        pids = children_of(self.pid)
-        self.seen_pids.update(pids)
-        return pids
+        """Its session processes now; every child seen (template and spares too) is remembered,
+        so that ``kill`` waits for all of them."""
+        self.seen_pids.update(children_of(self.pid))
+        return session_processes(self.pid)
 
     def stop(self, timeout: float = LONG) -> int:
         """SIGTERM, wait; returns the exit code. Every session process seen must be gone."""

@@ -1,4 +1,4 @@
-"""The daemon's end of one session process: its socket, what is in flight, and forking it.
+"""The daemon's end of one session process: its socket and what is in flight on it.
 
 One socketpair per session process, nothing shared with any other. The daemon writes requests
 without blocking (a busy session's unread requests wait in a buffer here); the session answers
@@ -9,7 +9,6 @@ status comes from reaping it (``SIGCHLD``), which the supervisor does.
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 from collections import deque
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from typing import Any, Callable
 
 from .. import wire
 from ..errors import JidocoderError
-from .table import SessionTable
-from .worker import SessionSpec, run_session
 
 READ_CHUNK = 64 * 1024
 
@@ -45,22 +42,6 @@ class Call:
 _request_ids = itertools.count(1)
 
 
-def fork_session(spec: SessionSpec, table: SessionTable) -> tuple[int, socket.socket]:
-    """Fork the session process; returns its pid and the daemon's end of its socket."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        pid = os.fork()
-    except OSError:
-        ours.close()
-        theirs.close()
-        raise
-    if pid == 0:  # the child: never returns, so no object here is ever collected (their fds
-        run_session(spec, theirs, table)  # are closed under them by close_inherited_fds)
-    theirs.close()
-    ours.setblocking(False)
-    return pid, ours
-
-
 class SessionLink:
     def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
                  on_writable_change: Callable[["SessionLink", bool], None]) -> None:
@@ -84,9 +65,11 @@ class SessionLink:
 
     def request(self, op: str, args: dict[str, Any], pending: Pending) -> None:
         link_id = next(_request_ids)
-        frame = wire.pack_frame({"id": link_id, "op": op, "args": args}, self.max_frame)
         self.in_flight[link_id] = Call(op, args, pending)
-        self._out.append(memoryview(frame))
+        self.send({"id": link_id, "op": op, "args": args})
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._out.append(memoryview(wire.pack_frame(frame, self.max_frame)))
         if len(self._out) == 1:
             self.flush()
 

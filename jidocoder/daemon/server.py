@@ -77,6 +77,7 @@ class Daemon:
         self.loop.every(min(0.5, self.settings.hang_timeout / 4), lambda: check_sessions(self.supervisor))
         self.loop.every(MEMORY_CHECK_INTERVAL, lambda: check_memory_use(self.supervisor))
         gc.freeze()  # what exists now is shared with every session forked from here on
+        self.supervisor.start_spares()
         on_ready()
         self.loop.run()
 

@@ -5,13 +5,11 @@ Lifecycle in verbs: ``create_session`` → ``spawn_session`` → (ready) → ``r
 ``give_up``. ``change_status`` is the only function that moves a session along the transition
 table: it checks the edge, writes the table slot, persists, and publishes ``session_status``.
 
-Forking is done by the daemon itself, not by a template process. The daemon is single-threaded
-(no thread exists to be caught holding a lock at fork), stays small (36 MB RSS idle, 40 MB with
-1,000 sessions: its registry is a few KB per session), and every child calls ``gc.freeze()``
-first. A template would need the same imports (sessions use the pydantic models), so it would be
-as large; it would add a hop to every spawn and a second reaper to keep honest. Measured in
-``scripts/bench``: forking from a 19 MB parent beats going through a template (0.61 vs 1.05 ms);
-the template wins only for a parent grown to ~190 MB, which the daemon does not approach.
+No fork is on the path of a call: a session starts in a spare process made ahead of need by
+the template process (``spares``), which clones it as the daemon's own child. Reaping, exit
+statuses and the parent-death signal are therefore the daemon's, as if it had forked the spare
+itself. A session waiting for a spare (a burst of creates, a restore) is served in order as
+spares arrive; ``spare_processes`` are kept waiting.
 """
 
 from __future__ import annotations
@@ -19,25 +17,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from ..config import Settings
 from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
                       SessionCrashedError, SessionNotFoundError)
-from ..models import SessionInfo, SessionState
+from ..models import SessionConfig, SessionInfo, SessionState
 from ..states import SessionStatus
 from . import exits, store
 from .events import EventBus, session_topic
-from .link import Pending, SessionLink, fork_session
+from .link import Pending, SessionLink
 from .logs import write_session_record
 from .loop import Loop, Timer
 from .table import SessionTable
-from .worker import SessionSpec
+from .spares import SparePool, serve_template
+from .worker import SessionSpec, prepare_template, run_spare
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -96,7 +96,24 @@ class Supervisor:
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
         self._to_spawn: deque[SessionRecord] = deque()
+        self._awaiting_spare: deque[SessionRecord] = deque()
+        self.daemon_pid = os.getpid()
         self.debug_ops = settings.debug_ops
+        self.spares = SparePool(loop, settings.spare_processes, self._run_template,
+                                on_spare=self._hand_out_spares, on_failure=self._spawn_failed)
+
+    def start_spares(self) -> None:
+        """Fork the template: after the daemon's imports and ``gc.freeze()``, before any session."""
+        self.spares.start()
+
+    def _run_template(self, ctrl: socket.socket) -> NoReturn:
+        """In the template, just forked: never returns."""
+        warm, table = self._spec("warm-up", SessionConfig(), slot=0), self.table
+        try:
+            prepare_template(ctrl, self.daemon_pid)
+            serve_template(ctrl, lambda sock: run_spare(sock, table, warm))
+        finally:
+            os._exit(exits.EXIT_BOOT_ERROR)
 
     # -- creating and restoring ---------------------------------------------------------------
     def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:
@@ -109,13 +126,9 @@ class Supervisor:
         session_id = f"session_{uuid.uuid4()}"
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
         record = self._admit(state)
-        record.create_waiter = pending  # persisted first when active: an unacknowledged session
-        try:                            # leaves nothing to restore
-            self.spawn_session(record)
-        except OSError as exc:
-            record.create_waiter = None
-            self._fail_creation(record, f"cannot fork: {exc.strerror}")
-            raise LimitExceededError(f"cannot start a session process: {exc.strerror}") from exc
+        # Persisted only when it is active: an unacknowledged session leaves nothing to restore.
+        record.create_waiter = pending
+        self.spawn_session(record)
 
     def restore_sessions(self) -> int:
         """Bring back every persisted session (finishing off half-done ones); returns how many."""
@@ -147,15 +160,12 @@ class Supervisor:
         log.info("restoring session %s (%s)", state.session_id, state.status.value)
 
     def spawn_restored(self) -> None:
-        """Fork restored sessions a batch per loop turn: the daemon serves from its first
-        moment, and a call to a session not yet forked waits for it like one during a restart."""
+        """Start restored sessions a batch per loop turn: the daemon serves from its first
+        moment, and a call to a session not yet started waits for it like one during a restart."""
         for _ in range(min(RESTORE_BATCH, len(self._to_spawn))):
             record = self._to_spawn.popleft()
             if self.records.get(record.session_id) is record and record.link is None and not self.shutting_down:
-                try:
-                    self.spawn_session(record)
-                except OSError as exc:
-                    self.handle_crash(record, f"cannot fork: {exc.strerror}")
+                self.spawn_session(record)
         if self._to_spawn:
             self.loop.call_later(0, self.spawn_restored)
 
@@ -177,20 +187,55 @@ class Supervisor:
 
     # -- processes ----------------------------------------------------------------------------
     def spawn_session(self, record: SessionRecord) -> None:
+        """Give the session a spare process now, or as soon as one is made (in order)."""
+        self._awaiting_spare.append(record)
+        self._hand_out_spares()
+
+    def _hand_out_spares(self) -> None:
+        while self._awaiting_spare:
+            record = self._awaiting_spare[0]
+            if self.records.get(record.session_id) is not record or self.shutting_down:
+                self._awaiting_spare.popleft()  # terminated or stopping while it waited
+                continue
+            spare = self.spares.take()
+            if spare is None:
+                break
+            self._awaiting_spare.popleft()
+            self._start_in(record, spare)
+        self.spares.top_up(wanted=len(self._awaiting_spare))
+
+    def _start_in(self, record: SessionRecord, spare) -> None:
         incarnation = (record.link.incarnation + 1) if record.link else 1
-        spec = SessionSpec(session_id=record.session_id, config=record.state.config, slot=record.slot,
-                           state_dir=self.state_dir, durability=self.settings.durability,
-                           cache_max_bytes=self.settings.cache_max_bytes,
-                           hang_timeout=self.settings.hang_timeout, max_frame=self.max_frame,
-                           daemon_pid=os.getpid(), log_level=logging.getLogger().level,
-                           debug_ops=self.debug_ops)
-        pid, sock = fork_session(spec, self.table)
-        link = SessionLink(pid, sock, incarnation, self.max_frame, self._want_write)
+        spec = self._spec(record.session_id, record.state.config, record.slot)
+        link = SessionLink(spare.pid, spare.sock, incarnation, self.max_frame, self._want_write)
         record.link = link
         record.spawned_at = time.monotonic()
-        self.by_pid[pid] = (record, link)
+        self.by_pid[spare.pid] = (record, link)
         self.loop.watch(link, lambda: self._on_readable(record, link), link.flush)
+        link.send({"spec": spec.to_wire()})
         self._write_slot(record)
+
+    def _spec(self, session_id: str, config: SessionConfig, slot: int) -> SessionSpec:
+        return SessionSpec(session_id=session_id, config=config, slot=slot, state_dir=self.state_dir,
+                           durability=self.settings.durability, cache_max_bytes=self.settings.cache_max_bytes,
+                           hang_timeout=self.settings.hang_timeout, max_frame=self.max_frame,
+                           daemon_pid=self.daemon_pid, log_level=logging.getLogger().level,
+                           debug_ops=self.debug_ops)
+
+    def _spawn_failed(self, reason: str) -> None:
+        """The template could not make a process: the first session waiting for one fails."""
+        while self._awaiting_spare:
+            record = self._awaiting_spare.popleft()
+            if self.records.get(record.session_id) is not record:
+                continue
+            if record.state.status is SessionStatus.INITIALIZING:
+                waiter, record.create_waiter = record.create_waiter, None
+                self._fail_creation(record, f"cannot fork: {reason}")
+                if waiter is not None:
+                    waiter.reply({"error": LimitExceededError(f"cannot start a session process: {reason}").to_wire()})
+            else:  # counted like a crash: retried with backoff, up to the limit
+                self.handle_crash(record, f"cannot fork: {reason}")
+            return
 
     @property
     def max_frame(self) -> int:
@@ -360,12 +405,15 @@ class Supervisor:
             if pid == 0:
                 return
             entry = self.by_pid.pop(pid, None)
-            if entry is None:
-                continue
             try:
-                self.handle_exit(*entry, status)
+                if entry is None:
+                    self.spares.handle_exit(pid)
+                else:
+                    self.handle_exit(*entry, status)
             except Exception:  # one exit handled badly must not leave the other children unreaped
-                log.exception("handling the exit of session process %d failed", pid)
+                log.exception("handling the exit of process %d failed", pid)
+            if self.shutting_down:
+                self._check_all_stopped()
 
     def handle_exit(self, record: SessionRecord, link: SessionLink, status: int) -> None:
         link.exit_status = status
@@ -380,7 +428,7 @@ class Supervisor:
             call.pending.reply({"error": crash.to_wire()})
         record.waiting[:0] = [(call.op, call.args, call.pending) for call in unread]
         if self.shutting_down:
-            self._check_all_stopped()
+            pass  # reap_children checks whether all are stopped
         elif record.state.status is SessionStatus.TERMINATING:
             self.finish_session(record, "terminated by request")
         elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.EXIT_STORE_DAMAGED:
@@ -422,10 +470,7 @@ class Supervisor:
         if self.records.get(record.session_id) is not record or self.shutting_down:
             return
         record.restarts += 1
-        try:
-            self.spawn_session(record)
-        except OSError as exc:  # counted like a crash: retried with backoff, up to the limit
-            self.handle_crash(record, f"cannot fork: {exc.strerror}")
+        self.spawn_session(record)
 
     def give_up(self, record: SessionRecord, reason: str) -> None:
         log.error("session %s restarted too often (%d in %ss): terminated, last reason %s",
@@ -467,15 +512,22 @@ class Supervisor:
         """Stop every session process, keep every persisted status; call back when all are reaped."""
         self.shutting_down = True
         self.on_all_stopped = on_all_stopped
+        self.spares.close()
+        stopping = SessionCrashedError("the daemon is stopping")
+        for record in self._awaiting_spare:
+            waiter, record.create_waiter = record.create_waiter, None
+            if waiter is not None:
+                waiter.reply({"error": stopping.to_wire()})
+        self._awaiting_spare.clear()
         for record in self.records.values():
             if record.restart_timer is not None:
                 record.restart_timer.cancel()
-            self._drop_waiting(record, SessionCrashedError("the daemon is stopping"))
+            self._drop_waiting(record, stopping)
             if record.link is not None and record.link.exit_status is None:
                 self.stop_process(record.link)
         self._check_all_stopped()
 
     def _check_all_stopped(self) -> None:
-        if self.on_all_stopped is not None and not self.by_pid:
+        if self.on_all_stopped is not None and not self.by_pid and not self.spares.live_pids:
             callback, self.on_all_stopped = self.on_all_stopped, None
             callback()

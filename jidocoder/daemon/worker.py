@@ -1,17 +1,22 @@
-"""The session process: one session's ContextManager loop, forked from the daemon.
+"""The session process: one session's ContextManager loop, in a spare process made ahead of need.
 
-Fork hygiene, each point seen to break a naive version:
+The template process (``spares``) is forked from the daemon once and prepared once
+(``prepare_template``); it clones spares as the daemon's children. A spare prepares and warms
+itself up while nobody waits (``run_spare``), then blocks until the daemon sends it a spec; from
+then on it is that session's process (``run_session``).
+
+Fork hygiene, each point seen to break a naive version (the template does the ones marked *,
+and every spare inherits them):
 - every inherited descriptor is closed but the session's own socket: another session's socket
   or a client's connection held open here would hide that peer's EOF from the daemon;
-- default signal handlers come back and ``set_wakeup_fd(-1)``: an inherited wakeup fd made a
+- \* default signal handlers come back and ``set_wakeup_fd(-1)``: an inherited wakeup fd made a
   session's SIGTERM look like the daemon's own; SIGINT is ignored, since a terminal's ^C is for
   the daemon, which then stops its sessions itself;
 - ``PR_SET_PDEATHSIG`` (then ``getppid()`` checked, the parent may already be gone) and EOF on
   the socket both end the process when the daemon dies, so a restarted daemon never finds two
-  processes for one session;
+  processes for one session (a spare's parent is the daemon, not the template: ``CLONE_PARENT``);
 - the daemon's sqlite connection is never touched here; the session opens its own store;
-- ``gc.freeze()`` first, so this process's collector never writes to the pages it shares with
-  the daemon;
+- \* ``gc.freeze()``, so no collector ever writes to the pages shared with the daemon;
 - the process leaves only through ``os._exit`` with a code from ``exits``.
 
 The loop waits on its socket with a timeout and beats a heartbeat into its table slot at every
@@ -48,6 +53,9 @@ PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved once in the daemon, inherited by every child
 READ_CHUNK = 64 * 1024  # CPython allocates the whole buffer per recv: keep it small
+MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few hundred bytes; also the cap on a spare's log frames
+TEMPLATE_NAME = "jido-template"
+SPARE_NAME = "jido-spare"
 
 
 @dataclass(frozen=True)
@@ -67,11 +75,79 @@ class SessionSpec:
     debug_ops: bool
 
 
-def run_session(spec: SessionSpec, sock: socket.socket, table: SessionTable) -> NoReturn:
-    """Entry point in the child right after fork; never returns."""
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.__dict__, config=self.config.model_dump(), state_dir=str(self.state_dir))
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "SessionSpec":
+        return cls(**dict(data, config=SessionConfig(**data["config"]), state_dir=Path(data["state_dir"])))
+
+
+def prepare_template(ctrl: socket.socket, daemon_pid: int) -> None:
+    """In the template, once: what every spare would otherwise do for itself after each clone."""
+    reset_signals()
+    set_parent_death_signal(daemon_pid)
+    close_inherited_fds(keep=ctrl.fileno())
+    set_process_name(TEMPLATE_NAME)
+    gc.freeze()
+
+
+def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec") -> NoReturn:
+    """A spare's life: prepared and warmed up, it waits for its spec, then serves that session.
+
+    ``warm`` is a throwaway spec with the daemon's settings (any session id would do)."""
     code = exits.EXIT_BOOT_ERROR
     try:
-        prepare_process(spec, sock)
+        set_parent_death_signal(warm.daemon_pid)
+        close_inherited_fds(keep=sock.fileno())
+        set_process_name(SPARE_NAME)
+        install_session_logging(lambda frame: send_blocking(sock, frame, MAX_SPEC_BYTES), warm.log_level)
+        log_fd = dump_stack_on_sigusr1(warm.state_dir)
+        warm_up(warm)
+        spec = wait_for_spec(sock)
+        if spec is None:
+            code = exits.EXIT_OK  # the daemon no longer needs a spare
+        else:
+            run_session(spec, sock, table, log_fd)
+    except BaseException as exc:  # noqa: BLE001 - the last word of a process that must exit
+        try:
+            log.exception("spare session process failed: %s", exc)
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+def warm_up(warm: "SessionSpec") -> None:
+    """Pay the copy-on-write page faults of a session start now, while nobody waits for it:
+    build a throwaway session from ``warm`` and serve it one request, writing nothing. Without
+    this, turning a spare into a session took 1.6 ms, almost all of it first touches."""
+    table = SessionTable(1)
+    try:
+        process = SessionProcess(SessionSpec.from_wire(warm.to_wire()), None, table)
+        process.store = None  # lazy: no file was made, and none will be
+        reply = process.handle({"id": 0, "op": "send_message", "args": {"role": "user", "content": "x"}})
+        wire.pack_frame({"ready": {"message_count": 0}, **reply}, MAX_SPEC_BYTES)
+    finally:
+        table.close()
+
+
+def wait_for_spec(sock: socket.socket) -> "SessionSpec | None":
+    decoder = wire.FrameDecoder(MAX_SPEC_BYTES)
+    while True:
+        data = sock.recv(READ_CHUNK)
+        if not data:
+            return None
+        frames = decoder.feed(data)
+        if frames:  # the daemon sends the spec alone, before any request
+            return SessionSpec.from_wire(frames[0]["spec"])
+
+
+def run_session(spec: SessionSpec, sock: socket.socket, table: SessionTable, log_fd: int) -> NoReturn:
+    """The spare becomes the session's process; never returns."""
+    code = exits.EXIT_BOOT_ERROR
+    try:
+        begin_session(spec, log_fd)
         code = SessionProcess(spec, sock, table).serve()
     except BaseException as exc:  # noqa: BLE001 - the last word of a process that must exit
         code = getattr(exc, "exit_code", code)
@@ -86,17 +162,23 @@ def run_session(spec: SessionSpec, sock: socket.socket, table: SessionTable) -> 
         os._exit(code)
 
 
-def prepare_process(spec: SessionSpec, sock: socket.socket) -> None:
-    gc.freeze()
+def reset_signals() -> None:
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    set_parent_death_signal(spec.daemon_pid)
-    close_inherited_fds(keep=sock.fileno())
+
+
+def begin_session(spec: SessionSpec, log_fd: int) -> None:
     set_process_name(f"jido-{spec.session_id[8:16] or spec.session_id[:8]}")
-    install_session_logging(lambda frame: send_blocking(sock, frame, spec.max_frame), spec.log_level)
-    dump_stack_on_sigusr1(spec.state_dir)
+    logging.getLogger().setLevel(spec.log_level)
+    try:
+        rotated = os.stat(spec.state_dir / LOG_NAME).st_ino != os.fstat(log_fd).st_ino
+    except OSError:
+        rotated = True
+    if rotated:  # since the spare opened it: dump stacks into the file people will read
+        os.close(log_fd)
+        dump_stack_on_sigusr1(spec.state_dir)
 
 
 def set_parent_death_signal(daemon_pid: int) -> None:
@@ -115,10 +197,11 @@ def close_inherited_fds(keep: int) -> None:
     os.closerange(keep + 1, 1 << 20)
 
 
-def dump_stack_on_sigusr1(state_dir: Path) -> None:
+def dump_stack_on_sigusr1(state_dir: Path) -> int:
     """The daemon sends SIGUSR1 before killing a hung session: the stack goes to daemon.log."""
     fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     faulthandler.register(signal.SIGUSR1, file=fd, all_threads=True, chain=False)
+    return fd
 
 
 def send_blocking(sock: socket.socket, frame: dict[str, Any], max_frame: int) -> None:

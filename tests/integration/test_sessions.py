@@ -15,7 +15,7 @@ import pytest
 
 from jidocoder import (InvalidArgumentError, LimitExceededError, SessionNotFoundError,
                        SessionStatus, wire)
-from tests.support import (LONG, SHORT, children_of, cpu_seconds, fd_count, process_alive, rss_kib,
+from tests.support import (LONG, SHORT, children_of, cpu_seconds, session_processes, fd_count, process_alive, rss_kib,
                            take_events, wait_until)
 
 SESSION_ID = re.compile(r"session_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -277,7 +277,7 @@ def test_ten_concurrent_terminates_all_succeed(daemon, client):
     assert run_together([lambda i=i: client.terminate_session(i) for i in ids]) == [None] * 10
     assert client.list_sessions() == []
     assert [pid for pid in pids if process_alive(pid)] == []
-    assert children_of(daemon.pid) == []
+    assert session_processes(daemon.pid) == []
 
 
 def test_six_concurrent_messages_to_three_sessions_leave_exactly_two_each(client):
@@ -439,7 +439,7 @@ def test_two_hundred_create_terminate_cycles_leak_no_daemon_descriptor(daemon, c
         client.terminate_session(client.create_session(config=configs[n % 2]))
     assert fd_count(daemon.pid) == before
     assert client.list_sessions() == []
-    assert children_of(daemon.pid) == []
+    assert session_processes(daemon.pid) == []
 
 
 def test_max_sessions_refuses_one_more_until_a_session_is_terminated(daemon_factory):
@@ -450,7 +450,7 @@ def test_max_sessions_refuses_one_more_until_a_session_is_terminated(daemon_fact
             client.create_session()
         assert raised.value.code == "limit_exceeded"
         assert [info.session_id for info in client.list_sessions()] == ids
-        assert len(children_of(daemon.pid)) == 3
+        assert len(session_processes(daemon.pid)) == 3
         client.terminate_session(ids[0])
         fourth = client.create_session()
         assert [info.session_id for info in client.list_sessions()] == ids[1:] + [fourth]
