@@ -110,8 +110,8 @@ class Supervisor:
         """In the template, just forked: never returns."""
         warm, table = self._spec("warm-up", SessionConfig(), slot=0), self.table
         try:
-            prepare_template(ctrl, self.daemon_pid)
-            serve_template(ctrl, lambda sock: run_spare(sock, table, warm))
+            log_fd = prepare_template(ctrl, warm)
+            serve_template(ctrl, lambda sock: run_spare(sock, table, warm, log_fd))
         finally:
             os._exit(exits.EXIT_BOOT_ERROR)
 
@@ -250,6 +250,8 @@ class Supervisor:
             self._on_frame(record, link, frame)
         if link.eof:
             self.loop.unwatch(link)
+            self._reap_now(link.pid)  # a dying process closes its fds just before it becomes a
+                                      # zombie: its exit is usually there already, before SIGCHLD
 
     def _on_frame(self, record: SessionRecord, link: SessionLink, frame: Any) -> None:
         if not isinstance(frame, dict):
@@ -397,23 +399,28 @@ class Supervisor:
 
     # -- exits, crashes, restarts ------------------------------------------------------------
     def reap_children(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            entry = self.by_pid.pop(pid, None)
-            try:
-                if entry is None:
-                    self.spares.handle_exit(pid)
-                else:
-                    self.handle_exit(*entry, status)
-            except Exception:  # one exit handled badly must not leave the other children unreaped
-                log.exception("handling the exit of process %d failed", pid)
-            if self.shutting_down:
-                self._check_all_stopped()
+        while self._reap_now(-1):
+            pass
+
+    def _reap_now(self, pid: int) -> bool:
+        """Reap ``pid`` (-1: any child) if it has exited; False if there was nothing to reap."""
+        try:
+            pid, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return False
+        entry = self.by_pid.pop(pid, None)
+        try:
+            if entry is None:
+                self.spares.handle_exit(pid)
+            else:
+                self.handle_exit(*entry, status)
+        except Exception:  # one exit handled badly must not leave the other children unreaped
+            log.exception("handling the exit of process %d failed", pid)
+        if self.shutting_down:
+            self._check_all_stopped()
+        return True
 
     def handle_exit(self, record: SessionRecord, link: SessionLink, status: int) -> None:
         link.exit_status = status

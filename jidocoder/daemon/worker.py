@@ -83,26 +83,29 @@ class SessionSpec:
         return cls(**dict(data, config=SessionConfig(**data["config"]), state_dir=Path(data["state_dir"])))
 
 
-def prepare_template(ctrl: socket.socket, daemon_pid: int) -> None:
-    """In the template, once: what every spare would otherwise do for itself after each clone."""
+def prepare_template(ctrl: socket.socket, warm: "SessionSpec") -> int:
+    """In the template, once, what every spare would otherwise do after each clone; the spares
+    inherit it all. Returns the fd stacks are dumped to. ``warm`` is a throwaway spec with the
+    daemon's settings."""
     reset_signals()
-    set_parent_death_signal(daemon_pid)
+    set_parent_death_signal(warm.daemon_pid)
     close_inherited_fds(keep=ctrl.fileno())
     set_process_name(TEMPLATE_NAME)
+    install_session_logging(send_log_frame, warm.log_level)
+    log_fd = dump_stack_on_sigusr1(warm.state_dir)
+    warm_up(warm)  # here once, so that lazily built state exists before the spares copy it
     gc.freeze()
+    return log_fd
 
 
-def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec") -> NoReturn:
-    """A spare's life: prepared and warmed up, it waits for its spec, then serves that session.
-
-    ``warm`` is a throwaway spec with the daemon's settings (any session id would do)."""
+def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec", log_fd: int) -> NoReturn:
+    """A spare's life: warmed up, it waits for its spec, then serves that session."""
+    global _own_socket
     code = exits.EXIT_BOOT_ERROR
     try:
         set_parent_death_signal(warm.daemon_pid)
-        close_inherited_fds(keep=sock.fileno())
         set_process_name(SPARE_NAME)
-        install_session_logging(lambda frame: send_blocking(sock, frame, MAX_SPEC_BYTES), warm.log_level)
-        log_fd = dump_stack_on_sigusr1(warm.state_dir)
+        _own_socket = sock  # where its log records go from now on
         warm_up(warm)
         spec = wait_for_spec(sock)
         if spec is None:
@@ -116,6 +119,14 @@ def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec") -> 
             pass
     finally:
         os._exit(code)
+
+
+_own_socket: socket.socket | None = None  # a spare's socket to the daemon; None in the template
+
+
+def send_log_frame(frame: dict[str, Any]) -> None:
+    if _own_socket is not None:  # the template has nobody to tell
+        send_blocking(_own_socket, frame, MAX_SPEC_BYTES)
 
 
 def warm_up(warm: "SessionSpec") -> None:
