@@ -2,15 +2,24 @@
 
 The public surface is exactly ``__all__`` (API.md): the ``Client``, the models and the errors.
 Everything else (``wire``, ``daemon``, ``cli``) is internal. Importing ``jidocoder`` stays light:
-it never imports the daemon.
+it never imports the daemon, and the ``Client`` and the models are imported on first use
+(PEP 562). That keeps the daemon, started as ``python -m jidocoder.cli``, free of the client's
+modules, and lets the command decide how pydantic is set up before any model is built
+(``jidocoder/_no_plugins.py``).
 """
 
-from .client import Client
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from .errors import (DaemonUnavailableError, InvalidArgumentError, InvalidTransitionError,
                      JidocoderError, LimitExceededError, ProtocolError, RequestTimeoutError,
                      SessionCrashedError, SessionNotFoundError)
-from .models import ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo, SessionState
 from .states import SessionStatus
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .models import (ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo,
+                         SessionState)
 
 __version__ = "0.1.0"
 
@@ -22,3 +31,20 @@ __all__ = [
     "LimitExceededError", "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError",
     "SessionCrashedError",
 ]
+
+_LAZY = {"Client": "client", "SessionConfig": "models", "SessionState": "models",
+         "SessionInfo": "models", "Message": "models", "ActiveFile": "models",
+         "CachedFile": "models", "Event": "models"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

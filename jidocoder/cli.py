@@ -7,13 +7,12 @@ Exit codes: 0 done (or already running, for ``start``), 1 could not do it, 2 bad
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Sequence
 
+from . import _no_plugins  # noqa: F401  first, before any model is built (see its docstring)
 from .config import Settings, flag_name
 from .errors import DaemonUnavailableError, JidocoderError
 
@@ -79,6 +78,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def start_background(settings: Settings) -> int:
     """Start a detached daemon and wait for its word over a pipe: ready, or why not."""
+    import subprocess
     read_end, write_end = os.pipe()
     env = {**os.environ, **settings.to_env()}
     command = [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground",
@@ -177,6 +177,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
     settings = load_settings(args)
     status = probe(settings.socket)
     if status is None:
@@ -195,6 +196,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
+    import json
     settings = load_settings(args)
     from .client import Client
     try:

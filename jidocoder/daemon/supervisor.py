@@ -341,11 +341,19 @@ class Supervisor:
             "updated_at": record.state.updated_at})
 
     def _persist(self, record: SessionRecord) -> None:
+        """Store the status; a session that begins terminating loses its registry row at once.
+
+        Deleted (and scrubbed) at ``terminating``, not ``terminated``: once asked to end, a
+        session never comes back after a daemon crash (its orphan files are swept at the next
+        start), and the scrub runs while the process is still exiting instead of after it. A
+        stored session reaches ``terminated`` only through ``terminating``: nothing is left then.
+        """
         if not record.persistent:
             return
-        if record.state.status is SessionStatus.TERMINATED:
+        status = record.state.status
+        if status is SessionStatus.TERMINATING:
             self.registry.delete(record.session_id)
-        else:
+        elif status is not SessionStatus.TERMINATED:
             self.registry.put(record.state)
 
     def _write_slot(self, record: SessionRecord) -> None:
@@ -357,14 +365,18 @@ class Supervisor:
 
     # -- terminating --------------------------------------------------------------------------
     def terminate_session(self, record: SessionRecord, pending: Pending) -> None:
+        """SIGTERM first: the process's exit (its memory torn down by the kernel, the slow part)
+        then overlaps with the bookkeeping here, which needs nothing from the process. The
+        reaper sees the exit only after this returns, so ``terminating`` always comes first."""
+        running = record.link is not None and record.link.exit_status is None
+        if running:
+            self.stop_process(record.link)
         self.change_status(record, SessionStatus.TERMINATING)
         record.terminate_waiters.append(pending)
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         if record.restart_timer is not None:
             record.restart_timer.cancel()
-        if record.link is not None and record.link.exit_status is None:
-            self.stop_process(record.link)
-        else:
+        if not running:
             self.finish_session(record, "terminated by request")
 
     def stop_process(self, link: SessionLink) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import jidocoder
 from jidocoder.config import settings_table
+from tests.support import LONG
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "jidocoder"
@@ -48,3 +51,22 @@ def test_readme_settings_table_is_generated_from_the_settings_model():
 def test_transition_table_is_written_only_in_states():
     writers = [p.name for p in PACKAGE.rglob("*.py") if "TRANSITIONS: dict" in p.read_text()]
     assert writers == ["states.py"]
+
+
+def modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"{code}; import sys; print(sorted(sys.modules))"],
+                         capture_output=True, text=True, check=True, timeout=LONG)
+    return set(ast.literal_eval(out.stdout))
+
+
+def test_the_daemon_command_loads_neither_the_client_nor_pydantic_plugins():
+    loaded = modules_after("import jidocoder.cli, jidocoder.daemon.server")
+    assert {"jidocoder.client", "jidocoder._connection", "jidocoder._reader",
+            "importlib.metadata"} & loaded == set()
+
+
+def test_the_library_leaves_pydantic_plugins_alone():
+    loaded = modules_after("import jidocoder; from jidocoder import Client, SessionState; "
+                           "SessionState.new('s')")
+    assert "jidocoder.client" in loaded
+    assert "jidocoder._no_plugins" not in loaded  # pydantic's own plugin loader, not ours
