@@ -5,18 +5,18 @@ The template process (``spares``) is forked from the daemon once and prepared on
 itself up while nobody waits (``run_spare``), then blocks until the daemon sends it a spec; from
 then on it is that session's process (``run_session``).
 
-Fork hygiene, each point seen to break a naive version (the template does the ones marked *,
-and every spare inherits them):
+Fork hygiene, each point seen to break a naive version (the template does the ones marked
+"template", once, and every spare inherits them):
 - every inherited descriptor is closed but the session's own socket: another session's socket
   or a client's connection held open here would hide that peer's EOF from the daemon;
-- \* default signal handlers come back and ``set_wakeup_fd(-1)``: an inherited wakeup fd made a
-  session's SIGTERM look like the daemon's own; SIGINT is ignored, since a terminal's ^C is for
-  the daemon, which then stops its sessions itself;
+- template: default signal handlers come back and ``set_wakeup_fd(-1)``: an inherited wakeup
+  fd made a session's SIGTERM look like the daemon's own; SIGINT is ignored, since a terminal's
+  ^C is for the daemon, which then stops its sessions itself;
 - ``PR_SET_PDEATHSIG`` (then ``getppid()`` checked, the parent may already be gone) and EOF on
   the socket both end the process when the daemon dies, so a restarted daemon never finds two
   processes for one session (a spare's parent is the daemon, not the template: ``CLONE_PARENT``);
 - the daemon's sqlite connection is never touched here; the session opens its own store;
-- \* ``gc.freeze()``, so no collector ever writes to the pages shared with the daemon;
+- template: ``gc.freeze()``, so no collector ever writes to the pages shared with the daemon;
 - the process leaves only through ``os._exit`` with a code from ``exits``.
 
 The loop waits on its socket with a timeout and beats a heartbeat into its table slot at every
