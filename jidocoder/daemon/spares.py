@@ -16,7 +16,9 @@ only in a single-threaded process with no lock held, which the template is by co
 is made by ``os.fork()`` (one thread survives) and only ever waits on its socket.
 
 Template protocol (SOCK_SEQPACKET, so each message stands alone): the daemon sends one byte with
-one fd; the template answers each request, in order, with the spare's pid, or ``-errno``.
+one fd, ``w`` for a spare to keep (it warms up while it waits) or ``c`` for a spare a session
+already waits for (warming up would only delay it: the faults are paid once either way); the
+template answers each request, in order, with the spare's pid, or ``-errno``.
 EOF on its socket ends the template; EOF before a spec ends a spare.
 """
 
@@ -39,6 +41,7 @@ from .loop import Loop
 log = logging.getLogger("jidocoder.daemon")
 
 REPLY = struct.Struct("<i")
+WARM, COLD = b"w", b"c"  # a spare to keep waits warmed up; one a session already waits for does not
 RESTART_DELAY = 1.0  # a template that dies within this of its start is restarted after it
 
 _CLONE_PARENT = 0x00008000
@@ -59,11 +62,11 @@ def clone_sibling() -> int:
     return pid
 
 
-def serve_template(ctrl: socket.socket, run_spare: Callable[[socket.socket], NoReturn]) -> NoReturn:
+def serve_template(ctrl: socket.socket, run_spare: Callable[[socket.socket, bool], NoReturn]) -> NoReturn:
     """The template's whole life: a spare per request, until the daemon hangs up."""
     while True:
         try:
-            _, fds, _, _ = socket.recv_fds(ctrl, 1, 1)
+            kind, fds, _, _ = socket.recv_fds(ctrl, 1, 1)
         except InterruptedError:
             continue
         except OSError:
@@ -76,7 +79,7 @@ def serve_template(ctrl: socket.socket, run_spare: Callable[[socket.socket], NoR
             pid = -(exc.errno or 1)
         if pid == 0:
             ctrl.close()
-            run_spare(socket.socket(fileno=fds[0]))
+            run_spare(socket.socket(fileno=fds[0]), kind == WARM)
         os.close(fds[0])
         ctrl.send(REPLY.pack(pid))
 
@@ -165,9 +168,10 @@ class SparePool:
         """Ask for spares until ``keep`` plus ``wanted`` (callers waiting) are made or coming."""
         while not self.closed and self._ctrl is not None and \
                 len(self._spares) + len(self._asked) < self.keep + wanted:
+            kind = WARM if len(self._spares) + len(self._asked) < self.keep else COLD
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                socket.send_fds(self._ctrl, [b"s"], [theirs.fileno()])
+                socket.send_fds(self._ctrl, [kind], [theirs.fileno()])
             except (BlockingIOError, InterruptedError):  # it is busy: ask again when it answers
                 ours.close()
                 return

@@ -111,7 +111,7 @@ class Supervisor:
         warm, table = self._spec("warm-up", SessionConfig(), slot=0), self.table
         try:
             log_fd = prepare_template(ctrl, warm)
-            serve_template(ctrl, lambda sock: run_spare(sock, table, warm, log_fd))
+            serve_template(ctrl, lambda sock, warm_first: run_spare(sock, table, warm, log_fd, warm_first))
         finally:
             os._exit(exits.EXIT_BOOT_ERROR)
 

@@ -98,15 +98,18 @@ def prepare_template(ctrl: socket.socket, warm: "SessionSpec") -> int:
     return log_fd
 
 
-def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec", log_fd: int) -> NoReturn:
-    """A spare's life: warmed up, it waits for its spec, then serves that session."""
+def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec", log_fd: int,
+              warm_first: bool) -> NoReturn:
+    """A spare's life: warmed up (if it is to wait), it waits for its spec, then serves that
+    session."""
     global _own_socket
     code = exits.EXIT_BOOT_ERROR
     try:
         set_parent_death_signal(warm.daemon_pid)
         set_process_name(SPARE_NAME)
         _own_socket = sock  # where its log records go from now on
-        warm_up(warm)
+        if warm_first:
+            warm_up(warm)
         spec = wait_for_spec(sock)
         if spec is None:
             code = exits.EXIT_OK  # the daemon no longer needs a spare
