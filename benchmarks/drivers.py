@@ -149,7 +149,8 @@ def measure_event_latency(ctx: Context) -> list[Row]:
 
 def measure_crash(ctx: Context) -> list[Row]:
     """SIGKILL a session's process → session_crashed at a subscriber; → session_restarted
-    (sent once the replacement serves). A fresh session per sample: no restart backoff."""
+    (sent once the replacement serves). A fresh session per sample: no restart backoff; each
+    kill comes with the daemon idle (its spare made), as for an isolated create."""
     f = ctx.floors
     crashed, restarted = [], []
     with Client(ctx.daemon.socket) as client:
@@ -159,6 +160,7 @@ def measure_crash(ctx: Context) -> list[Row]:
             pid = client.get_session_pid(sid)
             while client.next_event(0) is not None:
                 pass
+            time.sleep(CREATE_PAUSE)  # the daemon idle, as for an isolated create
             start = now()
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
