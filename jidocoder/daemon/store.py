@@ -272,18 +272,15 @@ class _Database:
         _check_tables(self.path, conn, self._schema)
 
     def _write_schema(self, conn: sqlite3.Connection) -> None:
-        with _transaction(self.path, conn):
+        with _Transaction(self.path, conn):
             if _user_version(conn) == 0:
                 for statement in filter(str.strip, self._schema.split(";")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> "_Transaction":
         """One transaction, committed before the caller returns (rolled back on error)."""
-        conn = self._connection()
-        with _transaction(self.path, conn):
-            yield conn
+        return _Transaction(self.path, self._connection())
 
     @contextmanager
     def _direct(self) -> Iterator[sqlite3.Connection]:
@@ -447,10 +444,13 @@ class SessionStore(_Database):
         if not isinstance(keep, int) or keep < 1:
             raise InvalidArgumentError(f"keep must be an int >= 1, got {keep!r}", field="keep")
         with self._write() as conn:
-            conn.execute("INSERT INTO messages (role, content, timestamp) VALUES (?, ?, ?)",
-                         (message.role, message.content, to_micros(message.timestamp)))
-            conn.execute("DELETE FROM messages WHERE seq <= (SELECT seq FROM messages "
-                         "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (keep,))
+            seq = conn.execute("INSERT INTO messages (role, content, timestamp) VALUES (?, ?, ?)",
+                               (message.role, message.content,
+                                to_micros(message.timestamp))).lastrowid
+            # The seqs held are always consecutive (a new one is max + 1, and only the oldest or
+            # all are ever deleted), so the last ``keep`` are exactly those above seq - keep.
+            if seq > keep:
+                conn.execute("DELETE FROM messages WHERE seq <= ?", (seq - keep,))
 
     def clear_messages(self) -> None:
         with self._write() as conn:
@@ -579,18 +579,48 @@ def _id_pieces(session_id: str) -> list[bytes]:
     return [raw[at:at + _PIECE] for at in (*range(0, len(raw) - _PIECE, _STEP), len(raw) - _PIECE)]
 
 
-@contextmanager
-def _transaction(path: Path, conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT; rolled back on error, also when COMMIT itself failed."""
-    with _translated(path):
-        conn.execute("BEGIN IMMEDIATE")
+class _Transaction:
+    """``with`` it: BEGIN IMMEDIATE ... COMMIT, rolled back on error, also when COMMIT itself
+    failed; corruption errors become DamagedStoreError, as in ``_translated``. A class rather
+    than nested generator-based managers: it is on the path of every message a session stores,
+    where the two generators cost more Python than the INSERT itself."""
+
+    __slots__ = ("path", "conn")
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
         try:
-            yield
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            _raise_damage(self.path, exc)
             raise
+        return self.conn
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: object) -> None:
+        if kind is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except BaseException as exc:
+                self._roll_back(exc)
+                raise
+        self._roll_back(error)
+
+    def _roll_back(self, error: BaseException | None) -> None:
+        """Undo what the failed transaction did; corruption behind ``error`` becomes
+        DamagedStoreError, other errors are left to propagate."""
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.DatabaseError as exc:
+            _raise_damage(self.path, exc)
+            raise
+        if isinstance(error, sqlite3.DatabaseError):
+            _raise_damage(self.path, error)
 
 
 @contextmanager
@@ -599,8 +629,13 @@ def _translated(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.DatabaseError as exc:
-        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _DAMAGE_CODES:
-            raise
+        _raise_damage(path, exc)
+        raise
+
+
+def _raise_damage(path: Path, exc: sqlite3.DatabaseError) -> None:
+    """Raise DamagedStoreError if ``exc`` is a sign of damage; otherwise return."""
+    if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES:
         raise DamagedStoreError(f"{path} is damaged: {exc}", details={"path": str(path)}) from exc
 
 
