@@ -44,6 +44,9 @@ class ClientConnection:
         self.backlog: deque[Any] = deque()  # requests read but held back while throttled
         self.resume_scheduled = False
         self._on_closed = on_closed
+        # What the loop was last told to wait for (it starts watching for reads): the loop is
+        # told only of changes, not on every call and reply.
+        self._interest = (True, False)
 
     def __repr__(self) -> str:
         return f"<client fd={self.sock.fileno()} pid={self.peer_pid}>"
@@ -94,8 +97,15 @@ class ClientConnection:
         return not self.closed and self.in_flight < MAX_IN_FLIGHT and self._out_bytes <= self.max_buffer
 
     def _update_interest(self) -> None:
-        if not self.closed:
-            self._on_interest(self, self.accepting_calls and not self.backlog, bool(self._out))
+        """Tell the loop what to wait for when that changed, or when held-back requests may now
+        be dispatched (the loop's callback schedules that)."""
+        if self.closed:
+            return
+        accepting = self.accepting_calls
+        interest = (accepting and not self.backlog, bool(self._out))
+        if interest != self._interest or (self.backlog and accepting and not self.resume_scheduled):
+            self._interest = interest
+            self._on_interest(self, *interest)
 
     # -- out ---------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:

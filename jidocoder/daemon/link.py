@@ -13,7 +13,7 @@ import os
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .. import wire
 from ..errors import JidocoderError
@@ -23,15 +23,27 @@ from .worker import SessionSpec, run_session
 READ_CHUNK = 64 * 1024
 
 
-@dataclass
+class Replier(Protocol):
+    def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
+
+
 class Pending:
-    """A client call waiting for its reply: who asked, under which id."""
+    """A client call waiting for its reply: who asked (``client``), under which id. Made for
+    every call, so a plain object with slots rather than a closure."""
 
-    reply: Callable[[dict[str, Any]], None]  # takes {"result": ...} or {"error": {...}}
-    op: str
+    __slots__ = ("client", "request_id", "op")
+
+    def __init__(self, client: Replier, request_id: Any, op: str) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.op = op
+
+    def reply(self, message: dict[str, Any]) -> None:
+        """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""
+        self.client.reply(self.request_id, message)
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """A call sent to a session process, kept until it answers (or dies)."""
 
@@ -78,6 +90,7 @@ class SessionLink:
         self.in_flight: dict[int, Call] = {}
         self._out: deque[memoryview] = deque()
         self._on_writable_change = on_writable_change
+        self._wants_write = False  # as last told through on_writable_change
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -104,7 +117,10 @@ class SessionLink:
                 self._out.popleft()
             else:
                 self._out[0] = head[sent:]
-        self._on_writable_change(self, bool(self._out))
+        wants_write = bool(self._out)
+        if wants_write is not self._wants_write:  # the loop hears of changes only
+            self._wants_write = wants_write
+            self._on_writable_change(self, wants_write)
 
     def read_frames(self) -> list[Any]:
         """Frames from the process; sets ``eof`` when it closed its end (or broke framing)."""
