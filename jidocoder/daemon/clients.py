@@ -27,7 +27,8 @@ MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops r
 class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
                  on_interest: Callable[["ClientConnection", bool, bool], None],
-                 on_closed: Callable[["ClientConnection"], None]) -> None:
+                 on_closed: Callable[["ClientConnection"], None],
+                 flush_soon: Callable[["ClientConnection"], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
@@ -37,9 +38,11 @@ class ClientConnection:
         self.topics: set[str] = set()
         self.closed = False
         self.close_reason = ""
-        self._out: deque[memoryview] = deque()
+        self._out: deque[bytes | memoryview] = deque()
         self._out_bytes = 0
         self._on_interest = on_interest
+        self._flush_soon = flush_soon
+        self._flush_due = False  # a flush is scheduled for the end of the loop's turn
         self.in_flight = 0
         self.backlog: deque[Any] = deque()  # requests read but held back while throttled
         self.resume_scheduled = False
@@ -102,7 +105,8 @@ class ClientConnection:
         if self.closed:
             return
         accepting = self.accepting_calls
-        interest = (accepting and not self.backlog, bool(self._out))
+        # Writability is waited for only once a send could not take everything.
+        interest = (accepting and not self.backlog, bool(self._out) and not self._flush_due)
         if interest != self._interest or (self.backlog and accepting and not self.resume_scheduled):
             self._interest = interest
             self._on_interest(self, *interest)
@@ -130,27 +134,27 @@ class ClientConnection:
         self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
+        """Frames queued in one turn of the loop leave together at its end (one send)."""
         was_empty = not self._out
-        self._out.append(memoryview(frame))
+        self._out.append(frame)
         self._out_bytes += len(frame)
-        if was_empty:
-            self.flush()
+        if was_empty and not self._flush_due:
+            self._flush_due = True
+            self._flush_soon(self)
 
     def flush(self) -> None:
-        while self._out and not self.closed:
-            head = self._out[0]
+        self._flush_due = False
+        out = self._out
+        while out and not self.closed:
             try:
-                sent = self.sock.send(head)
+                sent = wire.send_buffers(self.sock, out)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self.close(f"write failed: {exc}")
                 return
             self._out_bytes -= sent
-            if sent == len(head):
-                self._out.popleft()
-            else:
-                self._out[0] = head[sent:]
+            wire.drop_sent(out, sent)
         self._update_interest()
 
     @property

@@ -88,36 +88,34 @@ class SessionLink:
         self.decoder = wire.FrameDecoder(max_frame)
         self.max_frame = max_frame
         self.in_flight: dict[int, Call] = {}
-        self._out: deque[memoryview] = deque()
+        self._out: deque[bytes | memoryview] = deque()
         self._on_writable_change = on_writable_change
         self._wants_write = False  # as last told through on_writable_change
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def request(self, op: str, args: dict[str, Any], pending: Pending) -> None:
+    def request(self, op: str, args: dict[str, Any], pending: Pending) -> bool:
+        """Queue the call; True when the queue was empty, i.e. the caller must see that
+        ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one send)."""
         link_id = next(_request_ids)
         frame = wire.pack_frame({"id": link_id, "op": op, "args": args}, self.max_frame)
         self.in_flight[link_id] = Call(op, args, pending)
-        self._out.append(memoryview(frame))
-        if len(self._out) == 1:
-            self.flush()
+        self._out.append(frame)
+        return len(self._out) == 1 and not self._wants_write
 
     def flush(self) -> None:
-        while self._out:
-            head = self._out[0]
+        out = self._out
+        while out:
             try:
-                sent = self.sock.send(head)
+                sent = wire.send_buffers(self.sock, out)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # the process is going; EOF and the reaper will say so
-                self._out.clear()
+                out.clear()
                 break
-            if sent == len(head):
-                self._out.popleft()
-            else:
-                self._out[0] = head[sent:]
-        wants_write = bool(self._out)
+            wire.drop_sent(out, sent)
+        wants_write = bool(out)
         if wants_write is not self._wants_write:  # the loop hears of changes only
             self._wants_write = wants_write
             self._on_writable_change(self, wants_write)

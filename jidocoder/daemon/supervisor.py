@@ -262,7 +262,8 @@ class Supervisor:
         if op == "get_session_pid":
             pending.reply({"result": record.link.pid})
             return
-        record.link.request(op, args, pending)
+        if record.link.request(op, args, pending):
+            self.loop.flush_soon(record.link)
 
     def touch(self, record: SessionRecord) -> None:
         record.last_activity = time.monotonic()
