@@ -419,6 +419,25 @@ class SessionStore(_Database):
         super().__init__(session_db_path(state_dir, session_id), durability, _SESSION_SCHEMA,
                          pragmas=(f"cache_size=-{_SESSION_CACHE_KIB}",), exclusive=True,
                          lazy=lazy)
+        self._group: _Group | None = None
+
+    def begin_group(self) -> None:
+        """Until ``end_group``, writes share one transaction: one commit (one WAL write, one
+        fdatasync at "full") for several requests that arrived together. Nothing is begun, and
+        a lazy store creates no file, unless a write comes."""
+        if self._group is not None:
+            raise RuntimeError("write groups do not nest")
+        self._group = _Group(self)
+
+    def end_group(self) -> None:
+        """Commit the group's writes; raises if any of them (or the commit) failed, in which
+        case none of them is stored."""
+        group, self._group = self._group, None
+        if group is not None:
+            group.finish()
+
+    def _write(self) -> "_Transaction | _Group":
+        return self._group if self._group is not None else super()._write()
 
     def load(self) -> tuple[list[Message], list[ActiveFile], dict[str, dict]]:
         """(messages oldest first, active files in insertion order, file index)."""
@@ -621,6 +640,40 @@ class _Transaction:
             raise
         if isinstance(error, sqlite3.DatabaseError):
             _raise_damage(self.path, error)
+
+
+class _Group:
+    """The transaction that the writes of one group share (``SessionStore.begin_group``): each
+    write is ``with`` it; the first begins the transaction, a failed one rolls it all back."""
+
+    __slots__ = ("store", "tx", "failed")
+
+    def __init__(self, store: _Database) -> None:
+        self.store = store
+        self.tx: _Transaction | None = None
+        self.failed: BaseException | None = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        if self.failed is not None:
+            raise RuntimeError("an earlier write of this group failed") from self.failed
+        if self.tx is None:
+            tx = _Transaction(self.store.path, self.store._connection())
+            tx.__enter__()
+            self.tx = tx
+        return self.tx.conn
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: object) -> None:
+        if kind is not None:
+            tx, self.tx, self.failed = self.tx, None, error
+            tx.__exit__(kind, error, traceback)
+
+    def finish(self) -> None:
+        if self.failed is not None:
+            raise RuntimeError("a write of this group failed: none of them is stored") from self.failed
+        if self.tx is not None:
+            tx, self.tx = self.tx, None
+            tx.__exit__(None, None, None)  # COMMIT, rolled back if that fails
 
 
 @contextmanager

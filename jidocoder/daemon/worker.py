@@ -16,6 +16,7 @@ Fork hygiene, each point seen to break a naive version:
 
 The loop waits on its socket with a timeout and beats a heartbeat into its table slot at every
 turn; a request is handled to the end (state changed, store committed) before its reply goes out.
+Requests that arrive together (one read) share one commit and one write of their replies.
 """
 
 from __future__ import annotations
@@ -175,12 +176,43 @@ class SessionProcess:
                 frames = decoder.feed(data)
             except JidocoderError:
                 return exits.EXIT_PROTOCOL
+            if len(frames) == 1:
+                self.mark_started(frames[0])
+                self.send(self.handle(frames[0]))
+            elif frames:
+                self.serve_together(frames)
+
+    def serve_together(self, frames: list[Any]) -> None:
+        """Requests that arrived together: handled in order, their writes committed once and
+        their replies sent in one write, all after the last is handled. A request that stops
+        the process lets those before it finish first (committed and answered)."""
+        store, stop = self.store, None
+        replies = []
+        if store is not None:
+            store.begin_group()
+        try:
             for frame in frames:
-                if len(frames) > 1:
-                    table.beat(slot)
-                if isinstance(frame, dict) and isinstance(frame.get("id"), int):
-                    table.write_started(slot, frame["id"])  # before any effect
-                self.send(self.handle(frame))
+                self.table.beat(self.spec.slot)
+                self.mark_started(frame)
+                replies.append(self.handle(frame))
+        except StopServing as exc:
+            stop = exc
+        if store is not None:
+            try:
+                store.end_group()
+            except Exception as exc:  # a write or the commit failed: nothing of the group is
+                if stop is None:      # stored, so no reply may say it is
+                    log.exception("store write failed")
+                raise stop or StopServing(exits.EXIT_STORE_FAILED) from exc
+        self.sock.sendall(b"".join(self.encode_reply(reply) for reply in replies))
+        if stop is not None:
+            raise stop
+
+    def mark_started(self, frame: Any) -> None:
+        """The request's id in the table before any of its effects: after a crash, the daemon
+        knows it was begun."""
+        if isinstance(frame, dict) and isinstance(frame.get("id"), int):
+            self.table.write_started(self.spec.slot, frame["id"])
 
     def handle(self, frame: Any) -> dict[str, Any]:
         request_id = frame.get("id") if isinstance(frame, dict) else None
@@ -217,10 +249,13 @@ class SessionProcess:
         self.table.write_message_count(self.spec.slot, self.context.message_count)
 
     def send(self, frame: dict[str, Any]) -> None:
+        self.sock.sendall(self.encode_reply(frame))
+
+    def encode_reply(self, frame: dict[str, Any]) -> bytes:
         try:
-            send_blocking(self.sock, frame, self.spec.max_frame)
+            return wire.pack_frame(frame, self.spec.max_frame)
         except LimitExceededError as exc:  # a reply too large for the link: say so instead
-            send_blocking(self.sock, {"id": frame.get("id"), "error": exc.to_wire()}, self.spec.max_frame)
+            return wire.pack_frame({"id": frame.get("id"), "error": exc.to_wire()}, self.spec.max_frame)
 
 
 def open_store(spec: SessionSpec):

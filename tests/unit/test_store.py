@@ -125,6 +125,44 @@ def test_append_message_keeps_only_the_last_keep_messages(tmp_path):
         assert db.load()[0] == [message(5)]
 
 
+def test_a_write_group_stores_its_writes_in_one_commit(tmp_path):
+    with SessionStore(tmp_path, SID) as db:
+        db.begin_group()
+        db.append_message(message(1), keep=10)
+        db.add_file(file("/a", 2))
+        db.append_message(message(3), keep=10)
+        db.end_group()
+        assert db.load() == ([message(1), message(3)], [file("/a", 2)], {})
+        db.append_message(message(4), keep=10)  # and writes after it commit on their own again
+    with SessionStore(tmp_path, SID) as db:
+        assert db.load()[0] == [message(1), message(3), message(4)]
+
+
+def test_a_failed_write_leaves_nothing_of_its_group_stored(tmp_path):
+    with SessionStore(tmp_path, SID) as db:
+        db.append_message(message(0), keep=10)
+        db.begin_group()
+        db.append_message(message(1), keep=10)
+        with pytest.raises(InvalidArgumentError):
+            db.append_message(Message.model_construct(role="user", content="x",
+                                                      timestamp=datetime(2024, 1, 1)), keep=10)
+        with pytest.raises(RuntimeError, match="earlier write of this group failed"):
+            db.append_message(message(2), keep=10)
+        with pytest.raises(RuntimeError, match="none of them is stored"):
+            db.end_group()
+        assert db.load()[0] == [message(0)]
+        db.append_message(message(3), keep=10)
+        assert db.load()[0] == [message(0), message(3)]
+
+
+def test_a_write_group_with_no_write_creates_no_lazy_file(tmp_path):
+    db = SessionStore(tmp_path, SID, lazy=True)
+    db.begin_group()
+    db.end_group()
+    assert not session_db_path(tmp_path, SID).exists()
+    db.close()
+
+
 def test_append_message_refuses_keep_below_one(tmp_path):
     with SessionStore(tmp_path, SID) as db:
         with pytest.raises(InvalidArgumentError) as caught:
