@@ -72,6 +72,10 @@ _MAX_REPLY_BYTES = 1024 * MiB
 # the whole requested size on every plain recv, and more than 64 KiB measured slower.
 _RECV_BYTES = 64 * 1024
 
+# The longest one blocking recv waits (the socket's SO_RCVTIMEO): a read with less time left
+# than this polls first, with the exact time left, so no wait passes a deadline.
+RECV_SLICE = 0.05
+
 # How long the drain leaves the socket alone after finding the role held: the role holder reads
 # (and routes events) meanwhile, so this only bounds how often the drain looks, never how soon
 # a frame is read. 5 ms of a flood is far less than the kernel and daemon buffers hold.
@@ -92,6 +96,9 @@ class _Slot:
     def __init__(self) -> None:
         self.reply: dict[str, Any] | None = None
 
+    def has_reply(self) -> bool:
+        return self.reply is not None
+
 
 class Reader:
     """The reader role and the drain, mixed into ``Connection``, which sets every attribute
@@ -107,6 +114,7 @@ class Reader:
     _reading: bool  # the reader role is held
     _reader: int | None  # the role holder's thread ident
     _role_free: threading.Condition  # role given up or drain ended
+    _role_awaited: int  # threads waiting on _role_free
     _drain: threading.Thread | None  # started by the first subscription
     _draining: bool  # the drain thread may still poll the socket
     _drain_stop: threading.Event  # ends the drain's back-off at once
@@ -190,21 +198,28 @@ class Reader:
                 self._route(frames or [])
                 if failure is not None:
                     self._lose_locked(_describe(failure), _cause(failure))
-                elif frames is None and remaining is not None:
-                    return False
+                elif frames is None and remaining is not None and remaining < RECV_SLICE:
+                    return False  # the deadline passed (a longer wait ends a slice early)
             return True
         finally:
             self._reading, self._reader = False, None
             self._close_socket_if_unused()
-            self._role_free.notify_all()
+            if self._role_awaited:
+                self._role_free.notify_all()
             self._promote()
 
     def _read_frames(self, timeout: float | None) -> list[Any] | None:
         """The frames completed by what the socket holds; None if nothing came in ``timeout``
-        seconds. Part of a frame stays in the decoder for whoever reads next."""
-        if not self._poller.poll(None if timeout is None else timeout * 1000):
+        seconds (or in a slice of it). Part of a frame stays in the decoder for whoever reads
+        next. With at least ``RECV_SLICE`` left, it waits in ``recv`` itself, whose timeout is
+        that slice (SO_RCVTIMEO): a poll first would cost a syscall per reply."""
+        if timeout is not None and timeout < RECV_SLICE:
+            if not self._poller.poll(timeout * 1000):
+                return None
+        try:
+            count = self._sock.recv_into(self._buffer, _RECV_BYTES)
+        except BlockingIOError:  # the slice passed with nothing: the caller looks at its deadline
             return None
-        count = self._sock.recv_into(self._buffer, _RECV_BYTES)
         if count == 0:
             self._decoder.close()  # ProtocolError if the EOF cut a frame short
             raise _EndOfStream("the daemon closed the connection")
