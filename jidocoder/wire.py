@@ -235,6 +235,16 @@ class FrameDecoder:
         if self._failure is not None:
             raise ProtocolError(f"the stream is unusable after an earlier error: "
                                 f"{self._failure.message}") from self._failure
+        # The common case, one whole frame and nothing held: decoded straight from ``data``.
+        if not self._buf and len(data) > HEADER_SIZE:
+            size = _HEADER.unpack_from(data)[0]
+            if size + HEADER_SIZE == len(data) and size <= self._max_size:
+                try:
+                    with memoryview(data) as view:
+                        return [decode(view[HEADER_SIZE:])]
+                except JidocoderError as error:
+                    self._failure = error
+                    raise
         # Only a partial frame is ever copied into the buffer; whole frames in ``data`` are
         # decoded where they lie.
         source = self._buf
