@@ -224,6 +224,19 @@ def test_durability_full_keeps_messages_across_a_sigkill(daemon_factory):
         assert [m.content for m in before] == [f"full {i}" for i in range(5)]
 
 
+def test_a_restored_session_holds_exactly_its_last_max_history_messages(daemon_factory):
+    daemon = daemon_factory()
+    with daemon.client() as client:
+        sid = client.create_session(config={"max_history": 5})
+        for i in range(12):
+            client.send_message(sid, "user", f"m{i}")
+    daemon = restart(daemon, daemon_factory, "sigkill")
+    with daemon.client() as client:
+        assert [m.content for m in client.get_conversation_history(sid)] == [
+            f"m{i}" for i in range(7, 12)]
+        assert client.get_session_info(sid).conversation_count == 5
+
+
 def test_requests_arriving_together_are_each_answered_and_all_stored_in_order(daemon_factory):
     """Pipelined on one connection, the calls reach the session in one read: they share one
     commit, and every reply comes only after it."""
