@@ -71,6 +71,7 @@ class Connection(Reader):
         self._events: deque[Event] = deque()
         # Each waiting thread's Condition → whether what it waits for has come.
         self._waiters: dict[threading.Condition, Callable[[], bool]] = {}
+        self._local = threading.local()
         self._reading = False  # the reader role is held
         self._reader: int | None = None  # the role holder's thread ident
         self._role_free = threading.Condition(self._lock)  # role given up or drain ended
@@ -159,7 +160,7 @@ class Connection(Reader):
         try:
             self._send(op, frame, deadline)
             with self._lock:
-                if not self._await(slot.has_reply, deadline):
+                if not self._await(slot.has_reply, deadline, slot):
                     raise self._timeout(op, "no reply; the request may still be applied")
         finally:
             if slot.reply is None:  # answered, the reader has taken the slot out already

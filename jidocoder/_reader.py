@@ -91,10 +91,11 @@ class _EndOfStream(Exception):
 class _Slot:
     """Where the role holder leaves the reply to one request."""
 
-    __slots__ = ("reply",)
+    __slots__ = ("reply", "cond")
 
     def __init__(self) -> None:
         self.reply: dict[str, Any] | None = None
+        self.cond: threading.Condition | None = None  # set while its caller waits for it
 
     def has_reply(self) -> bool:
         return self.reply is not None
@@ -111,6 +112,7 @@ class Reader:
     _events: deque[Event]
     # Each waiting thread's Condition → whether what it waits for has come.
     _waiters: dict[threading.Condition, Callable[[], bool]]
+    _local: threading.local  # each thread's Condition (_thread_condition)
     _reading: bool  # the reader role is held
     _reader: int | None  # the role holder's thread ident
     _role_free: threading.Condition  # role given up or drain ended
@@ -150,9 +152,11 @@ class Reader:
 
     # -- the reader role (every method below runs with _lock held) ---------------------------
 
-    def _await(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+    def _await(self, ready: Callable[[], bool], deadline: float | None,
+               slot: "_Slot | None" = None) -> bool:
         """Wait until ``ready()``, reading the socket whenever the role is free; False once the
-        deadline (None: never) passes first. What is ready wins over a lost connection."""
+        deadline (None: never) passes first. What is ready wins over a lost connection. A
+        caller waiting for ``slot`` is woken by its reply directly (no scan of every waiter)."""
         cond: threading.Condition | None = None
         try:
             while not ready():
@@ -165,8 +169,10 @@ class Reader:
                 if remaining == 0:
                     return False
                 if cond is None:
-                    cond = threading.Condition(self._lock)
+                    cond = self._thread_condition()
                     self._waiters[cond] = ready
+                    if slot is not None:
+                        slot.cond = cond
                 cond.wait(remaining)
             return True
         finally:
@@ -174,6 +180,15 @@ class Reader:
                 del self._waiters[cond]
             if not self._reading:
                 self._promote()  # leaving with the role free: someone else may need it
+
+    def _thread_condition(self) -> threading.Condition:
+        """This thread's Condition on the client's lock, made once rather than per wait (a new
+        one if it is in use, e.g. by a signal handler's call inside a wait)."""
+        cond = getattr(self._local, "cond", None)
+        if cond is None or cond in self._waiters:
+            cond = threading.Condition(self._lock)
+            self._local.cond = cond
+        return cond
 
     def _lead(self, ready: Callable[[], bool], deadline: float | None) -> bool:
         """Hold the reader role until ``ready()``, the connection ends, or the deadline passes
@@ -228,6 +243,7 @@ class Reader:
     def _route(self, frames: list[Any]) -> None:
         """Each reply to its slot and each event to the deque, then wake whoever can go on. A
         bad frame ends the connection, after the good ones before it are delivered."""
+        events = False
         try:
             for frame in frames:
                 if not isinstance(frame, dict):
@@ -235,15 +251,19 @@ class Reader:
                                         "not a message")
                 if "event" in frame:
                     self._events.append(to_model(Event, frame["event"]))
+                    events = True
                     continue
                 slot = self._pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
                 if slot is not None:
                     slot.reply = frame
+                    if slot.cond is not None:  # its caller waits: wake it alone
+                        slot.cond.notify()
         except ProtocolError as e:
             self._lose_locked(_describe(e), e)
-        for cond, waiter_ready in self._waiters.items():
-            if waiter_ready():
-                cond.notify()
+        if events:  # the waiters for events, found by their predicates
+            for cond, waiter_ready in self._waiters.items():
+                if waiter_ready():
+                    cond.notify()
 
     def _promote(self) -> None:
         """Wake one waiter that still needs a frame, to take the free role."""
