@@ -300,12 +300,15 @@ class Reader:
         """The lowest-priority participant: it waits for the socket to turn readable without the
         role, and takes the role only when it is free, for one non-blocking read. It never
         contends with a caller reading its own reply: seeing the role held (read without the
-        lock, a hint) it backs off instead of asking to be woken, so no call pays a wakeup."""
+        lock, a hint) it backs off instead of asking to be woken, so no call pays a wakeup; and
+        it polls again only once the role is free, or it would wake with the role holder on
+        every frame that arrives, and compete with it for the GIL just when it has work."""
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
         try:
             while not self._drain_stop.is_set():
-                poller.poll()  # shutdown (close, lost) wakes it with POLLHUP
+                if not self._reading:
+                    poller.poll()  # shutdown (close, lost) wakes it with POLLHUP
                 if self._reading:
                     self._drain_stop.wait(_DRAIN_BACKOFF)
                     continue
