@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import wire
-from ._reader import _MAX_REPLY_BYTES, _RECV_BYTES, Reader, _remaining, _Slot
+from ._reader import _MAX_REPLY_BYTES, _RECV_BYTES, RECV_SLICE, Reader, _remaining, _Slot
 from .config import MiB
 from .errors import (DaemonUnavailableError, LimitExceededError, ProtocolError,
                      RequestTimeoutError, from_wire)
@@ -70,9 +71,11 @@ class Connection(Reader):
         self._events: deque[Event] = deque()
         # Each waiting thread's Condition → whether what it waits for has come.
         self._waiters: dict[threading.Condition, Callable[[], bool]] = {}
+        self._local = threading.local()
         self._reading = False  # the reader role is held
         self._reader: int | None = None  # the role holder's thread ident
         self._role_free = threading.Condition(self._lock)  # role given up or drain ended
+        self._role_awaited = 0  # threads waiting on _role_free (only close): notified only then
         self._drain: threading.Thread | None = None  # started by the first subscription
         self._draining = False  # the drain thread may still poll the socket
         self._drain_stop = threading.Event()  # ends the drain's back-off at once
@@ -96,7 +99,10 @@ class Connection(Reader):
         try:
             sock.settimeout(self.timeout)  # a full listen backlog must not block forever
             sock.connect(self.socket_path)
-            sock.settimeout(None)  # reads wait in poll, sends bring their own deadline
+            sock.settimeout(None)  # reads bring their own deadline (RECV_SLICE), so do sends
+            whole = int(RECV_SLICE)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                            struct.pack("ll", whole, int((RECV_SLICE - whole) * 1_000_000)))
         except OSError as e:
             sock.close()
             reason = e.strerror or str(e) or type(e).__name__
@@ -126,8 +132,12 @@ class Connection(Reader):
             # last of them to leave closes it. A signal handler that runs inside the role
             # holder's poll cannot wait for that thread: it leaves the closing to it.
             if self._reader != threading.get_ident():
-                while self._reading or self._draining:
-                    self._role_free.wait()
+                self._role_awaited += 1
+                try:
+                    while self._reading or self._draining:
+                        self._role_free.wait()
+                finally:
+                    self._role_awaited -= 1
             self._close_socket_if_unused()
             drain = self._drain
         if drain is not None:
@@ -150,11 +160,12 @@ class Connection(Reader):
         try:
             self._send(op, frame, deadline)
             with self._lock:
-                if not self._await(lambda: slot.reply is not None, deadline):
+                if not self._await(slot.has_reply, deadline, slot):
                     raise self._timeout(op, "no reply; the request may still be applied")
         finally:
-            with self._lock:
-                self._pending.pop(request_id, None)  # a late reply now finds no slot: dropped
+            if slot.reply is None:  # answered, the reader has taken the slot out already
+                with self._lock:
+                    self._pending.pop(request_id, None)  # a late reply now finds no slot: dropped
         reply = slot.reply
         if "error" not in reply:
             return reply.get("result")
@@ -202,8 +213,13 @@ class Connection(Reader):
 
     def _send_until(self, frame: bytes, deadline: float) -> int:
         """Write ``frame`` until done or the deadline passes; the number of bytes written."""
+        try:
+            sent = self._sock.send(frame, _SEND_FLAGS)  # nearly always the whole of it
+        except BlockingIOError:
+            sent = 0
+        if sent == len(frame):
+            return sent
         view = memoryview(frame)
-        sent = 0
         while sent < len(frame):
             try:
                 sent += self._sock.send(view[sent:], _SEND_FLAGS)

@@ -72,6 +72,10 @@ _MAX_REPLY_BYTES = 1024 * MiB
 # the whole requested size on every plain recv, and more than 64 KiB measured slower.
 _RECV_BYTES = 64 * 1024
 
+# The longest one blocking recv waits (the socket's SO_RCVTIMEO): a read with less time left
+# than this polls first, with the exact time left, so no wait passes a deadline.
+RECV_SLICE = 0.05
+
 # How long the drain leaves the socket alone after finding the role held: the role holder reads
 # (and routes events) meanwhile, so this only bounds how often the drain looks, never how soon
 # a frame is read. 5 ms of a flood is far less than the kernel and daemon buffers hold.
@@ -87,10 +91,14 @@ class _EndOfStream(Exception):
 class _Slot:
     """Where the role holder leaves the reply to one request."""
 
-    __slots__ = ("reply",)
+    __slots__ = ("reply", "cond")
 
     def __init__(self) -> None:
         self.reply: dict[str, Any] | None = None
+        self.cond: threading.Condition | None = None  # set while its caller waits for it
+
+    def has_reply(self) -> bool:
+        return self.reply is not None
 
 
 class Reader:
@@ -104,9 +112,11 @@ class Reader:
     _events: deque[Event]
     # Each waiting thread's Condition → whether what it waits for has come.
     _waiters: dict[threading.Condition, Callable[[], bool]]
+    _local: threading.local  # each thread's Condition (_thread_condition)
     _reading: bool  # the reader role is held
     _reader: int | None  # the role holder's thread ident
     _role_free: threading.Condition  # role given up or drain ended
+    _role_awaited: int  # threads waiting on _role_free
     _drain: threading.Thread | None  # started by the first subscription
     _draining: bool  # the drain thread may still poll the socket
     _drain_stop: threading.Event  # ends the drain's back-off at once
@@ -142,9 +152,11 @@ class Reader:
 
     # -- the reader role (every method below runs with _lock held) ---------------------------
 
-    def _await(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+    def _await(self, ready: Callable[[], bool], deadline: float | None,
+               slot: "_Slot | None" = None) -> bool:
         """Wait until ``ready()``, reading the socket whenever the role is free; False once the
-        deadline (None: never) passes first. What is ready wins over a lost connection."""
+        deadline (None: never) passes first. What is ready wins over a lost connection. A
+        caller waiting for ``slot`` is woken by its reply directly (no scan of every waiter)."""
         cond: threading.Condition | None = None
         try:
             while not ready():
@@ -157,8 +169,10 @@ class Reader:
                 if remaining == 0:
                     return False
                 if cond is None:
-                    cond = threading.Condition(self._lock)
+                    cond = self._thread_condition()
                     self._waiters[cond] = ready
+                    if slot is not None:
+                        slot.cond = cond
                 cond.wait(remaining)
             return True
         finally:
@@ -166,6 +180,15 @@ class Reader:
                 del self._waiters[cond]
             if not self._reading:
                 self._promote()  # leaving with the role free: someone else may need it
+
+    def _thread_condition(self) -> threading.Condition:
+        """This thread's Condition on the client's lock, made once rather than per wait (a new
+        one if it is in use, e.g. by a signal handler's call inside a wait)."""
+        cond = getattr(self._local, "cond", None)
+        if cond is None or cond in self._waiters:
+            cond = threading.Condition(self._lock)
+            self._local.cond = cond
+        return cond
 
     def _lead(self, ready: Callable[[], bool], deadline: float | None) -> bool:
         """Hold the reader role until ``ready()``, the connection ends, or the deadline passes
@@ -190,21 +213,28 @@ class Reader:
                 self._route(frames or [])
                 if failure is not None:
                     self._lose_locked(_describe(failure), _cause(failure))
-                elif frames is None and remaining is not None:
-                    return False
+                elif frames is None and remaining is not None and remaining < RECV_SLICE:
+                    return False  # the deadline passed (a longer wait ends a slice early)
             return True
         finally:
             self._reading, self._reader = False, None
             self._close_socket_if_unused()
-            self._role_free.notify_all()
+            if self._role_awaited:
+                self._role_free.notify_all()
             self._promote()
 
     def _read_frames(self, timeout: float | None) -> list[Any] | None:
         """The frames completed by what the socket holds; None if nothing came in ``timeout``
-        seconds. Part of a frame stays in the decoder for whoever reads next."""
-        if not self._poller.poll(None if timeout is None else timeout * 1000):
+        seconds (or in a slice of it). Part of a frame stays in the decoder for whoever reads
+        next. With at least ``RECV_SLICE`` left, it waits in ``recv`` itself, whose timeout is
+        that slice (SO_RCVTIMEO): a poll first would cost a syscall per reply."""
+        if timeout is not None and timeout < RECV_SLICE:
+            if not self._poller.poll(timeout * 1000):
+                return None
+        try:
+            count = self._sock.recv_into(self._buffer, _RECV_BYTES)
+        except BlockingIOError:  # the slice passed with nothing: the caller looks at its deadline
             return None
-        count = self._sock.recv_into(self._buffer, _RECV_BYTES)
         if count == 0:
             self._decoder.close()  # ProtocolError if the EOF cut a frame short
             raise _EndOfStream("the daemon closed the connection")
@@ -213,6 +243,7 @@ class Reader:
     def _route(self, frames: list[Any]) -> None:
         """Each reply to its slot and each event to the deque, then wake whoever can go on. A
         bad frame ends the connection, after the good ones before it are delivered."""
+        events = False
         try:
             for frame in frames:
                 if not isinstance(frame, dict):
@@ -220,15 +251,19 @@ class Reader:
                                         "not a message")
                 if "event" in frame:
                     self._events.append(to_model(Event, frame["event"]))
+                    events = True
                     continue
                 slot = self._pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
                 if slot is not None:
                     slot.reply = frame
+                    if slot.cond is not None:  # its caller waits: wake it alone
+                        slot.cond.notify()
         except ProtocolError as e:
             self._lose_locked(_describe(e), e)
-        for cond, waiter_ready in self._waiters.items():
-            if waiter_ready():
-                cond.notify()
+        if events:  # the waiters for events, found by their predicates
+            for cond, waiter_ready in self._waiters.items():
+                if waiter_ready():
+                    cond.notify()
 
     def _promote(self) -> None:
         """Wake one waiter that still needs a frame, to take the free role."""
@@ -265,12 +300,15 @@ class Reader:
         """The lowest-priority participant: it waits for the socket to turn readable without the
         role, and takes the role only when it is free, for one non-blocking read. It never
         contends with a caller reading its own reply: seeing the role held (read without the
-        lock, a hint) it backs off instead of asking to be woken, so no call pays a wakeup."""
+        lock, a hint) it backs off instead of asking to be woken, so no call pays a wakeup; and
+        it polls again only once the role is free, or it would wake with the role holder on
+        every frame that arrives, and compete with it for the GIL just when it has work."""
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
         try:
             while not self._drain_stop.is_set():
-                poller.poll()  # shutdown (close, lost) wakes it with POLLHUP
+                if not self._reading:
+                    poller.poll()  # shutdown (close, lost) wakes it with POLLHUP
                 if self._reading:
                     self._drain_stop.wait(_DRAIN_BACKOFF)
                     continue

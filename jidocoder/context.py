@@ -77,6 +77,10 @@ class SessionContext:
         """The messages held, oldest first."""
         return list(self._messages)
 
+    def last_message(self) -> Message:
+        """The newest message held (the one ``add_message`` just stored); IndexError if none."""
+        return self._messages[-1]
+
     @property
     def message_count(self) -> int:
         return len(self._messages)

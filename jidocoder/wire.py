@@ -32,9 +32,11 @@ and the ``default`` hook lets another thread run in the middle of a pack).
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,6 +57,8 @@ _MAX_BODY = 2**32 - 1  # what the 4-byte header can express, whatever max_size s
 # Reads of at most 64 KiB: larger reads measured slower per round trip in CPython (256 KiB cost
 # about 25 us more than 64 KiB), as the whole requested size is handled on every call.
 _RECV_CHUNK = 64 * 1024
+# The most buffers one sendmsg takes (Linux's UIO_MAXIOV).
+_IOV_MAX = 1024
 # A Packer keeps its grown buffer across reset(); after a message larger than this, the thread
 # gets a fresh Packer so one 16 MiB frame does not pin 16 MiB in every thread for good.
 _RETAIN_PACKER_BELOW = 1024 * 1024
@@ -231,6 +235,16 @@ class FrameDecoder:
         if self._failure is not None:
             raise ProtocolError(f"the stream is unusable after an earlier error: "
                                 f"{self._failure.message}") from self._failure
+        # The common case, one whole frame and nothing held: decoded straight from ``data``.
+        if not self._buf and len(data) > HEADER_SIZE:
+            size = _HEADER.unpack_from(data)[0]
+            if size + HEADER_SIZE == len(data) and size <= self._max_size:
+                try:
+                    with memoryview(data) as view:
+                        return [decode(view[HEADER_SIZE:])]
+                except JidocoderError as error:
+                    self._failure = error
+                    raise
         # Only a partial frame is ever copied into the buffer; whole frames in ``data`` are
         # decoded where they lie.
         source = self._buf
@@ -312,6 +326,26 @@ def write_frame(sock: socket.socket, obj: object, max_size: int) -> None:
     sock.sendall(pack_frame(obj, max_size))
 
 
+def send_buffers(sock: socket.socket, buffers: deque[bytes | memoryview]) -> int:
+    """One send of the queued ``buffers`` (at most ``_IOV_MAX`` of them, gathered by the
+    kernel: several frames leave in one syscall); the bytes it took. Non-blocking sockets raise
+    ``BlockingIOError`` as ``send`` does."""
+    if len(buffers) == 1:
+        return sock.send(buffers[0])
+    return sock.sendmsg(itertools.islice(buffers, _IOV_MAX))
+
+
+def drop_sent(buffers: deque[bytes | memoryview], sent: int) -> None:
+    """Remove the first ``sent`` bytes from the queue ``buffers``."""
+    while sent:
+        head = buffers[0]
+        if sent < len(head):
+            buffers[0] = memoryview(head)[sent:]
+            return
+        sent -= len(head)
+        buffers.popleft()
+
+
 def _recv_exactly(sock: socket.socket, view: memoryview) -> int:
     """Fill ``view`` from ``sock``; the bytes received, fewer than asked only at EOF."""
     got, total = 0, len(view)
@@ -325,5 +359,5 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> int:
 
 __all__ = [
     "HEADER_SIZE", "DEFAULT_MAX_FRAME", "EXT_SESSION_STATUS", "encode", "decode", "pack_frame",
-    "FrameDecoder", "read_frame", "write_frame",
+    "FrameDecoder", "read_frame", "write_frame", "send_buffers", "drop_sent",
 ]

@@ -33,12 +33,15 @@ class Api:
         self.supervisor = daemon.supervisor
         self.bus = daemon.bus
         self.session_ops = SESSION_OPS | (frozenset(DEBUG_HANDLERS) if self.supervisor.debug_ops else frozenset())
+        # handle_<op> by name, looked up once: a failed getattr per session call costs more
+        # than the rest of its dispatch.
+        self.handlers = {name[len("handle_"):]: getattr(self, name)
+                         for name in dir(self) if name.startswith("handle_")}
 
     def dispatch(self, conn: ClientConnection, frame: Any) -> None:
         request_id = frame.get("id") if isinstance(frame, dict) else None
         conn.begin_call()
-        pending = Pending(lambda message: conn.reply(request_id, message),
-                          frame.get("op", "") if isinstance(frame, dict) else "")
+        pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "")
         try:
             op, args = parse_request(frame)
             result = self.call(conn, op, args, pending)
@@ -53,7 +56,7 @@ class Api:
             pending.reply({"result": result})
 
     def call(self, conn: ClientConnection, op: str, args: dict[str, Any], pending: Pending) -> Any:
-        handler = getattr(self, f"handle_{op}", None)
+        handler = self.handlers.get(op)
         if handler is not None:
             try:
                 return handler(conn, pending, **args)

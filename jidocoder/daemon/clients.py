@@ -27,7 +27,8 @@ MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops r
 class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
                  on_interest: Callable[["ClientConnection", bool, bool], None],
-                 on_closed: Callable[["ClientConnection"], None]) -> None:
+                 on_closed: Callable[["ClientConnection"], None],
+                 flush_soon: Callable[["ClientConnection"], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
@@ -37,13 +38,18 @@ class ClientConnection:
         self.topics: set[str] = set()
         self.closed = False
         self.close_reason = ""
-        self._out: deque[memoryview] = deque()
+        self._out: deque[bytes | memoryview] = deque()
         self._out_bytes = 0
         self._on_interest = on_interest
+        self._flush_soon = flush_soon
+        self._flush_due = False  # a flush is scheduled for the end of the loop's turn
         self.in_flight = 0
         self.backlog: deque[Any] = deque()  # requests read but held back while throttled
         self.resume_scheduled = False
         self._on_closed = on_closed
+        # What the loop was last told to wait for (it starts watching for reads): the loop is
+        # told only of changes, not on every call and reply.
+        self._interest = (True, False)
 
     def __repr__(self) -> str:
         return f"<client fd={self.sock.fileno()} pid={self.peer_pid}>"
@@ -94,8 +100,16 @@ class ClientConnection:
         return not self.closed and self.in_flight < MAX_IN_FLIGHT and self._out_bytes <= self.max_buffer
 
     def _update_interest(self) -> None:
-        if not self.closed:
-            self._on_interest(self, self.accepting_calls and not self.backlog, bool(self._out))
+        """Tell the loop what to wait for when that changed, or when held-back requests may now
+        be dispatched (the loop's callback schedules that)."""
+        if self.closed:
+            return
+        accepting = self.accepting_calls
+        # Writability is waited for only once a send could not take everything.
+        interest = (accepting and not self.backlog, bool(self._out) and not self._flush_due)
+        if interest != self._interest or (self.backlog and accepting and not self.resume_scheduled):
+            self._interest = interest
+            self._on_interest(self, *interest)
 
     # -- out ---------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
@@ -120,27 +134,27 @@ class ClientConnection:
         self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
+        """Frames queued in one turn of the loop leave together at its end (one send)."""
         was_empty = not self._out
-        self._out.append(memoryview(frame))
+        self._out.append(frame)
         self._out_bytes += len(frame)
-        if was_empty:
-            self.flush()
+        if was_empty and not self._flush_due:
+            self._flush_due = True
+            self._flush_soon(self)
 
     def flush(self) -> None:
-        while self._out and not self.closed:
-            head = self._out[0]
+        self._flush_due = False
+        out = self._out
+        while out and not self.closed:
             try:
-                sent = self.sock.send(head)
+                sent = wire.send_buffers(self.sock, out)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self.close(f"write failed: {exc}")
                 return
             self._out_bytes -= sent
-            if sent == len(head):
-                self._out.popleft()
-            else:
-                self._out[0] = head[sent:]
+            wire.drop_sent(out, sent)
         self._update_interest()
 
     @property

@@ -66,6 +66,11 @@ class EventBus:
 
     def publish(self, kind: str, session_id: str | None, payload: dict[str, Any]) -> None:
         topics = self._topics(kind, session_id)
+        subscribers = self._subscribers
+        if not any(topic in subscribers for topic in topics):  # no one listens: count it only
+            for topic in topics:
+                self._seq[topic] += 1
+            return
         timestamp = utc_now()
         events = [self._make(kind, topic, session_id, payload, timestamp) for topic in topics]
         delivered: set[Subscriber] = set()

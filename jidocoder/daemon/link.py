@@ -12,7 +12,7 @@ import itertools
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .. import wire
 from ..errors import JidocoderError
@@ -20,15 +20,27 @@ from ..errors import JidocoderError
 READ_CHUNK = 64 * 1024
 
 
-@dataclass
+class Replier(Protocol):
+    def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
+
+
 class Pending:
-    """A client call waiting for its reply: who asked, under which id."""
+    """A client call waiting for its reply: who asked (``client``), under which id. Made for
+    every call, so a plain object with slots rather than a closure."""
 
-    reply: Callable[[dict[str, Any]], None]  # takes {"result": ...} or {"error": {...}}
-    op: str
+    __slots__ = ("client", "request_id", "op")
+
+    def __init__(self, client: Replier, request_id: Any, op: str) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.op = op
+
+    def reply(self, message: dict[str, Any]) -> None:
+        """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""
+        self.client.reply(self.request_id, message)
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """A call sent to a session process, kept until it answers (or dies)."""
 
@@ -57,37 +69,40 @@ class SessionLink:
         self.decoder = wire.FrameDecoder(max_frame)
         self.max_frame = max_frame
         self.in_flight: dict[int, Call] = {}
-        self._out: deque[memoryview] = deque()
+        self._out: deque[bytes | memoryview] = deque()
         self._on_writable_change = on_writable_change
+        self._wants_write = False  # as last told through on_writable_change
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def request(self, op: str, args: dict[str, Any], pending: Pending) -> None:
+    def request(self, op: str, args: dict[str, Any], pending: Pending) -> bool:
+        """Queue the call; True when the queue was empty, i.e. the caller must see that
+        ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one send)."""
         link_id = next(_request_ids)
         self.in_flight[link_id] = Call(op, args, pending)
-        self.send({"id": link_id, "op": op, "args": args})
+        return self.send({"id": link_id, "op": op, "args": args})
 
-    def send(self, frame: dict[str, Any]) -> None:
-        self._out.append(memoryview(wire.pack_frame(frame, self.max_frame)))
-        if len(self._out) == 1:
-            self.flush()
+    def send(self, frame: dict[str, Any]) -> bool:
+        """Queue a frame; True as for ``request``."""
+        self._out.append(wire.pack_frame(frame, self.max_frame))
+        return len(self._out) == 1 and not self._wants_write
 
     def flush(self) -> None:
-        while self._out:
-            head = self._out[0]
+        out = self._out
+        while out:
             try:
-                sent = self.sock.send(head)
+                sent = wire.send_buffers(self.sock, out)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # the process is going; EOF and the reaper will say so
-                self._out.clear()
+                out.clear()
                 break
-            if sent == len(head):
-                self._out.popleft()
-            else:
-                self._out[0] = head[sent:]
-        self._on_writable_change(self, bool(self._out))
+            wire.drop_sent(out, sent)
+        wants_write = bool(out)
+        if wants_write is not self._wants_write:  # the loop hears of changes only
+            self._wants_write = wants_write
+            self._on_writable_change(self, wants_write)
 
     def read_frames(self) -> list[Any]:
         """Frames from the process; sets ``eof`` when it closed its end (or broke framing)."""

@@ -212,7 +212,8 @@ class Supervisor:
         record.spawned_at = time.monotonic()
         self.by_pid[spare.pid] = (record, link)
         self.loop.watch(link, lambda: self._on_readable(record, link), link.flush)
-        link.send({"spec": spec.to_wire()})
+        if link.send({"spec": spec.to_wire()}):
+            self.loop.flush_soon(link)
         self._write_slot(record)
 
     def _spec(self, session_id: str, config: SessionConfig, slot: int) -> SessionSpec:
@@ -309,7 +310,8 @@ class Supervisor:
         if op == "get_session_pid":
             pending.reply({"result": record.link.pid})
             return
-        record.link.request(op, args, pending)
+        if record.link.request(op, args, pending):
+            self.loop.flush_soon(record.link)
 
     def touch(self, record: SessionRecord) -> None:
         record.last_activity = time.monotonic()

@@ -4,6 +4,7 @@ terminated and non-persistent ones leave no trace, and damaged or newer stores a
 from __future__ import annotations
 
 import random
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jidocoder import Client, SessionStatus
+from jidocoder import Client, SessionStatus, wire
 from jidocoder.errors import DaemonUnavailableError, SessionNotFoundError
 from tests.support import LONG, SHORT, DaemonProcess, process_alive, wait_until
 
@@ -221,6 +222,39 @@ def test_durability_full_keeps_messages_across_a_sigkill(daemon_factory):
     with daemon.client() as client:
         assert client.get_conversation_history(sid) == before
         assert [m.content for m in before] == [f"full {i}" for i in range(5)]
+
+
+def test_a_restored_session_holds_exactly_its_last_max_history_messages(daemon_factory):
+    daemon = daemon_factory()
+    with daemon.client() as client:
+        sid = client.create_session(config={"max_history": 5})
+        for i in range(12):
+            client.send_message(sid, "user", f"m{i}")
+    daemon = restart(daemon, daemon_factory, "sigkill")
+    with daemon.client() as client:
+        assert [m.content for m in client.get_conversation_history(sid)] == [
+            f"m{i}" for i in range(7, 12)]
+        assert client.get_session_info(sid).conversation_count == 5
+
+
+def test_requests_arriving_together_are_each_answered_and_all_stored_in_order(daemon_factory):
+    """Pipelined on one connection, the calls reach the session in one read: they share one
+    commit, and every reply comes only after it."""
+    daemon = daemon_factory(durability="full")
+    count = 40
+    with daemon.client() as client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        sid = client.create_session()
+        raw.connect(daemon.socket)
+        raw.sendall(b"".join(
+            wire.pack_frame({"id": i, "op": "send_message",
+                             "args": {"session_id": sid, "role": "user", "content": f"piped {i}"}},
+                            1 << 20) for i in range(count)))
+        replies = [wire.read_frame(raw, 1 << 20) for _ in range(count)]
+        assert replies == [{"id": i, "result": None} for i in range(count)]
+    daemon = restart(daemon, daemon_factory, "sigkill")
+    with daemon.client() as client:
+        history = client.get_conversation_history(sid)
+    assert [m.content for m in history] == [f"piped {i}" for i in range(count)]
 
 
 # -- nothing left behind ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from jidocoder.daemon import store as store_module
 from jidocoder.daemon.store import (
-    SCHEMA_VERSION, DamagedStoreError, Registry, SessionStore, StoreVersionError,
+    SCHEMA_VERSION, TRIM_EVERY, DamagedStoreError, Registry, SessionStore, StoreVersionError,
     destroy_session_files, quarantine, session_db_path,
 )
 from jidocoder.errors import InvalidArgumentError, JidocoderError
@@ -116,13 +116,56 @@ def test_full_durability_stores_the_same(tmp_path):
         assert db.load()[0] == [message(1)]
 
 
-def test_append_message_keeps_only_the_last_keep_messages(tmp_path):
+def test_append_message_drops_the_oldest_past_keep_trim_every_at_a_time(tmp_path):
+    keep, most = 3, 3 + TRIM_EVERY - 1
     with SessionStore(tmp_path, SID) as db:
-        for n in range(5):
-            db.append_message(message(n), keep=3)
-        assert db.load()[0] == [message(2), message(3), message(4)]
-        db.append_message(message(5), keep=1)
-        assert db.load()[0] == [message(5)]
+        for n in range(most):
+            db.append_message(message(n), keep=keep)
+        assert db.load()[0] == [message(n) for n in range(most)]
+        db.append_message(message(most), keep=keep)
+        assert db.load()[0] == [message(n) for n in range(most + 1 - keep, most + 1)]
+        for n in range(most + 1, most + 1 + TRIM_EVERY):
+            db.append_message(message(n), keep=keep)
+        assert db.load()[0] == [message(n) for n in range(most + 1 + TRIM_EVERY - keep,
+                                                           most + 1 + TRIM_EVERY)]
+
+
+def test_a_write_group_stores_its_writes_in_one_commit(tmp_path):
+    with SessionStore(tmp_path, SID) as db:
+        db.begin_group()
+        db.append_message(message(1), keep=10)
+        db.add_file(file("/a", 2))
+        db.append_message(message(3), keep=10)
+        db.end_group()
+        assert db.load() == ([message(1), message(3)], [file("/a", 2)], {})
+        db.append_message(message(4), keep=10)  # and writes after it commit on their own again
+    with SessionStore(tmp_path, SID) as db:
+        assert db.load()[0] == [message(1), message(3), message(4)]
+
+
+def test_a_failed_write_leaves_nothing_of_its_group_stored(tmp_path):
+    with SessionStore(tmp_path, SID) as db:
+        db.append_message(message(0), keep=10)
+        db.begin_group()
+        db.append_message(message(1), keep=10)
+        with pytest.raises(sqlite3.IntegrityError):  # content is NOT NULL
+            db.append_message(Message.model_construct(role="user", content=None,
+                                                      timestamp=at(9)), keep=10)
+        with pytest.raises(RuntimeError, match="earlier write of this group failed"):
+            db.append_message(message(2), keep=10)
+        with pytest.raises(RuntimeError, match="none of them is stored"):
+            db.end_group()
+        assert db.load()[0] == [message(0)]
+        db.append_message(message(3), keep=10)
+        assert db.load()[0] == [message(0), message(3)]
+
+
+def test_a_write_group_with_no_write_creates_no_lazy_file(tmp_path):
+    db = SessionStore(tmp_path, SID, lazy=True)
+    db.begin_group()
+    db.end_group()
+    assert not session_db_path(tmp_path, SID).exists()
+    db.close()
 
 
 def test_append_message_refuses_keep_below_one(tmp_path):
