@@ -22,7 +22,7 @@ from typing import Callable
 import msgpack  # noqa: F401 -- the preload: a session's parent has these imported
 import pydantic  # noqa: F401
 
-from .common import close_other_fds, reap, rss_mb, set_parent_death_signal, uss_pss_mb
+from .common import PAUSE, close_other_fds, reap, rss_mb, set_parent_death_signal, uss_pss_mb
 
 now = time.perf_counter
 
@@ -51,10 +51,15 @@ def fork_ready_once() -> float:
     return elapsed
 
 
-def floor_fork_ready(count: int, ballast_mb: int = 0) -> dict:
+def floor_fork_ready(count: int, ballast_mb: int = 0, paused: bool = False) -> dict:
+    """Back to back, or (``paused``) each after ``PAUSE`` s idle."""
     ballast = grow(ballast_mb) if ballast_mb else None
     gc.freeze()
-    samples = [fork_ready_once() for _ in range(count)]
+    samples = []
+    for _ in range(count):
+        if paused:
+            time.sleep(PAUSE)
+        samples.append(fork_ready_once())
     rss = rss_mb(os.getpid())
     del ballast
     return {"samples": samples, "rss": rss}
@@ -196,8 +201,9 @@ def floor_exit_reap(count: int) -> dict:
     return {"samples": samples}
 
 
-def floor_crash_eof(count: int) -> dict:
-    """SIGKILL an idle worker until its parent, waiting in a selector, reads EOF on its socket."""
+def floor_crash_eof(count: int, paused: bool = False) -> dict:
+    """SIGKILL an idle worker until its parent, waiting in a selector, reads EOF on its socket
+    (``paused``: each kill after ``PAUSE`` s idle)."""
     import selectors
     gc.freeze()
     samples = []
@@ -205,6 +211,8 @@ def floor_crash_eof(count: int) -> dict:
         for _ in range(count):
             pid, sock = idle_child()
             selector.register(sock, selectors.EVENT_READ)
+            if paused:
+                time.sleep(PAUSE)
             start = now()
             os.kill(pid, signal.SIGKILL)
             while not selector.select(1.0):

@@ -18,7 +18,7 @@ import time
 
 from jidocoder.wire import FrameDecoder, pack_frame, read_frame
 
-from .common import close_other_fds, reap, set_parent_death_signal
+from .common import PAUSE, close_other_fds, reap, set_parent_death_signal
 
 MAX = 1 << 24
 READ = 64 * 1024
@@ -137,11 +137,13 @@ def connect(path: str) -> socket.socket:
     return sock
 
 
-def round_trips(path: str, count: int) -> list[float]:
+def round_trips(path: str, count: int, pause: float = 0.0) -> list[float]:
     sock = connect(path)
     frame = pack_frame(REQUEST, MAX)
     samples = []
     for _ in range(count):
+        if pause:
+            time.sleep(pause)
         start = now()
         sock.sendall(frame)
         read_frame(sock, MAX)
@@ -185,8 +187,9 @@ def throughput(path: str, clients: int, in_flight: int, duration: float) -> floa
     return sum(counts) / elapsed
 
 
-def floor_relay(count: int, duration: float, loads: list[list[int]]) -> dict:
-    """Round trips (two hops, one hop) and throughput for each ``[clients, in_flight]``."""
+def floor_relay(count: int, duration: float, loads: list[list[int]], paused: int = 0) -> dict:
+    """Round trips (two hops, one hop), also ``paused`` of each after ``PAUSE`` s idle, and
+    throughput for each ``[clients, in_flight]``."""
     gc.freeze()
     most = max([1] + [c for c, _ in loads])
     with tempfile.TemporaryDirectory(prefix="jdb-", dir="/tmp") as directory:
@@ -196,6 +199,8 @@ def floor_relay(count: int, duration: float, loads: list[list[int]]) -> dict:
             round_trips(two, min(200, count))  # warm up
             result = {"samples": round_trips(two, count),
                       "one_hop": round_trips(os.path.join(directory, "echo.sock"), count),
+                      "paused": round_trips(two, paused, PAUSE),
+                      "one_hop_paused": round_trips(os.path.join(directory, "echo.sock"), paused, PAUSE),
                       "throughput": {f"{c}x{k}": throughput(two, c, k, duration) for c, k in loads}}
         finally:
             os.close(control)

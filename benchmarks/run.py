@@ -74,6 +74,9 @@ def measure_floors(counts: dict, scratch: str) -> Floors:
     f.samples["fork_burst"] = run_floor("fork_burst", workers=counts["burst"], repeats=5)["samples"]
     f.samples["exit_reap"] = run_floor("exit_reap", count=n)["samples"]
     f.samples["crash_eof"] = run_floor("crash_eof", count=n)["samples"]
+    # the same three, each sample after PAUSE s idle, for the figures measured that way
+    f.samples["fork_ready_paused"] = run_floor("fork_ready", count=counts["create"], paused=True)["samples"]
+    f.samples["crash_eof_paused"] = run_floor("crash_eof", count=counts["kills"], paused=True)["samples"]
     idle = run_floor("idle_memory", count=10)
     f.values["idle_uss"] = sorted(idle["uss"])[len(idle["uss"]) // 2]
     f.values["idle_pss"] = sorted(idle["pss"])[len(idle["pss"]) // 2]
@@ -84,8 +87,9 @@ def measure_floors(counts: dict, scratch: str) -> Floors:
     f.samples["interpreter"] = interp["samples"]
     f.values["interpreter_pss"] = sorted(interp["pss"])[len(interp["pss"]) // 2]
     relay = run_floor("relay", count=counts["relay"], duration=counts["duration"],
-                      loads=[[8, 1], [64, 1], [8, 32]])
+                      loads=[[8, 1], [64, 1], [8, 32]], paused=counts["create"])
     f.samples["relay"], f.samples["one_hop"] = relay["samples"], relay["one_hop"]
+    f.samples["relay_paused"], f.samples["one_hop_paused"] = relay["paused"], relay["one_hop_paused"]
     for key, rate in relay["throughput"].items():
         f.values[f"throughput_{key}"] = rate
     log(f"  fork→ready {f.p50('fork_ready'):.3f} ms, relay {f.p50('relay'):.3f} ms, one hop "
