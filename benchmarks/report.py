@@ -27,6 +27,9 @@ class Row:
 
     def __post_init__(self) -> None:
         self.ratio = self.figure / self.floor if self.floor else math.nan
+        if self.target is None and self.absolute_max is None:
+            self.status = "INFO"  # printed beside its floor, judged by no target
+            return
         if self.target is None:
             ok = True
         else:

@@ -94,7 +94,9 @@ def measure_floors(counts: dict, scratch: str) -> Floors:
         f.values[f"throughput_{key}"] = rate
     log(f"  fork→ready {f.p50('fork_ready'):.3f} ms, relay {f.p50('relay'):.3f} ms, one hop "
         f"{f.p50('one_hop'):.3f} ms, crash noticed {f.p50('crash_eof'):.3f} ms, exit/reap "
-        f"{f.p50('exit_reap'):.3f} ms, idle USS {f.values['idle_uss']:.2f} MB")
+        f"{f.p50('exit_reap'):.3f} ms, idle USS {f.values['idle_uss']:.2f} MB; after a pause: "
+        f"fork→ready {f.p50('fork_ready_paused'):.3f} ms, relay {f.p50('relay_paused'):.3f} ms, "
+        f"one hop {f.p50('one_hop_paused'):.3f} ms, crash noticed {f.p50('crash_eof_paused'):.3f} ms")
     return f
 
 
@@ -142,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         os._exit(130)  # threads of a half-run driver must not keep the process alive
     print(table(rows))
-    print(f"\n{sum(r.status == 'PASS' for r in rows)} PASS, {sum(r.status != 'PASS' for r in rows)} "
-          f"MISS; {time.monotonic() - began:.0f} s ({'quick' if args.quick else 'full'} run)")
+    counts = {status: sum(r.status == status for r in rows) for status in ("PASS", "MISS", "INFO")}
+    print(f"\n{counts['PASS']} PASS, {counts['MISS']} MISS, {counts['INFO']} for information; "
+          f"{time.monotonic() - began:.0f} s ({'quick' if args.quick else 'full'} run)")
     if args.json:
         write_json(rows, args.json)
     return 0

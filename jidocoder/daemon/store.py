@@ -53,7 +53,7 @@ Why this shape (API.md §6, Durability):
   SessionStore, existing small file       0.54           0.32
   lazy SessionStore + load, no file       --             0.06
   load, 20 messages                       0.10           0.10
-  append_message (normal / full)          0.024 / 0.32   0.020 / 0.29
+  append_message (normal / full)          0.024 / 0.32   0.009 / 0.35
   Registry.delete, 10 rows                0.71           0.56
   Registry.delete, 1,000 rows             2.4            1.3
   Registry open, 1,000 rows               3.4            0.5
@@ -64,6 +64,8 @@ Why this shape (API.md §6, Durability):
   and searching the file (0.6 ms at 1,000 rows), plus a rare VACUUM (2-5 ms at 1,000 rows).
   ``put`` is one small transaction: 0.011 ms of it is encoding the state, the rest the
   statement and its commit; at "full" the commit's fdatasync is nearly all of it.
+  ``append_message`` is one autocommitted INSERT (trimming the oldest runs once per 32
+  messages), remeasured after that change with keep=100.
 - **Timestamps** are stored as integer microseconds since the Unix epoch: exact, ordered, and read
   back as aware UTC datetimes. Values without a column of their own (the SessionState dict, file
   index entries) are encoded with ``jidocoder.wire``, whose datetimes round-trip too.
