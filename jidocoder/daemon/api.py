@@ -84,10 +84,10 @@ class Api:
         return DEFERRED
 
     def handle_list_sessions(self, conn, pending) -> list:
-        return [self.supervisor.info(r).model_dump() for r in self.supervisor.live_records()]
+        return [self.supervisor.info(r) for r in self.supervisor.live_records()]
 
     def handle_get_session_info(self, conn, pending, session_id=None) -> dict:
-        return self.supervisor.info(self.supervisor.find(session_id, any_live=True)).model_dump()
+        return self.supervisor.info(self.supervisor.find(session_id, any_live=True))
 
     def handle_get_session_pid(self, conn, pending, session_id=None):
         self.supervisor.route(self.supervisor.find(session_id), "get_session_pid", {}, pending)
