@@ -6,8 +6,9 @@ template's size is fixed from then on, however large the daemon grows. When the 
 spare, it sends the template one end of a new socketpair. The template clones a child with
 ``CLONE_PARENT``, so that the child is the *daemon's* child: the daemon reaps it and gets its
 ``SIGCHLD`` and exit status exactly as before, and ``PR_SET_PDEATHSIG`` ties it to the daemon.
-The spare prepares itself (fork hygiene, logging) and then blocks on its socket. A session start
-is the daemon sending a waiting spare its spec, and the spare answering ``ready``.
+The template did the fork hygiene and the logging set-up once, before its first clone; a spare
+sets its parent-death signal, warms up if it is to wait (``WARM``), and blocks on its socket. A
+session start is the daemon sending a waiting spare its spec, and the spare answering ``ready``.
 
 Why a raw ``clone`` and not ``os.fork()``: besides ``CLONE_PARENT``, it skips CPython's at-fork
 hooks (threading, logging, multiprocessing). Measured from a 35 MB process with the daemon's
@@ -25,6 +26,7 @@ EOF on its socket ends the template; EOF before a spec ends a spare.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import platform
@@ -54,7 +56,7 @@ def clone_sibling() -> int:
     """``fork()`` whose child belongs to our parent; 0 in the child, its pid here."""
     number = _SYS_CLONE.get(platform.machine())
     if number is None:
-        raise OSError(0, f"clone(CLONE_PARENT) is not wired for {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"clone(CLONE_PARENT) is not wired for {platform.machine()}")
     pid = _LIBC.syscall(ctypes.c_long(number), ctypes.c_ulong(_CLONE_PARENT | signal.SIGCHLD), 0, 0, 0, 0)
     if pid < 0:
         err = ctypes.get_errno()

@@ -36,7 +36,7 @@ from .link import Pending, SessionLink
 from .logs import write_session_record
 from .loop import Loop, Timer
 from .table import SessionTable
-from .spares import SparePool, serve_template
+from .spares import Spare, SparePool, serve_template
 from .worker import SessionSpec, prepare_template, run_spare
 
 log = logging.getLogger("jidocoder.daemon")
@@ -205,7 +205,7 @@ class Supervisor:
             self._start_in(record, spare)
         self.spares.top_up(wanted=len(self._awaiting_spare))
 
-    def _start_in(self, record: SessionRecord, spare) -> None:
+    def _start_in(self, record: SessionRecord, spare: Spare) -> None:
         incarnation = (record.link.incarnation + 1) if record.link else 1
         spec = self._spec(record.session_id, record.state.config, record.slot)
         link = SessionLink(spare.pid, spare.sock, incarnation, self.max_frame, self._want_write)
