@@ -3,7 +3,7 @@
 The template process (``spares``) is forked from the daemon once and prepared once
 (``prepare_template``); it clones spares as the daemon's children. A spare prepares and warms
 itself up while nobody waits (``run_spare``), then blocks until the daemon sends it a spec; from
-then on it is that session's process (``run_session``).
+then on it is that session's process.
 
 Fork hygiene, each point seen to break a naive version (the template does the ones marked
 "template", once, and every spare inherits them):
@@ -102,9 +102,9 @@ def prepare_template(ctrl: socket.socket, warm: "SessionSpec") -> int:
 def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec", log_fd: int,
               warm_first: bool) -> NoReturn:
     """A spare's life: warmed up (if it is to wait), it waits for its spec, then serves that
-    session."""
+    session until it ends; it leaves only through ``os._exit``."""
     global _own_socket
-    code = exits.EXIT_BOOT_ERROR
+    code, spec = exits.EXIT_BOOT_ERROR, None
     try:
         set_parent_death_signal(warm.daemon_pid)
         set_process_name(SPARE_NAME)
@@ -115,10 +115,15 @@ def run_spare(sock: socket.socket, table: SessionTable, warm: "SessionSpec", log
         if spec is None:
             code = exits.EXIT_OK  # the daemon no longer needs a spare
         else:
-            run_session(spec, sock, table, log_fd)
+            begin_session(spec, log_fd)
+            code = SessionProcess(spec, sock, table).serve()
     except BaseException as exc:  # noqa: BLE001 - the last word of a process that must exit
+        code = getattr(exc, "exit_code", code)
         try:
-            log.exception("spare session process failed: %s", exc)
+            if getattr(exc, "last_word", None):
+                send_blocking(sock, exc.last_word, spec.max_frame if spec else MAX_SPEC_BYTES)
+            else:
+                log.exception("session process failed: %s", exc)
         except BaseException:  # noqa: BLE001
             pass
     finally:
@@ -157,25 +162,6 @@ def wait_for_spec(sock: socket.socket) -> "SessionSpec | None":
         frames = decoder.feed(data)
         if frames:  # the daemon sends the spec alone, before any request
             return SessionSpec.from_wire(frames[0]["spec"])
-
-
-def run_session(spec: SessionSpec, sock: socket.socket, table: SessionTable, log_fd: int) -> NoReturn:
-    """The spare becomes the session's process; never returns."""
-    code = exits.EXIT_BOOT_ERROR
-    try:
-        begin_session(spec, log_fd)
-        code = SessionProcess(spec, sock, table).serve()
-    except BaseException as exc:  # noqa: BLE001 - the last word of a process that must exit
-        code = getattr(exc, "exit_code", code)
-        try:
-            if getattr(exc, "last_word", None):
-                send_blocking(sock, exc.last_word, spec.max_frame)
-            else:
-                log.exception("session process failed: %s", exc)
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        os._exit(code)
 
 
 def reset_signals() -> None:
