@@ -63,6 +63,14 @@ class Client(Connection):
     def get_session_pid(self, session_id: str) -> int:
         return self._call("get_session_pid", {"session_id": session_id})
 
+    def list_failed_sessions(self) -> list[SessionInfo]:
+        """Sessions given up after crashes, their data kept; ``error`` says why (API.md §7)."""
+        return [to_model(SessionInfo, item) for item in self._call("list_failed_sessions", {})]
+
+    def recover_session(self, session_id: str) -> None:
+        """Bring a failed session back, as on create, with all its stored data."""
+        self._call("recover_session", {"session_id": session_id})
+
     # -- conversation ------------------------------------------------------------------------
 
     def send_message(self, session_id: str, role: str, content: str) -> None:

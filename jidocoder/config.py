@@ -64,6 +64,8 @@ class Settings(BaseModel):
                                      description="Unsent bytes a client may fall behind before it is disconnected.")
     spare_processes: int = Field(1, ge=0, le=64,
                                  description="Session processes kept started and waiting, so that a create waits for no fork.")
+    spawn: Literal["auto", "clone", "fork"] = Field(
+        "auto", description="How session processes are made: clone (from a template process; x86_64 and aarch64), fork (by the daemon), or auto.")
     terminate_grace: float = Field(2.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a session ends.")
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")

@@ -101,10 +101,18 @@ class SessionCrashedError(JidocoderError):
     code = "session_crashed"
 
 
+class StorageError(JidocoderError):
+    """The state dir cannot take a write (disk or quota full, read-only, I/O error): nothing of
+    the call was applied; writes work again once the cause is gone."""
+
+    code = "storage_unavailable"
+
+
 _BY_CODE: dict[str, type[JidocoderError]] = {
     cls.code: cls
     for cls in (JidocoderError, SessionNotFoundError, InvalidTransitionError, LimitExceededError,
-                DaemonUnavailableError, ProtocolError, RequestTimeoutError, SessionCrashedError)
+                DaemonUnavailableError, ProtocolError, RequestTimeoutError, SessionCrashedError,
+                StorageError)
 }
 
 
@@ -127,5 +135,5 @@ def _rebuild(data: dict[str, Any]) -> JidocoderError:
 __all__ = [
     "JidocoderError", "SessionNotFoundError", "InvalidTransitionError", "InvalidArgumentError",
     "LimitExceededError", "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError",
-    "SessionCrashedError", "from_wire",
+    "SessionCrashedError", "StorageError", "from_wire",
 ]

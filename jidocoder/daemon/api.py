@@ -2,25 +2,24 @@
 
 A handler either answers at once (returns a result) or keeps the ``Pending`` and answers later
 (returns ``DEFERRED``). Anything it raises becomes an error reply: a client's input never takes
-the daemon down.
+the daemon down. The Api knows the supervisor and the event bus; what it needs of the daemon
+around it (its status, a shutdown) it is given as functions, so it never reaches back into it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from .. import __version__
 from ..errors import InvalidArgumentError, JidocoderError
+from .calls import call_handler, internal_error, parse_request
 from .clients import ClientConnection
-from .events import GLOBAL_TOPIC, session_topic
+from .events import GLOBAL_TOPIC, EventBus, session_topic
 from .link import Pending
-from .worker import DEBUG_HANDLERS, SESSION_OPS
-
-if TYPE_CHECKING:
-    from .server import Daemon
+from .ops import DEBUG_HANDLERS, SESSION_OPS
+from .supervisor import Supervisor
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -28,11 +27,15 @@ DEFERRED = object()
 
 
 class Api:
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
-        self.supervisor = daemon.supervisor
-        self.bus = daemon.bus
-        self.session_ops = SESSION_OPS | (frozenset(DEBUG_HANDLERS) if self.supervisor.debug_ops else frozenset())
+    def __init__(self, supervisor: Supervisor, bus: EventBus, *, max_request_bytes: int,
+                 debug_ops: bool, status: Callable[[], dict[str, Any]],
+                 shutdown: Callable[[], None]) -> None:
+        self.supervisor = supervisor
+        self.bus = bus
+        self.max_request_bytes = max_request_bytes
+        self.session_ops = SESSION_OPS | (frozenset(DEBUG_HANDLERS) if debug_ops else frozenset())
+        self._status = status
+        self._shutdown = shutdown
         # handle_<op> by name, looked up once: a failed getattr per session call costs more
         # than the rest of its dispatch.
         self.handlers = {name[len("handle_"):]: getattr(self, name)
@@ -41,7 +44,8 @@ class Api:
     def dispatch(self, conn: ClientConnection, frame: Any) -> None:
         request_id = frame.get("id") if isinstance(frame, dict) else None
         conn.begin_call()
-        pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "")
+        pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "",
+                          _deadline(frame))
         try:
             op, args = parse_request(frame)
             result = self.call(conn, op, args, pending)
@@ -49,8 +53,7 @@ class Api:
             pending.reply({"error": exc.to_wire()})
             return
         except Exception as exc:  # a bug of ours: the daemon answers and carries on
-            log.exception("request %r failed", pending.op)
-            pending.reply({"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}})
+            pending.reply({"error": internal_error(log, pending.op, exc)})
             return
         if result is not DEFERRED:
             pending.reply({"result": result})
@@ -58,12 +61,7 @@ class Api:
     def call(self, conn: ClientConnection, op: str, args: dict[str, Any], pending: Pending) -> Any:
         handler = self.handlers.get(op)
         if handler is not None:
-            try:
-                return handler(conn, pending, **args)
-            except TypeError as exc:
-                if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-                    raise InvalidArgumentError(f"bad arguments for {op}: {exc}", code="invalid_argument") from None
-                raise
+            return call_handler(handler, op, conn, pending, **args)
         if op in self.session_ops:
             record = self.supervisor.find(args.get("session_id"))
             self.supervisor.route(record, op, args, pending)
@@ -72,8 +70,7 @@ class Api:
 
     # -- the daemon's own operations ---------------------------------------------------------------
     def handle_hello(self, conn, pending, **_: Any) -> dict:
-        return {"pid": os.getpid(), "version": __version__,
-                "max_request_bytes": self.daemon.settings.max_request_bytes}
+        return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes}
 
     def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None):
         self.supervisor.create_session(metadata, llm_config, config, pending)
@@ -90,12 +87,18 @@ class Api:
         return self.supervisor.info(self.supervisor.find(session_id, any_live=True))
 
     def handle_get_session_pid(self, conn, pending, session_id=None):
-        self.supervisor.route(self.supervisor.find(session_id), "get_session_pid", {}, pending)
+        self.supervisor.answer_pid(self.supervisor.find(session_id), pending)
+        return DEFERRED
+
+    def handle_list_failed_sessions(self, conn, pending) -> list:
+        return self.supervisor.failed_sessions()
+
+    def handle_recover_session(self, conn, pending, session_id=None):
+        self.supervisor.recover_session(session_id, pending)
         return DEFERRED
 
     def handle_subscribe_to_session(self, conn, pending, session_id=None) -> None:
         self.supervisor.find(session_id)
-        conn.topics.add(session_topic(session_id))
         self.bus.subscribe(session_topic(session_id), conn)
 
     def handle_unsubscribe_from_session(self, conn, pending, session_id=None) -> None:
@@ -111,21 +114,13 @@ class Api:
         self.bus.unsubscribe(GLOBAL_TOPIC, conn)
 
     def handle_daemon_status(self, conn, pending) -> dict:
-        settings = self.daemon.settings
-        return {"pid": os.getpid(), "socket": settings.socket, "state_dir": settings.state_dir,
-                "uptime_s": round(time.monotonic() - self.daemon.started_at, 3),
-                "sessions": len(self.supervisor.live_records())}
+        return self._status()
 
     def handle_shutdown(self, conn, pending) -> None:
-        self.daemon.loop.call_later(0, self.daemon.begin_shutdown)
+        self._shutdown()
 
 
-def parse_request(frame: Any) -> tuple[str, dict[str, Any]]:
-    if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
-        raise InvalidArgumentError("a request is {id, op, args} with op a string", code="invalid_request")
-    args = frame.get("args")
-    if args is None:
-        args = {}
-    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-        raise InvalidArgumentError("'args' must be a mapping of names", code="invalid_request", field="args")
-    return frame["op"], args
+def _deadline(frame: Any) -> float | None:
+    """The moment (CLOCK_MONOTONIC) the client gives up on the call, if it said."""
+    deadline = frame.get("deadline") if isinstance(frame, dict) else None
+    return float(deadline) if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) else None

@@ -28,12 +28,16 @@ class Pending:
     """A client call waiting for its reply: who asked (``client``), under which id. Made for
     every call, so a plain object with slots rather than a closure."""
 
-    __slots__ = ("client", "request_id", "op")
+    __slots__ = ("client", "request_id", "op", "deadline")
 
-    def __init__(self, client: Replier, request_id: Any, op: str) -> None:
+    def __init__(self, client: Replier, request_id: Any, op: str, deadline: float | None = None) -> None:
         self.client = client
         self.request_id = request_id
         self.op = op
+        self.deadline = deadline  # CLOCK_MONOTONIC moment its client gives up on it, if it said
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
     def reply(self, message: dict[str, Any]) -> None:
         """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""
@@ -65,7 +69,8 @@ class SessionLink:
         self.exit_status: int | None = None
         self.kill_reason: str | None = None  # set when the daemon kills it (hung, memory limit)
         self.stopping = False  # the daemon asked it to stop: its exit is no crash
-        self.damage: str | None = None  # why its store is unusable, as it said before exiting
+        self.last_word: str | None = None  # why its store is unusable, as it said before exiting
+        self.broken: str | None = None  # it broke framing: what the decoder said
         self.decoder = wire.FrameDecoder(max_frame)
         self.max_frame = max_frame
         self.in_flight: dict[int, Call] = {}
@@ -81,7 +86,7 @@ class SessionLink:
         ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one send)."""
         link_id = next(_request_ids)
         self.in_flight[link_id] = Call(op, args, pending)
-        return self.send({"id": link_id, "op": op, "args": args})
+        return self.send({"id": link_id, "op": op, "args": args, "deadline": pending.deadline})
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; True as for ``request``."""
@@ -117,8 +122,9 @@ class SessionLink:
             return []
         try:
             return self.decoder.feed(data)
-        except JidocoderError:
-            self.eof = True  # a session that breaks framing is treated as gone
+        except JidocoderError as exc:
+            self.eof = True  # nothing after it can be framed: the supervisor kills the process
+            self.broken = exc.message
             return []
 
     def take_in_flight(self, started: int) -> tuple[list[Call], list[Call]]:

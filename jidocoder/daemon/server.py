@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import Settings
 from . import store
@@ -29,7 +29,7 @@ from .loop import Loop
 from .startup import (StartError, bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
 from .supervisor import Supervisor
-from .watchdog import MEMORY_CHECK_INTERVAL, check_memory_use, check_sessions
+from .watchdog import MEMORY_CHECK_INTERVAL, check_interval
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -68,18 +68,26 @@ class Daemon:
 
     def serve(self, on_ready: Callable[[], None]) -> None:
         self.supervisor = Supervisor(self.settings, self.loop, self.bus, self.registry)
-        self.api = Api(self)
+        self.api = Api(self.supervisor, self.bus, max_request_bytes=self.settings.max_request_bytes,
+                       debug_ops=self.settings.debug_ops, status=self.status,
+                       shutdown=lambda: self.loop.call_later(0, self.begin_shutdown))
         self._install_signals()
         self.loop.watch(self.listener, self._accept)
         restored = self.supervisor.restore_sessions()
         log.info("daemon pid %d serving on %s (state dir %s), %d sessions restored",
                  os.getpid(), self.settings.socket, self.settings.state_dir, restored)
-        self.loop.every(min(0.5, self.settings.hang_timeout / 4), lambda: check_sessions(self.supervisor))
-        self.loop.every(MEMORY_CHECK_INTERVAL, lambda: check_memory_use(self.supervisor))
+        self.loop.every(check_interval(self.settings.hang_timeout), self.supervisor.check_sessions)
+        self.loop.every(MEMORY_CHECK_INTERVAL, self.supervisor.check_memory)
         gc.freeze()  # what exists now is shared with every session forked from here on
         self.supervisor.start_spares()
         on_ready()
         self.loop.run()
+
+    def status(self) -> dict[str, Any]:
+        """What ``daemon status`` prints."""
+        return {"pid": os.getpid(), "socket": self.settings.socket, "state_dir": self.settings.state_dir,
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "sessions": len(self.supervisor.live_records())}
 
     def begin_shutdown(self) -> None:
         if self.stopping:

@@ -1,89 +1,29 @@
-"""Spare session processes, made ahead of need by a template process, so no fork is ever on the
+"""The daemon's side of spare session processes: made ahead of need, so no fork is ever on the
 path of a call.
 
-The daemon forks one *template* when it starts, after its imports and ``gc.freeze()``. The
-template's size is fixed from then on, however large the daemon grows. When the daemon wants a
-spare, it sends the template one end of a new socketpair. The template clones a child with
-``CLONE_PARENT``, so that the child is the *daemon's* child: the daemon reaps it and gets its
-``SIGCHLD`` and exit status exactly as before, and ``PR_SET_PDEATHSIG`` ties it to the daemon.
-The template did the fork hygiene and the logging set-up once, before its first clone; a spare
-sets its parent-death signal, warms up if it is to wait (``WARM``), and blocks on its socket. A
-session start is the daemon sending a waiting spare its spec, and the spare answering ``ready``.
-
-Why a raw ``clone`` and not ``os.fork()``: besides ``CLONE_PARENT``, it skips CPython's at-fork
-hooks (threading, logging, multiprocessing). Measured from a 35 MB process with the daemon's
-imports, they take fork → child's first write from 0.68 ms to 1.13 ms. Skipping them is sound
-only in a single-threaded process with no lock held, which the template is by construction: it
-is made by ``os.fork()`` (one thread survives) and only ever waits on its socket.
-
-Template protocol (SOCK_SEQPACKET, so each message stands alone): the daemon sends one byte with
-one fd, ``w`` for a spare to keep (it warms up while it waits) or ``c`` for a spare a session
-already waits for (warming up would only delay it: the faults are paid once either way); the
-template answers each request, in order, with the spare's pid, or ``-errno``.
-EOF on its socket ends the template; EOF before a spec ends a spare.
+Where ``clone(CLONE_PARENT)`` is wired (``template.can_clone``) and ``spawn`` is not ``fork``,
+the daemon forks one *template* process when it starts and asks it for spares over a
+SOCK_SEQPACKET socket (the protocol is in ``template``); each spare is the daemon's own child.
+Otherwise the daemon forks each spare itself (``os.fork``; the child goes through the same
+preparation the template does once). Either way a spare blocks on its socket until the daemon
+sends it a session's spec, and ``spare_processes`` of them are kept waiting, warmed up.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
 import os
-import platform
-import signal
 import socket
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, NoReturn
 
 from .loop import Loop
+from .restarts import TEMPLATE_RESTART_DELAY
+from .template import COLD, REPLY, WARM
 
 log = logging.getLogger("jidocoder.daemon")
-
-REPLY = struct.Struct("<i")
-WARM, COLD = b"w", b"c"  # a spare to keep waits warmed up; one a session already waits for does not
-RESTART_DELAY = 1.0  # a template that dies within this of its start is restarted after it
-
-_CLONE_PARENT = 0x00008000
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220}  # both take (flags, stack, ...): zeros do for the rest
-_LIBC = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across the call
-_LIBC.syscall.restype = ctypes.c_long
-
-
-def clone_sibling() -> int:
-    """``fork()`` whose child belongs to our parent; 0 in the child, its pid here."""
-    number = _SYS_CLONE.get(platform.machine())
-    if number is None:
-        raise OSError(errno.ENOSYS, f"clone(CLONE_PARENT) is not wired for {platform.machine()}")
-    pid = _LIBC.syscall(ctypes.c_long(number), ctypes.c_ulong(_CLONE_PARENT | signal.SIGCHLD), 0, 0, 0, 0)
-    if pid < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return pid
-
-
-def serve_template(ctrl: socket.socket, run_spare: Callable[[socket.socket, bool], NoReturn]) -> NoReturn:
-    """The template's whole life: a spare per request, until the daemon hangs up."""
-    while True:
-        try:
-            kind, fds, _, _ = socket.recv_fds(ctrl, 1, 1)
-        except InterruptedError:
-            continue
-        except OSError:
-            os._exit(0)
-        if not fds:
-            os._exit(0)
-        try:
-            pid = clone_sibling()
-        except OSError as exc:
-            pid = -(exc.errno or 1)
-        if pid == 0:
-            ctrl.close()
-            run_spare(socket.socket(fileno=fds[0]), kind == WARM)
-        os.close(fds[0])
-        ctrl.send(REPLY.pack(pid))
 
 
 @dataclass
@@ -100,10 +40,13 @@ class SparePool:
     """
 
     def __init__(self, loop: Loop, keep: int, start_template: Callable[[socket.socket], NoReturn],
+                 fork_spare: Callable[[socket.socket, bool], NoReturn], use_template: bool,
                  on_spare: Callable[[], None], on_failure: Callable[[str], None]) -> None:
         self.loop = loop
         self.keep = keep
         self._start_template = start_template
+        self._fork_spare = fork_spare
+        self.use_template = use_template
         self._on_spare = on_spare
         self._on_failure = on_failure
         self.template_pid: int | None = None
@@ -116,8 +59,12 @@ class SparePool:
 
     # -- the template -------------------------------------------------------------------------
     def start(self) -> None:
-        """Fork the template (retried in the background if the machine refuses a fork now)."""
-        self._restart()
+        """Fork the template (retried in the background if the machine refuses a fork now), or
+        the first spares."""
+        if self.use_template:
+            self._restart()
+        else:
+            self.top_up()
 
     def _fork_template(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -168,6 +115,9 @@ class SparePool:
     # -- spares -------------------------------------------------------------------------------
     def top_up(self, wanted: int = 0) -> None:
         """Ask for spares until ``keep`` plus ``wanted`` (callers waiting) are made or coming."""
+        if not self.use_template:
+            self._fork_spares(wanted)
+            return
         while not self.closed and self._ctrl is not None and \
                 len(self._spares) + len(self._asked) < self.keep + wanted:
             kind = WARM if len(self._spares) + len(self._asked) < self.keep else COLD
@@ -183,6 +133,30 @@ class SparePool:
             finally:
                 theirs.close()
             self._asked.append(ours)
+
+    def _fork_spares(self, wanted: int) -> None:
+        """Without a template: fork spares here, now. A fork that fails is reported once."""
+        made = False
+        while not self.closed and len(self._spares) < self.keep + wanted:
+            kind = WARM if len(self._spares) < self.keep else COLD
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                ours.close()
+                theirs.close()
+                log.error("cannot fork a session process: %s", exc.strerror)
+                self.loop.call_later(0, lambda: self._on_failure(exc.strerror or str(exc)))
+                break
+            if pid == 0:
+                ours.close()
+                self._fork_spare(theirs, kind == WARM)  # never returns
+            theirs.close()
+            ours.setblocking(False)
+            self._spares[pid] = Spare(pid, ours)
+            made = True
+        if made:  # later: the caller may be handing out spares right now
+            self.loop.call_later(0, self._on_spare)
 
     def take(self) -> Spare | None:
         if not self._spares:
@@ -215,7 +189,7 @@ class SparePool:
         if self.closed:
             return
         log.error("the template process died: starting another")
-        delay = RESTART_DELAY if time.monotonic() - self._template_started < RESTART_DELAY else 0
+        delay = TEMPLATE_RESTART_DELAY if time.monotonic() - self._template_started < TEMPLATE_RESTART_DELAY else 0
         self.loop.call_later(delay, self._restart)
 
     def _restart(self) -> None:
@@ -225,7 +199,7 @@ class SparePool:
             except OSError as exc:
                 log.error("cannot start the template process: %s", exc.strerror)
                 self._on_failure(f"cannot fork: {exc.strerror}")
-                self.loop.call_later(RESTART_DELAY, self._restart)
+                self.loop.call_later(TEMPLATE_RESTART_DELAY, self._restart)
 
     @property
     def live_pids(self) -> set[int]:

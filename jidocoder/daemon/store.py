@@ -118,9 +118,13 @@ _MICROSECOND = timedelta(microseconds=1)
 # scrub_pending holds a row from a delete's commit until its scrub is done: a registry opened
 # with the row set finishes the scrub. Added after version 1 shipped, hence "IF NOT EXISTS".
 _SCRUB_MARKER_TABLE = "CREATE TABLE IF NOT EXISTS scrub_pending (pending INTEGER PRIMARY KEY)"
+# failed holds the sessions given up after crashes, their data kept for recover (API.md §7).
+_FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS failed (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) "
+                 "WITHOUT ROWID")
 _REGISTRY_SCHEMA = f"""
 CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 {_SCRUB_MARKER_TABLE};
+{_FAILED_TABLE};
 """
 # seq/position are plain INTEGER PRIMARY KEYs (no AUTOINCREMENT): a new rowid is max + 1, so the
 # order of insertion is kept without the extra sqlite_sequence write on every insert.
@@ -184,6 +188,22 @@ def destroy_session_files(state_dir: Path, session_id: str) -> None:
     db_path = session_db_path(state_dir, session_id)
     for suffix in ("", *SIDECARS):
         db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+
+
+def orphan_session_ids(state_dir: Path, known: set[str]) -> list[str]:
+    """Ids with files under ``sessions/`` (a database or a sidecar of one) that ``known`` does
+    not hold; names that cannot be a session's are stray files, left out."""
+    found = set()
+    try:
+        names = os.listdir(Path(state_dir) / SESSIONS_DIR)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        for suffix in ("", *SIDECARS):
+            stem = name[:-len(".db" + suffix)] if name.endswith(".db" + suffix) else None
+            if stem and _SAFE_ID.fullmatch(stem) and stem not in known:
+                found.add(stem)
+    return sorted(found)
 
 
 def quarantine(state_dir: Path, path: Path, reason: str) -> Path:
@@ -322,9 +342,37 @@ class Registry(_Database):
         try:
             if self._scrub_was_interrupted():
                 self._scrub(None)
+            with self._write() as conn:
+                conn.execute(_FAILED_TABLE)
         except BaseException:
             self.close()
             raise
+
+    def mark_failed(self, state: SessionState) -> None:
+        """The session was given up: its row moves to the failed ones, its files stay."""
+        blob = wire.encode(state.serialize())
+        with self._write() as conn:
+            conn.execute("INSERT INTO failed VALUES (?, ?) ON CONFLICT (session_id) "
+                         "DO UPDATE SET state = excluded.state", (state.session_id, blob))
+            conn.execute("DELETE FROM sessions WHERE session_id = ?", (state.session_id,))
+
+    def load_failed(self) -> list[SessionState]:
+        with self._direct() as conn:
+            rows = conn.execute("SELECT session_id, state FROM failed").fetchall()
+        return [state for state, _ in (_parse_row(i, blob) for i, blob in rows) if state is not None]
+
+    def failed_state(self, session_id: str) -> SessionState | None:
+        with self._direct() as conn:
+            row = conn.execute("SELECT state FROM failed WHERE session_id = ?", (session_id,)).fetchone()
+        return None if row is None else _parse_row(session_id, row[0])[0]
+
+    def recover(self, state: SessionState) -> None:
+        """A failed session serves again: its failed row becomes ``state``, in one transaction."""
+        blob = wire.encode(state.serialize())
+        with self._write() as conn:
+            conn.execute("DELETE FROM failed WHERE session_id = ?", (state.session_id,))
+            conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
+                         "DO UPDATE SET state = excluded.state", (state.session_id, blob))
 
     def put(self, state: SessionState) -> None:
         """Insert or replace the session's state."""

@@ -1,15 +1,20 @@
 """The supervisor: every session's record, its process, and the one place its status changes.
 
 Lifecycle in verbs: ``create_session`` → ``spawn_session`` → (ready) → ``route`` calls →
-``terminate_session`` → ``finish_session``; on a crash ``handle_exit`` → ``restart_session`` or
-``give_up``. ``change_status`` is the only function that moves a session along the transition
-table: it checks the edge, writes the table slot, persists, and publishes ``session_status``.
+``terminate_session`` → ``finish_session``; on an exit ``handle_exit`` asks ``restarts`` what it
+means → ``restart_session``, ``retry_start`` or ``give_up``. ``change_status`` is the only
+function that moves a session along the transition table: it checks the edge, persists,
+writes the table slot and publishes ``session_status``.
 
-No fork is on the path of a call: a session starts in a spare process made ahead of need by
-the template process (``spares``), which clones it as the daemon's own child. Reaping, exit
-statuses and the parent-death signal are therefore the daemon's, as if it had forked the spare
-itself. A session waiting for a spare (a burst of creates, a restore) is served in order as
-spares arrive; ``spare_processes`` are kept waiting.
+Persist first, then change memory, then reply: a registry write that fails (``StorageError``)
+is the caller's error and changes nothing. Nothing is deleted but by ``terminate_session``: a
+session given up after crashes keeps its data as a *failed* session, which ``recover_session``
+brings back. The supervisor owns its periodic checks (``check_sessions``, ``check_memory``):
+``watchdog`` only answers questions about a process.
+
+No fork is on the path of a call: a session starts in a spare process made ahead of need
+(``spares``). A session waiting for a spare (a burst of creates, a restore) is served in order
+as spares arrive.
 """
 
 from __future__ import annotations
@@ -17,70 +22,33 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from ..config import Settings
 from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
-                      SessionCrashedError, SessionNotFoundError)
+                      RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
 from ..models import SessionConfig, SessionState
 from ..states import SessionStatus
-from . import exits, store
+from . import exits, restarts, store, watchdog
 from .events import EventBus, session_topic
 from .link import Pending, SessionLink
 from .logs import write_session_record
-from .loop import Loop, Timer
+from .loop import Loop
+from .records import SessionRecord, failed_info, session_info
+from .restarts import RestartPolicy, Verdict
+from .session import SessionSpec, run_spare
+from .spares import Spare, SparePool
 from .table import SessionTable
-from .spares import Spare, SparePool, serve_template
-from .worker import SessionSpec, prepare_template, run_spare
+from .template import can_clone, prepare, run_template
 
 log = logging.getLogger("jidocoder.daemon")
 
-MAX_BACKOFF = 2.0  # so that max_restarts + 1 crashes always fit in the window
-RESTORE_BATCH = 32  # restored sessions forked per loop turn: clients are served in between
-
-
-@dataclass
-class SessionRecord:
-    state: SessionState
-    slot: int
-    link: SessionLink | None = None
-    restarts: int = 0
-    restart_times: deque = field(default_factory=deque)
-    restart_timer: Timer | None = None
-    waiting: list[tuple[str, dict, Pending]] = field(default_factory=list)
-    create_waiter: Pending | None = None
-    terminate_waiters: list[Pending] = field(default_factory=list)
-    last_activity: float = field(default_factory=time.monotonic)
-    spawned_at: float = 0.0
-    dumped: tuple[SessionState, dict[str, Any]] | None = None  # the state and its model_dump()
-
-    @property
-    def session_id(self) -> str:
-        return self.state.session_id
-
-    @property
-    def persistent(self) -> bool:
-        return self.state.config.persistence_enabled
-
-    @property
-    def serving(self) -> bool:
-        link = self.link
-        return link is not None and link.ready and not link.eof and link.exit_status is None
-
-
-def describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        try:
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        except ValueError:
-            return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
+RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are served in between
+SERVING = (SessionStatus.ACTIVE, SessionStatus.IDLE)
 
 
 class Supervisor:
@@ -90,33 +58,43 @@ class Supervisor:
         self.loop = loop
         self.bus = bus
         self.registry = registry
+        self.policy = RestartPolicy(settings.max_restarts, settings.max_seconds)
         self.state_dir = Path(settings.state_dir)
         self.table = SessionTable(settings.max_sessions)
         self.records: dict[str, SessionRecord] = {}
+        self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
         self._to_spawn: deque[SessionRecord] = deque()
         self._awaiting_spare: deque[SessionRecord] = deque()
+        self._unerased: set[str] = set()  # ended sessions whose registry row is still to delete
         self.daemon_pid = os.getpid()
-        self.debug_ops = settings.debug_ops
-        self.spares = SparePool(loop, settings.spare_processes, self._run_template,
-                                on_spare=self._hand_out_spares, on_failure=self._spawn_failed)
+        use_template = settings.spawn == "clone" or (settings.spawn == "auto" and can_clone())
+        self.spares = SparePool(loop, settings.spare_processes, self._run_template, self._fork_spare,
+                                use_template, on_spare=self._hand_out_spares,
+                                on_failure=self._spawn_failed)
 
     def start_spares(self) -> None:
-        """Fork the template: after the daemon's imports and ``gc.freeze()``, before any session."""
+        """After the daemon's imports and ``gc.freeze()``, before any session."""
         self.spares.start()
 
-    def _run_template(self, ctrl: socket.socket) -> NoReturn:
-        """In the template, just forked: never returns."""
-        warm, table = self._spec("warm-up", SessionConfig(), slot=0), self.table
+    def _warm_spec(self) -> SessionSpec:
+        return self._spec("warm-up", SessionConfig(), slot=0)
+
+    def _run_template(self, ctrl: Any) -> NoReturn:
+        run_template(ctrl, self._warm_spec(), self.table)
+
+    def _fork_spare(self, sock: Any, warm_first: bool) -> NoReturn:
+        """In a spare forked by the daemon itself (no template): prepare as the template would."""
         try:
-            log_fd = prepare_template(ctrl, warm)
-            serve_template(ctrl, lambda sock, warm_first: run_spare(sock, table, warm, log_fd, warm_first))
+            warm = self._warm_spec()
+            log_fd = prepare(sock.fileno(), warm, warm_up_now=False)
+            run_spare(sock, self.table, warm, log_fd, warm_first)
         finally:
             os._exit(exits.EXIT_BOOT_ERROR)
 
-    # -- creating and restoring ---------------------------------------------------------------
+    # -- creating, restoring, recovering -------------------------------------------------------
     def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:
         for name, value in (("metadata", metadata), ("llm_config", llm_config)):
             if value is not None and not isinstance(value, dict):
@@ -127,26 +105,42 @@ class Supervisor:
         session_id = f"session_{uuid.uuid4()}"
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
         record = self._admit(state)
-        # Persisted only when it is active: an unacknowledged session leaves nothing to restore.
+        # Stored only once it is active: an unacknowledged session leaves nothing to restore.
         record.create_waiter = pending
         self.spawn_session(record)
 
+    def recover_session(self, session_id: Any, pending: Pending) -> None:
+        """Bring a failed session back as on create, with all its stored data (API.md §7)."""
+        failed = self.failed.get(session_id) if isinstance(session_id, str) else None
+        if failed is None:
+            raise SessionNotFoundError(f"no failed session {session_id!r}", field="session_id")
+        state = SessionState.deserialize({**failed.serialize(), "status": "initializing", "error": None})
+        record = self._admit(state)
+        del self.failed[session_id]
+        record.recovering = True  # its failed row stays until it serves: a crash now loses nothing
+        record.create_waiter = pending
+        self.spawn_session(record)
+
+    def failed_sessions(self) -> list[dict[str, Any]]:
+        return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
+
     def restore_sessions(self) -> int:
-        """Bring back every persisted session (finishing off half-done ones); returns how many."""
+        """Bring back every persisted session (finishing off half-terminated ones); how many."""
         states, damaged = self.registry.load_all()
         for session_id, reason in damaged:
-            log.error("session %s not restored: registry row damaged (%s); moved to damaged/",
+            log.error("session %s not restored: its registry row is damaged (%s); kept in damaged/",
                       session_id, reason)
-        known = set()
+        for state in self.registry.load_failed():
+            self.failed[state.session_id] = state
         for state in states:
-            known.add(state.session_id)
-            if state.status in (SessionStatus.ACTIVE, SessionStatus.IDLE):
+            if state.status in SERVING:
                 self._restore(state)
-            else:
-                log.info("session %s was %s when the daemon stopped: removed", state.session_id,
-                         state.status.value)
+            elif state.status is SessionStatus.TERMINATING:  # terminated by request: finish it
+                log.info("session %s was terminating when the daemon stopped: erased", state.session_id)
                 self._erase(state.session_id)
-        self._sweep_orphan_files(known)
+            else:  # never acknowledged (an older version stored these): its row only
+                self._forget_row(state.session_id)
+        self._adopt_orphans()
         self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
@@ -180,11 +174,23 @@ class Supervisor:
         self._write_slot(record)
         return record
 
-    def _sweep_orphan_files(self, known: set[str]) -> None:
-        """A session db with no registry row was never acknowledged (or half-erased): remove it."""
-        for path in (self.state_dir / store.SESSIONS_DIR).glob("*.db"):
-            if path.stem not in known:
-                store.destroy_session_files(self.state_dir, path.stem)
+    def _adopt_orphans(self) -> None:
+        """Session files no registry row names (a lost registry.db) are kept, as failed
+        sessions a person can recover; stray files are left alone."""
+        known = set(self.records) | set(self.failed)
+        for session_id in store.orphan_session_ids(self.state_dir, known):
+            state = SessionState.new(session_id).transition(SessionStatus.ACTIVE)
+            state = state.transition(SessionStatus.TERMINATING).transition(SessionStatus.TERMINATED)
+            state = state.update(error="its registry record was lost; recover it to see its data")
+            try:
+                self.registry.mark_failed(state)
+            except StorageError as exc:
+                log.error("session files of %s have no registry record and cannot be recorded "
+                          "as failed (%s): left alone", session_id, exc)
+                continue
+            self.failed[session_id] = state
+            log.error("session %s has files but no registry record: kept as a failed session",
+                      session_id)
 
     # -- processes ----------------------------------------------------------------------------
     def spawn_session(self, record: SessionRecord) -> None:
@@ -222,21 +228,20 @@ class Supervisor:
                            durability=self.settings.durability, cache_max_bytes=self.settings.cache_max_bytes,
                            hang_timeout=self.settings.hang_timeout, max_frame=self.max_frame,
                            daemon_pid=self.daemon_pid, log_level=logging.getLogger().level,
-                           debug_ops=self.debug_ops)
+                           debug_ops=self.settings.debug_ops)
 
     def _spawn_failed(self, reason: str) -> None:
-        """The template could not make a process: the first session waiting for one fails."""
+        """No process could be made for the first session waiting for one: a create fails with
+        LimitExceededError; anything else is tried again later, uncounted (API.md §7)."""
         while self._awaiting_spare:
             record = self._awaiting_spare.popleft()
             if self.records.get(record.session_id) is not record:
                 continue
             if record.state.status is SessionStatus.INITIALIZING:
-                waiter, record.create_waiter = record.create_waiter, None
-                self._fail_creation(record, f"cannot fork: {reason}")
-                if waiter is not None:
-                    waiter.reply({"error": LimitExceededError(f"cannot start a session process: {reason}").to_wire()})
-            else:  # counted like a crash: retried with backoff, up to the limit
-                self.handle_crash(record, f"cannot fork: {reason}")
+                self._fail_creation(record, LimitExceededError(
+                    f"cannot start a session process: {reason}", details={"reason": reason}))
+            else:
+                self.retry_start(record, f"cannot start a process: {reason}")
             return
 
     @property
@@ -252,6 +257,10 @@ class Supervisor:
             self._on_frame(record, link, frame)
         if link.eof:
             self.loop.unwatch(link)
+            if link.broken is not None and link.exit_status is None:
+                log.error("session %s (pid %d) broke framing on its socket (%s): killing it",
+                          record.session_id, link.pid, link.broken)
+                self.kill_process(link, "protocol error", signal.SIGKILL)
             self._reap_now(link.pid)  # a dying process closes its fds just before it becomes a
                                       # zombie: its exit is usually there already, before SIGCHLD
 
@@ -260,8 +269,8 @@ class Supervisor:
             return
         if "log" in frame:
             write_session_record(frame["log"], record.session_id, link.pid)
-        elif "damaged" in frame:
-            link.damage = str(frame["damaged"])
+        elif "damaged" in frame or "store_failed" in frame:
+            link.last_word = str(frame.get("damaged") or frame.get("store_failed"))
         elif "ready" in frame:
             self._on_ready(record, link)
         elif "id" in frame:
@@ -272,20 +281,30 @@ class Supervisor:
 
     def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
         link.ready = True
+        record.start_attempts = 0
         self._write_slot(record)
         if record.state.status is SessionStatus.INITIALIZING:
-            self.bus.publish("session_created", record.session_id,
-                             {"session_id": record.session_id, "metadata": record.state.metadata})
-            self.change_status(record, SessionStatus.ACTIVE)
-            waiter, record.create_waiter = record.create_waiter, None
-            if waiter is not None:
-                waiter.reply({"result": record.session_id})
-        elif link.incarnation > 1:
+            if not self._activate(record):
+                return
+        elif record.announce_restart:
+            record.announce_restart = False
             self.bus.publish("session_restarted", record.session_id,
                              {"session_id": record.session_id, "pid": link.pid, "restarts": record.restarts})
         waiting, record.waiting = record.waiting, []
-        for op, args, pending in waiting:
-            self.route(record, op, args, pending)
+        for _, resume in waiting:
+            resume()
+
+    def _activate(self, record: SessionRecord) -> bool:
+        """A created or recovered session serves: stored (its failed row dropped), then said."""
+        try:
+            self.change_status(record, SessionStatus.ACTIVE, announce_created=True)
+        except StorageError as exc:
+            self._fail_creation(record, exc)
+            return False
+        waiter, record.create_waiter = record.create_waiter, None
+        if waiter is not None:
+            waiter.reply({"result": record.session_id})
+        return True
 
     # -- calls --------------------------------------------------------------------------------
     def find(self, session_id: Any, *, any_live: bool = False) -> SessionRecord:
@@ -295,9 +314,9 @@ class Supervisor:
             raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
                                        field="session_id")
         record = self.records.get(session_id)
-        hidden = (SessionStatus.TERMINATED,) if any_live else (
-            SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.INITIALIZING)
-        if record is None or record.state.status in hidden:
+        visible = record is not None and (record.state.status is not SessionStatus.TERMINATED
+                                          if any_live else record.state.status in SERVING)
+        if not visible:
             raise SessionNotFoundError(f"no session {session_id!r} (unknown or terminated)",
                                        field="session_id")
         return record
@@ -306,28 +325,30 @@ class Supervisor:
         """Send a call to the session's process, or hold it until a (re)started one serves."""
         self.touch(record)
         if not record.serving:
-            record.waiting.append((op, args, pending))
-            return
-        if op == "get_session_pid":
-            pending.reply({"result": record.link.pid})
-            return
-        if record.link.request(op, args, pending):
+            record.waiting.append((pending, lambda: self.route(record, op, args, pending)))
+        elif pending.expired(time.monotonic()):  # it waited for a restart longer than its client
+            pending.reply({"error": RequestTimeoutError(
+                f"{op} waited for its session's process past its client's deadline: not sent",
+                details={"op": op}).to_wire()})
+        elif record.link.request(op, args, pending):
             self.loop.flush_soon(record.link)
+
+    def answer_pid(self, record: SessionRecord, pending: Pending) -> None:
+        """``get_session_pid``: the pid of the process serving now, once one does."""
+        self.touch(record)
+        if record.serving:
+            pending.reply({"result": record.link.pid})
+        else:
+            record.waiting.append((pending, lambda: self.answer_pid(record, pending)))
 
     def touch(self, record: SessionRecord) -> None:
         record.last_activity = time.monotonic()
         self.table.write_activity(record.slot, record.last_activity)
         if record.state.status is SessionStatus.IDLE:
-            self.change_status(record, SessionStatus.ACTIVE)
+            self._change_unasked(record, SessionStatus.ACTIVE)
 
     def info(self, record: SessionRecord) -> dict[str, Any]:
-        """A ``SessionInfo`` as sent: the state's fields, dumped once per state (the state only
-        changes in ``change_status``; a list of 1,000 sessions cost 32 ms when every call
-        validated and dumped each), and its process's facts from the table."""
-        if record.dumped is None or record.dumped[0] is not record.state:
-            record.dumped = (record.state, record.state.model_dump())
-        return {**record.dumped[1], "conversation_count": self.table.read(record.slot).message_count,
-                "pid": record.link.pid if record.serving else None, "restarts": record.restarts}
+        return session_info(record, self.table.read(record.slot).message_count)
 
     def live_records(self) -> list[SessionRecord]:
         """Sessions not terminated, oldest first."""
@@ -335,32 +356,43 @@ class Supervisor:
         return sorted(listed, key=lambda r: r.state.created_at)
 
     # -- status -------------------------------------------------------------------------------
-    def change_status(self, record: SessionRecord, to: SessionStatus, **changes: Any) -> None:
+    def change_status(self, record: SessionRecord, to: SessionStatus, *, persist: bool = True,
+                      announce_created: bool = False, **changes: Any) -> None:
+        """The one place a status changes: the edge checked, the new state stored (StorageError
+        and nothing changed if it cannot be), then memory, the table slot and the events."""
         previous = record.state.status
-        if changes:
-            record.state = record.state.update(**changes)
-        record.state = record.state.transition(to)
+        state = record.state.update(**changes) if changes else record.state
+        state = state.transition(to)
+        if persist and record.persistent:
+            self._store_state(record, state)
+        record.state = state
         self.table.write_status(record.slot, to.code)
-        self._persist(record)
+        if announce_created:
+            self.bus.publish("session_created", record.session_id,
+                             {"session_id": record.session_id, "metadata": state.metadata})
         self.bus.publish("session_status", record.session_id, {
             "session_id": record.session_id, "status": to.value, "previous_status": previous.value,
-            "updated_at": record.state.updated_at})
+            "updated_at": state.updated_at})
 
-    def _persist(self, record: SessionRecord) -> None:
-        """Store the status; a session that begins terminating loses its registry row at once.
+    def _store_state(self, record: SessionRecord, state: SessionState) -> None:
+        """Live statuses and ``terminating`` (terminated by request: a start that finds it
+        finishes the erase) are stored; ``terminated`` is the erase itself (``_erase``)."""
+        if record.recovering and state.status is SessionStatus.ACTIVE:
+            self.registry.recover(state)  # the failed row becomes the live one, in one step
+            record.recovering = False
+        elif state.status is not SessionStatus.TERMINATED:
+            self.registry.put(state)
 
-        Deleted (and scrubbed) at ``terminating``, not ``terminated``: once asked to end, a
-        session never comes back after a daemon crash (its orphan files are swept at the next
-        start), and the scrub runs while the process is still exiting instead of after it. A
-        stored session reaches ``terminated`` only through ``terminating``: nothing is left then.
-        """
-        if not record.persistent:
-            return
-        status = record.state.status
-        if status is SessionStatus.TERMINATING:
-            self.registry.delete(record.session_id)
-        elif status is not SessionStatus.TERMINATED:
-            self.registry.put(record.state)
+    def _change_unasked(self, record: SessionRecord, to: SessionStatus) -> None:
+        """A change nobody asked for (idleness): if the registry refuses it, the session stays
+        as it was and the next check tries again; said once in the log."""
+        try:
+            self.change_status(record, to)
+            record.status_write_failed = False
+        except StorageError as exc:
+            if not record.status_write_failed:
+                log.error("session %s stays %s: %s", record.session_id, record.state.status.value, exc)
+            record.status_write_failed = True
 
     def _write_slot(self, record: SessionRecord) -> None:
         link = record.link
@@ -371,19 +403,17 @@ class Supervisor:
 
     # -- terminating --------------------------------------------------------------------------
     def terminate_session(self, record: SessionRecord, pending: Pending) -> None:
-        """SIGTERM first: the process's exit (its memory torn down by the kernel, the slow part)
-        then overlaps with the bookkeeping here, which needs nothing from the process. The
-        reaper sees the exit only after this returns, so ``terminating`` always comes first."""
-        running = record.link is not None and record.link.exit_status is None
-        if running:
-            self.stop_process(record.link)
+        """Stored as ``terminating`` first (StorageError: nothing changes), then SIGTERM: the
+        process's exit, the slow part, overlaps with the rest; the reaper finishes."""
         self.change_status(record, SessionStatus.TERMINATING)
         record.terminate_waiters.append(pending)
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         if record.restart_timer is not None:
             record.restart_timer.cancel()
-        if not running:
-            self.finish_session(record, "terminated by request")
+        if record.running:
+            self.stop_process(record.link)
+        else:
+            self.finish_session(record, "terminated by request", erase=True)
 
     def stop_process(self, link: SessionLink) -> None:
         """SIGTERM now, SIGKILL after the grace period; the reaper finishes the rest."""
@@ -391,28 +421,46 @@ class Supervisor:
         self.signal_process(link, signal.SIGTERM)
         self.loop.call_later(self.settings.terminate_grace, lambda: self.signal_process(link, signal.SIGKILL))
 
-    def finish_session(self, record: SessionRecord, reason: str) -> None:
-        """The process is gone: release its resources, then say so."""
+    def finish_session(self, record: SessionRecord, reason: str, *, erase: bool) -> None:
+        """The process is gone: release its resources (its data too if ``erase``), then say so."""
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
-        if record.persistent:
-            store.destroy_session_files(self.state_dir, record.session_id)
-        self.change_status(record, SessionStatus.TERMINATED)
+        erased = self._erase(record.session_id) if erase and record.persistent else None
+        self.change_status(record, SessionStatus.TERMINATED, persist=False)
         self.bus.publish("session_terminated", record.session_id,
                          {"session_id": record.session_id, "reason": reason})
         self.table.release(record.slot)
         del self.records[record.session_id]
         self.bus.forget_topic(session_topic(record.session_id))
+        answer = {"result": None} if erased is None else {"error": erased.to_wire()}
         for waiter in record.terminate_waiters:
-            waiter.reply({"result": None})
+            waiter.reply(answer)
         record.terminate_waiters.clear()
 
-    def _erase(self, session_id: str) -> None:
+    def _erase(self, session_id: str) -> StorageError | None:
+        """Its files, then its row (which says "terminated by request" until then). A row the
+        registry cannot delete now is tried again by ``check_sessions``."""
         store.destroy_session_files(self.state_dir, session_id)
-        self.registry.delete(session_id)
+        try:
+            self.registry.delete(session_id)
+        except StorageError as exc:
+            self._unerased.add(session_id)
+            log.error("session %s ended and its files are removed, but its registry record "
+                      "cannot be deleted yet (%s): retrying", session_id, exc)
+            return StorageError(f"session {session_id} ended and its files are removed, but its "
+                                f"registry record could not be deleted yet ({exc.message}); the "
+                                "daemon retries until it can")
+        self._unerased.discard(session_id)
+        return None
+
+    def _forget_row(self, session_id: str) -> None:
+        try:
+            self.registry.delete(session_id)
+        except StorageError as exc:
+            log.error("registry row of %s kept: %s", session_id, exc)
 
     def _drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
         waiting, record.waiting = record.waiting, []
-        for _, _, pending in waiting:
+        for pending, _ in waiting:
             pending.reply({"error": error.to_wire()})
 
     # -- exits, crashes, restarts ------------------------------------------------------------
@@ -445,21 +493,35 @@ class Supervisor:
         self._drain(record, link)
         self.loop.unwatch(link)
         link.close()
-        reason = link.kill_reason or describe_exit(status)
+        if self.records.get(record.session_id) is not record:
+            return  # a process its session let go of (a create that failed): nothing more
+        judged = restarts.judge_exit(status, link.kill_reason, link.last_word)
+        self._settle_in_flight(record, link, judged.reason)
+        if self.shutting_down:
+            return  # reap_children checks whether all are stopped
+        if record.state.status is SessionStatus.TERMINATING:
+            self.finish_session(record, "terminated by request", erase=True)
+        elif judged.verdict is Verdict.RETRY:
+            self.retry_start(record, judged.reason)
+        elif record.state.status is SessionStatus.INITIALIZING:
+            self._fail_creation(record, SessionCrashedError(
+                f"the session's process failed to start: {judged.reason}"))
+        elif judged.verdict is Verdict.CRASH:
+            self.handle_crash(record, judged.reason)
+        else:
+            if judged.verdict is Verdict.DAMAGED:
+                self._quarantine(record, judged.reason)
+            self.give_up(record, judged.reason)
+
+    def _settle_in_flight(self, record: SessionRecord, link: SessionLink, reason: str) -> None:
+        """Calls the dead process had begun fail; those it never read wait for its successor."""
         crash = SessionCrashedError(f"session {record.session_id}'s process died serving this call "
                                     f"({reason}); it may or may not have been applied")
         begun, unread = link.take_in_flight(self.table.read(record.slot).started)
         for call in begun:
             call.pending.reply({"error": crash.to_wire()})
-        record.waiting[:0] = [(call.op, call.args, call.pending) for call in unread]
-        if self.shutting_down:
-            pass  # reap_children checks whether all are stopped
-        elif record.state.status is SessionStatus.TERMINATING:
-            self.finish_session(record, "terminated by request")
-        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.EXIT_STORE_DAMAGED:
-            self.give_up_damaged(record, link.damage or "the session's database cannot be read")
-        else:
-            self.handle_crash(record, reason)
+        record.waiting[:0] = [(call.pending, lambda c=call: self.route(record, c.op, c.args, c.pending))
+                              for call in unread]
 
     def _drain(self, record: SessionRecord, link: SessionLink) -> None:
         """The process is dead: everything it wrote is already in the socket; take it all."""
@@ -471,23 +533,18 @@ class Supervisor:
                 self._on_frame(record, link, frame)
 
     def handle_crash(self, record: SessionRecord, reason: str) -> None:
-        if record.state.status is SessionStatus.INITIALIZING:
-            self._fail_creation(record, reason)
-            return
-        now = time.monotonic()
-        while record.restart_times and now - record.restart_times[0] > self.settings.max_seconds:
-            record.restart_times.popleft()
-        will_restart = len(record.restart_times) < self.settings.max_restarts
+        delay = self.policy.on_crash(record.crashes, time.monotonic())
+        will_restart = delay is not None
         self.bus.publish("session_crashed", record.session_id, {
             "session_id": record.session_id, "reason": reason, "restarts": record.restarts,
             "will_restart": will_restart})
         log.warning("session %s crashed: %s (restarts so far %d, %s)", record.session_id, reason,
                     record.restarts, "restarting" if will_restart else "giving up")
-        if not will_restart:
+        if delay is None:
+            log.error("session %s restarted too often (%d in %ss): given up, its data kept",
+                      record.session_id, self.settings.max_restarts, self.settings.max_seconds)
             self.give_up(record, reason)
             return
-        delay = 0.0 if not record.restart_times else min(MAX_BACKOFF, 0.05 * 2 ** len(record.restart_times))
-        record.restart_times.append(now)
         record.restart_timer = self.loop.call_later(delay, lambda: self.restart_session(record))
 
     def restart_session(self, record: SessionRecord) -> None:
@@ -495,35 +552,102 @@ class Supervisor:
         if self.records.get(record.session_id) is not record or self.shutting_down:
             return
         record.restarts += 1
+        record.announce_restart = True
         self.spawn_session(record)
 
+    def retry_start(self, record: SessionRecord, reason: str) -> None:
+        """Start the session's process again later, not counted as a crash: the cause (a full
+        disk, a process limit, a store still locked by its predecessor) is not the session's."""
+        record.start_attempts += 1
+        delay = restarts.retry_delay(record.start_attempts)
+        log.warning("session %s could not be started (%s): trying again in %.2f s",
+                    record.session_id, reason, delay)
+        record.restart_timer = self.loop.call_later(delay, lambda: self._retry_now(record))
+
+    def _retry_now(self, record: SessionRecord) -> None:
+        record.restart_timer = None
+        if self.records.get(record.session_id) is record and not self.shutting_down:
+            self.spawn_session(record)
+
     def give_up(self, record: SessionRecord, reason: str) -> None:
-        log.error("session %s restarted too often (%d in %ss): terminated, last reason %s",
-                  record.session_id, self.settings.max_restarts, self.settings.max_seconds, reason)
-        self.change_status(record, SessionStatus.TERMINATING, error=reason)
+        """End the session as on terminate, but keep its data as a failed session (API.md §7);
+        if even that cannot be recorded, its live row stays and the next start restores it."""
+        self.change_status(record, SessionStatus.TERMINATING, persist=False, error=reason)
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
-        self.finish_session(record, reason)
+        self.finish_session(record, reason, erase=False)
+        if record.persistent:
+            try:
+                self.registry.mark_failed(record.state)
+                self.failed[record.session_id] = record.state
+            except StorageError as exc:
+                log.error("session %s could not be recorded as failed (%s): its record stays, and "
+                          "the next daemon start restores it", record.session_id, exc)
 
-    def give_up_damaged(self, record: SessionRecord, why: str) -> None:
+    def _quarantine(self, record: SessionRecord, why: str) -> None:
         path = store.session_db_path(self.state_dir, record.session_id)
-        moved = store.quarantine(self.state_dir, path, why)
-        log.error("session %s not restored: its store is damaged (%s); moved to %s",
-                  record.session_id, why, moved)
-        self.registry.delete(record.session_id)
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id}'s store is damaged"))
-        self.table.release(record.slot)
-        del self.records[record.session_id]
+        if path.exists():
+            moved = store.quarantine(self.state_dir, path, why)
+            log.error("session %s: %s; its store moved to %s", record.session_id, why, moved)
 
-    def _fail_creation(self, record: SessionRecord, reason: str) -> None:
-        log.warning("session %s failed to start: %s", record.session_id, reason)
+    def _fail_creation(self, record: SessionRecord, error: JidocoderError) -> None:
+        """A create (or recover) that will not serve: said to its caller, and nothing is left
+        but a recovered session's failed record, which it had before."""
+        log.warning("session %s failed to start: %s", record.session_id, error.message)
         waiter, record.create_waiter = record.create_waiter, None
         if waiter is not None:
-            waiter.reply({"error": SessionCrashedError(f"the session's process failed to start: {reason}").to_wire()})
-        if record.persistent:
-            store.destroy_session_files(self.state_dir, record.session_id)
+            waiter.reply({"error": error.to_wire()})
+        if record.running:
+            self.stop_process(record.link)  # its exit finds no record: nothing more to do
+        if record.recovering:
+            self.failed[record.session_id] = self.registry.failed_state(record.session_id) or record.state
         record.state = record.state.transition(SessionStatus.TERMINATED)
+        if record.restart_timer is not None:
+            record.restart_timer.cancel()
         self.table.release(record.slot)
         del self.records[record.session_id]
+
+    # -- the checks ---------------------------------------------------------------------------
+    def check_sessions(self) -> None:
+        """Every tick: hangs (a read of the shared table), idleness, and registry rows still to
+        delete."""
+        now = time.monotonic()
+        for record in list(self.records.values()):
+            link = record.link
+            if _watched(link):
+                beat = self.table.read(record.slot).heartbeat
+                if watchdog.is_hung(beat, record.spawned_at, now, self.settings.hang_timeout):
+                    log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
+                              record.session_id, link.pid, now - max(beat, record.spawned_at))
+                    self.kill_hung(link)
+            if (record.state.status is SessionStatus.ACTIVE and not (link and link.in_flight)
+                    and watchdog.is_idle(record.last_activity, now, record.state.config.timeout_minutes)):
+                self._change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
+        for session_id in list(self._unerased):
+            try:
+                self.registry.delete(session_id)
+                self._unerased.discard(session_id)
+            except StorageError:
+                pass
+
+    def check_memory(self) -> None:
+        limit = self.settings.memory_limit_mb
+        for record in list(self.records.values()):
+            link = record.link
+            if _watched(link) and (rss := watchdog.over_memory(link.pid, limit)) is not None:
+                log.error("session %s (pid %d) uses %d MiB, over memory_limit_mb=%d: killing it",
+                          record.session_id, link.pid, rss // (1024 * 1024), limit)
+                self.kill_process(link, "memory limit", signal.SIGKILL)
+
+    def kill_hung(self, link: SessionLink) -> None:
+        """SIGUSR1 (its stack to daemon.log), then SIGTERM, then SIGKILL: the hang ladder."""
+        self.kill_process(link, "hung", signal.SIGUSR1)
+        self.loop.call_later(restarts.STACK_DUMP_GRACE, lambda: self.signal_process(link, signal.SIGTERM))
+        self.loop.call_later(restarts.STACK_DUMP_GRACE + restarts.KILL_GRACE,
+                             lambda: self.signal_process(link, signal.SIGKILL))
+
+    def kill_process(self, link: SessionLink, reason: str, signum: int) -> None:
+        link.kill_reason = reason
+        self.signal_process(link, signum)
 
     def signal_process(self, link: SessionLink, signum: int) -> None:
         if link.exit_status is None:
@@ -548,7 +672,7 @@ class Supervisor:
             if record.restart_timer is not None:
                 record.restart_timer.cancel()
             self._drop_waiting(record, stopping)
-            if record.link is not None and record.link.exit_status is None:
+            if record.running:
                 self.stop_process(record.link)
         self._check_all_stopped()
 
@@ -556,3 +680,9 @@ class Supervisor:
         if self.on_all_stopped is not None and not self.by_pid and not self.spares.live_pids:
             callback, self.on_all_stopped = self.on_all_stopped, None
             callback()
+
+
+def _watched(link: SessionLink | None) -> bool:
+    """A live process that nobody is already stopping or killing."""
+    return (link is not None and link.exit_status is None and not link.stopping
+            and link.kill_reason is None)

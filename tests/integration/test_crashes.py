@@ -317,7 +317,7 @@ def test_busy_session_is_killed_as_hung_after_its_stack_is_written_to_the_log(da
         crash_line = log.index(f"session {session} crashed: hung")
         dump = log[:crash_line]  # faulthandler wrote the stack before the process was killed
         assert re.search(r"^(Current thread|Thread) 0x[0-9a-f]+", dump, re.MULTILINE), log[-3000:]
-        assert re.search(r'^  File ".*worker\.py", line \d+ in debug_hang$', dump, re.MULTILINE), log[-3000:]
+        assert re.search(r'^  File ".*ops\.py", line \d+ in debug_hang$', dump, re.MULTILINE), log[-3000:]
     assert_no_zombies(daemon)
 
 

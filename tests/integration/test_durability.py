@@ -325,7 +325,7 @@ def test_a_corrupted_session_store_is_moved_aside_and_the_others_are_restored(da
     (daemon.state_dir / "sessions" / f"{bad}.db").write_bytes(GARBAGE)
 
     daemon = daemon_factory(root=daemon.root)
-    lines = wait_for_log(daemon, bad, "not restored")  # which
+    lines = wait_for_log(daemon, bad, "moved to")  # which
     assert any("damaged" in line for line in lines), lines
     assert log_lines_with(daemon, bad, "not an SQLite database")  # why, in the session's words
     moved = daemon.state_dir / "damaged" / f"{bad}.db"
@@ -336,6 +336,8 @@ def test_a_corrupted_session_store_is_moved_aside_and_the_others_are_restored(da
         wait_until(lambda: all_serving(client, {good}), SHORT, "the good session to serve")
         with pytest.raises(SessionNotFoundError):
             client.get_session_info(bad)
+        [failed] = client.list_failed_sessions()  # kept, not forgotten: its row says what it was
+        assert failed.session_id == bad and "not an SQLite database" in failed.error
         assert data_of(client, good) == good_data
         assert process_alive(client.get_session_pid(good))
         client.send_message(good, "user", "still serving")
