@@ -93,7 +93,8 @@ from typing import Iterator, Self
 from urllib.parse import quote
 
 from .. import wire
-from ..errors import InvalidArgumentError, JidocoderError
+from ..errors import (DamagedStoreError, InvalidArgumentError, JidocoderError, StorageError,
+                      StoreBusyError, StoreVersionError)
 from ..models import ActiveFile, Message, SessionState
 
 SCHEMA_VERSION = 1
@@ -131,18 +132,6 @@ CREATE TABLE active_files (position INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQ
                            added_at INTEGER NOT NULL);
 CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID;
 """
-
-
-class StoreVersionError(JidocoderError):
-    """The store was written by a newer jidocoder: upgrade (the file is left untouched)."""
-
-    code = "store_version"
-
-
-class DamagedStoreError(JidocoderError):
-    """The file is not a usable database: move it aside with ``quarantine`` and start empty."""
-
-    code = "store_damaged"
 
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
