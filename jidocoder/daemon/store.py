@@ -88,6 +88,7 @@ import re
 import sqlite3
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Self
@@ -142,6 +143,7 @@ CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT
 {_FAILED_TABLE};
 """
 ORPHAN_ERROR = "its registry row was lost"
+_ERASABLE = {SessionStatus.TERMINATING.value, SessionStatus.TERMINATED.value}
 # seq/position are plain INTEGER PRIMARY KEYs (no AUTOINCREMENT): a new rowid is max + 1, so the
 # order of insertion is kept without the extra sqlite_sequence write on every insert.
 _SESSION_SCHEMA = """
@@ -194,6 +196,66 @@ def destroy_session_files(state_dir: Path, session_id: str) -> None:
     _unlink_database(db_path)
     if db_path.parent.is_dir():
         _fsync_directory(db_path.parent)
+
+
+@dataclass(frozen=True)
+class SessionFiles:
+    """What a daemon start may do with the files in ``sessions/`` (``classify_session_files``).
+
+    ``erase``: ids whose row is ``terminating`` or ``terminated``: a terminate was requested,
+    so ``destroy_session_files`` may finish it. ``orphans``: ids with files but no row, live or
+    failed (a lost or damaged row or registry, or a create that died before its row): never
+    deleted; ``Registry.adopt_orphan`` offers one as a failed session. ``stray``: entries that
+    are no session's (``backup copy.db``, ``x.txt``, a directory): left alone.
+    """
+
+    erase: tuple[str, ...]
+    orphans: tuple[str, ...]
+    stray: tuple[Path, ...]
+
+
+def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFiles:
+    """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
+    strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
+    ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
+    their files as orphans)."""
+    statuses = registry.row_statuses()
+    ids, stray = _session_file_ids(Path(state_dir) / SESSIONS_DIR)
+    erase = sorted(i for i in ids if i in statuses and statuses[i] in _ERASABLE)
+    orphans = sorted(i for i in ids if i not in statuses)
+    return SessionFiles(tuple(erase), tuple(orphans), tuple(sorted(stray)))
+
+
+def _session_file_ids(directory: Path) -> tuple[set[str], list[Path]]:
+    """(ids that name a file in ``directory``, the entries that name none)."""
+    ids, stray = set(), []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return ids, stray
+    for entry in entries:
+        session_id = _file_session_id(entry)
+        if session_id is None:
+            stray.append(Path(entry.path))
+        else:
+            ids.add(session_id)
+    return ids, stray
+
+
+def _file_session_id(entry: os.DirEntry) -> str | None:
+    """The id an entry of ``sessions/`` belongs to: a regular file ``<id>.db`` or one of its
+    sidecars, the id one ``session_db_path`` accepts; else None."""
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return None
+    except OSError:
+        return None
+    for suffix in ("", *SIDECARS):
+        ending = ".db" + suffix
+        if entry.name.endswith(ending):
+            session_id = entry.name[:-len(ending)]
+            return session_id if _SAFE_ID.fullmatch(session_id) else None
+    return None
 
 
 def quarantine(state_dir: Path, path: Path, reason: str) -> Path:
@@ -815,7 +877,7 @@ class _Group:
 
     def __enter__(self) -> sqlite3.Connection:
         if self.failed is not None:
-            raise RuntimeError("an earlier write of this group failed") from self.failed
+            self._raise_failed("an earlier write of this group failed")
         if self.tx is None:
             tx = _Transaction(self.store.path, self.store._connection())
             tx.__enter__()
@@ -830,10 +892,19 @@ class _Group:
 
     def finish(self) -> None:
         if self.failed is not None:
-            raise RuntimeError("a write of this group failed: none of them is stored") from self.failed
+            self._raise_failed("a write of this group failed: none of them is stored")
         if self.tx is not None:
             tx, self.tx = self.tx, None
             tx.__exit__(None, None, None)  # COMMIT, rolled back if that fails
+
+    def _raise_failed(self, what: str) -> None:
+        """The store's error that failed the group (a StorageError is one the caller can tell
+        its client about), a new one each time; any other failure as RuntimeError."""
+        if isinstance(self.failed, JidocoderError):
+            error = type(self.failed)(f"{what}: {self.failed.message}", code=self.failed.code,
+                                      details=self.failed.details)
+            raise error from self.failed
+        raise RuntimeError(what) from self.failed
 
 
 @contextmanager
