@@ -266,11 +266,13 @@ def quarantine(state_dir: Path, path: Path, reason: str) -> Path:
     path = Path(path)
     target = _free_name(_damaged_dir(state_dir), path.name, (*SIDECARS, ".reason"))
     with _translated(path):
-        for suffix in SIDECARS:
+        for suffix in (*SIDECARS, ""):
             source = path.with_name(path.name + suffix)
-            if source.exists():
-                os.rename(source, target.with_name(target.name + suffix))
-        os.rename(path, target)
+            if suffix and not source.exists():
+                continue
+            moved = target.with_name(target.name + suffix)
+            os.rename(source, moved)
+            os.chmod(moved, 0o600)  # private, whoever made it: it holds a session's data
     _write_reason(target, path, reason)  # syncs target's directory
     _fsync_directory(path.parent)
     return target
