@@ -2,9 +2,34 @@
 
 Layout under the state dir::
 
-    registry.db              owned by the daemon: one row per persisted session (its SessionState)
+    registry.db              owned by the daemon: one row per persisted session (its SessionState),
+                             live (``sessions``) or given up after crashes (``failed``)
     sessions/<id>.db         owned by that session's process: messages, active files, file index
     damaged/                 files and registry rows we could not read, moved aside, never deleted
+
+Every file and directory made here is 0600 / 0700 whatever the umask (a database file is made
+before SQLite opens it; SQLite gives its -wal, -shm and -journal the file's mode).
+
+What the store keeps (API.md §7): nothing here deletes a session's data unless told to.
+
+- **Faults of the state dir are StorageError.** Any sqlite3 error whose primary code says the
+  disk cannot take a write (FULL, IOERR, READONLY, CANTOPEN, PERM, NOLFS), and ENOSPC, EDQUOT,
+  EIO, EROFS, EACCES, EPERM or EFBIG from a file operation, becomes ``StorageError`` naming the
+  path and the cause; the transaction (a write group's too) is rolled back, and the same store
+  takes writes again once the cause is gone. BUSY/LOCKED (another process holds the file: a
+  session's previous process, dying) is ``StoreBusyError``: retry, not a crash. Corruption is
+  ``DamagedStoreError``. A new file whose creation fails is removed (nothing in it was stored).
+- **Rows from a newer jidocoder.** Keys of a row (and of its ``config``) that this version does
+  not know are set aside before validation and written back by every later ``put``,
+  ``mark_failed`` or ``recover_failed`` of that session: a downgrade then an upgrade loses none.
+  Only an undecodable row or one of the wrong types is damaged: its bytes go to ``damaged/``
+  with a ``.reason``; its session database stays in ``sessions/`` (an orphan, see below).
+- **Failed sessions.** ``mark_failed`` moves a row to ``failed`` (its database stays);
+  ``load_failed`` lists them; ``recover_failed`` makes one live again in one transaction.
+- **What a start may delete.** ``classify_session_files`` sorts ``sessions/``: files of rows
+  ``terminating``/``terminated`` (a terminate to finish: ``destroy_session_files``), orphans
+  (no row at all: a lost or damaged row or registry; left alone, and ``adopt_orphan`` offers
+  one as failed), and stray entries (any other name, a directory: ignored, never an error).
 
 Why this shape (API.md §6, Durability):
 
@@ -42,9 +67,19 @@ Why this shape (API.md §6, Durability):
 - **Durability.** WAL with ``synchronous=NORMAL`` ("normal"): a commit is in the WAL (the kernel's
   page cache) before the call returns, so it survives any process crash. ``FULL`` ("full") also
   fsyncs the WAL on each commit, so it survives a power loss. Every write method is one
-  transaction that commits before it returns.
+  transaction that commits before it returns. Metadata too: a checkpoint never runs at
+  ``synchronous=OFF`` (SQLite would empty the WAL before the copied pages reach the disk, and a
+  power cut then loses commits), and the directory is fsynced after a file is made (a registry
+  at any durability, a session database at "full"), after ``quarantine``'s renames and after
+  ``destroy_session_files``'s unlinks.
 - **Costs**, measured 2026-11 (2 vCPU VM, ext4 on virtio, CPython 3.11, SQLite 3.40, files in
-  /tmp, where creating a file costs ~0.19 ms; medians, ms; "before" is the previous version):
+  /tmp, where creating a file costs ~0.19 ms; medians, ms; "before" is the previous version).
+  Re-measured 2026-12 after the checkpoint stopped running unsynced and destroys sync their
+  directory, previous version and this one in the same runs (at "normal"): Registry.delete
+  0.07 -> 0.57 ms at 10 rows and 1.75 -> 3.3 ms at 1,000 rows (the checkpoint's fdatasyncs);
+  ``destroy_session_files`` 0.15 -> 0.34 ms (the directory's fsync); a new SessionStore the same
+  in both (1.2-1.8 ms that day, under other load), a new Registry 0.3-0.8 ms. The table below
+  is the 2026-11 run; its other rows were not re-measured:
 
   ======================================  =============  =============
   operation                               before         now
@@ -60,7 +95,7 @@ Why this shape (API.md §6, Durability):
   Registry.put (normal / full)            0.025 / 0.31   0.025 / 0.28
   ======================================  =============  =============
 
-  A delete is now two fdatasyncs and the truncation of the WAL (0.4-0.5 ms of it), plus reading
+  A delete is two fdatasyncs and the truncation of the WAL (0.4-0.5 ms of it), plus reading
   and searching the file (0.6 ms at 1,000 rows), plus a rare VACUUM (2-5 ms at 1,000 rows).
   ``put`` is one small transaction: 0.011 ms of it is encoding the state, the rest the
   statement and its commit; at "full" the commit's fdatasync is nearly all of it.
@@ -756,14 +791,15 @@ def _synchronous(durability: str) -> str:
 
 def _check_header(path: Path) -> bool:
     """Whether the file holds anything; a newer or non-SQLite one is refused, read as bytes only."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        header = os.pread(fd, _HEADER_SIZE, 0)
-    finally:
-        os.close(fd)
+    with _translated(path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            header = os.pread(fd, _HEADER_SIZE, 0)
+        finally:
+            os.close(fd)
     if not header:
         return False  # an empty file is an empty database to SQLite
     if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
