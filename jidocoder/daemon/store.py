@@ -29,7 +29,8 @@ What the store keeps (API.md §7): nothing here deletes a session's data unless 
 - **What a start may delete.** ``classify_session_files`` sorts ``sessions/``: files of rows
   ``terminating``/``terminated`` (a terminate to finish: ``destroy_session_files``), orphans
   (no row at all: a lost or damaged row or registry; left alone, and ``adopt_orphan`` offers
-  one as failed), and stray entries (any other name, a directory: ignored, never an error).
+  one as failed), lone logs (a -wal with no database and no row: left alone, not adoptable),
+  and stray entries (any other name, a directory: ignored, never an error).
 
 Why this shape (API.md §6, Durability):
 
@@ -241,12 +242,16 @@ class SessionFiles:
     so ``destroy_session_files`` may finish it. ``orphans``: ids with files but no row, live or
     failed (a lost or damaged row or registry, or a create that died before its row): never
     deleted; ``Registry.adopt_orphan`` offers one as a failed session. ``stray``: entries that
-    are no session's (``backup copy.db``, ``x.txt``, a directory): left alone.
+    are no session's (``backup copy.db``, ``x.txt``, a directory): left alone. ``lone_logs``:
+    ids with no row whose ``<id>.db`` is missing but a -wal/-shm/-journal is there: left alone
+    and not to be adopted (opening the id would make an empty database, and SQLite discards a
+    log beside an empty database).
     """
 
     erase: tuple[str, ...]
     orphans: tuple[str, ...]
     stray: tuple[Path, ...]
+    lone_logs: tuple[str, ...] = ()
 
 
 def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFiles:
@@ -255,10 +260,13 @@ def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFile
     ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
     their files as orphans)."""
     statuses = registry.row_statuses()
-    ids, stray = _session_file_ids(Path(state_dir) / SESSIONS_DIR)
+    directory = Path(state_dir) / SESSIONS_DIR
+    ids, stray = _session_file_ids(directory)
     erase = sorted(i for i in ids if i in statuses and statuses[i] in _ERASABLE)
-    orphans = sorted(i for i in ids if i not in statuses)
-    return SessionFiles(tuple(erase), tuple(orphans), tuple(sorted(stray)))
+    rowless = sorted(i for i in ids if i not in statuses)
+    orphans = [i for i in rowless if (directory / f"{i}.db").is_file()]
+    lone = [i for i in rowless if i not in orphans]
+    return SessionFiles(tuple(erase), tuple(orphans), tuple(sorted(stray)), tuple(lone))
 
 
 def _session_file_ids(directory: Path) -> tuple[set[str], list[Path]]:

@@ -153,7 +153,7 @@ def test_classify_sorts_erasable_orphan_and_stray_files_and_deletes_nothing(tmp_
         before = {p.name: p.read_bytes() for p in sessions.iterdir() if p.is_file()}
         found = classify_session_files(tmp_path, registry)
     assert found == SessionFiles(
-        erase=(SID,), orphans=("lost", THIRD),
+        erase=(SID,), orphans=("lost",), lone_logs=(THIRD,),
         stray=tuple(sorted(sessions / n for n in ("adir.db", "backup copy.db",
                                                    "link.db", "live.db-journal.bak", "x.txt"))))
     assert {p.name: p.read_bytes() for p in sessions.iterdir() if p.is_file()} == before
