@@ -38,8 +38,8 @@ Why this shape (API.md §6, Durability):
   session processes never wait on each other's write lock, and ending a session is "unlink the
   file and its -wal/-shm/-journal": nothing of it is left to scrub. The process holds the file's
   lock while it is open (``locking_mode=EXCLUSIVE``): SQLite then keeps the WAL index in memory
-  (no -shm file to create, map and delete), and a replacement process waits, up to sqlite3's
-  5 s timeout, until the one before it has exited (after that, "database is locked"). A small
+  (no -shm file to create, map and delete), and a replacement process waits, up to
+  ``BUSY_TIMEOUT`` (5 s), until the one before it has exited (after that, StoreBusyError). A small
   page cache (256 KiB; SQLite's default is 2 MB): after loading 1,000 messages of 2 KB a process
   holds 0.7 MB more instead of 2.7 MB (USS). With ``lazy=True`` a session creates no file until
   its first write.
