@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .errors import (DaemonUnavailableError, InvalidArgumentError, InvalidTransitionError,
                      JidocoderError, LimitExceededError, ProtocolError, RequestTimeoutError,
-                     SessionCrashedError, SessionNotFoundError)
+                     SessionCrashedError, SessionNotFoundError, StorageError)
 from .states import SessionStatus
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ __all__ = [
     "SessionConfig", "SessionState", "SessionInfo", "Message", "ActiveFile", "CachedFile", "Event",
     "JidocoderError", "SessionNotFoundError", "InvalidTransitionError", "InvalidArgumentError",
     "LimitExceededError", "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError",
-    "SessionCrashedError",
+    "SessionCrashedError", "StorageError",
 ]
 
 _LAZY = {"Client": "client", "SessionConfig": "models", "SessionState": "models",

@@ -8,11 +8,17 @@
     ├── DaemonUnavailableError        daemon_unavailable
     ├── ProtocolError                 protocol_error
     ├── RequestTimeoutError           timeout
-    └── SessionCrashedError           session_crashed
+    ├── SessionCrashedError           session_crashed
+    ├── StorageError                  storage_unavailable
+    ├── StoreBusyError                store_busy
+    ├── StoreVersionError             store_version
+    └── DamagedStoreError             store_damaged
 
 Errors cross the socket as ``{code, message, field, details}`` (``to_wire``) and are rebuilt
-into the same class by ``from_wire``: ``InvalidArgumentError`` owns every validation code, the
-others own exactly one.
+into the same class by ``from_wire``: ``InvalidArgumentError`` owns exactly the validation rule
+codes in ``VALIDATION_CODES``, every other class owns one code, and a code nobody owns (sent by
+a newer daemon, say) comes back as a plain ``JidocoderError`` carrying that code: guessing it
+was the caller's fault would tell the caller to change its arguments for nothing.
 """
 
 from __future__ import annotations
@@ -103,17 +109,57 @@ class SessionCrashedError(JidocoderError):
 
 class StorageError(JidocoderError):
     """The state dir cannot take a write (disk or quota full, read-only, I/O error): nothing of
-    the call was applied; writes work again once the cause is gone."""
+    the call was stored; retry once the cause named in the message is gone. Not a crash."""
 
     code = "storage_unavailable"
 
 
+class StoreBusyError(JidocoderError):
+    """Another process still holds the store's lock (a session's previous process, dying):
+    retry shortly; nothing was read or written, and it is not a crash."""
+
+    code = "store_busy"
+
+
+class StoreVersionError(JidocoderError):
+    """The store was written by a newer jidocoder: upgrade (the file is left untouched)."""
+
+    code = "store_version"
+
+
+class DamagedStoreError(JidocoderError):
+    """The file is not a usable database: move it aside with ``quarantine`` and start empty."""
+
+    code = "store_damaged"
+
+
+# Every rule code an InvalidArgumentError is raised with: API.md §3's, the other explicit ones
+# in the package, and the "invalid_<field>" that models._translate derives from a model field.
+# tests/unit/test_errors.py checks the package's sources and models against this set.
+VALIDATION_CODES = frozenset({
+    # API.md §3
+    "invalid_session_id", "empty_field", "invalid_status", "invalid_timestamps",
+    "invalid_counts", "missing_field", "missing_datetime", "invalid_datetime_format",
+    "invalid_role",
+    # raised with an explicit code elsewhere in the package
+    "invalid_argument", "invalid_config", "invalid_data", "invalid_durability",
+    "invalid_include", "invalid_request", "invalid_setting", "unknown_op", "unknown_field",
+    # models._translate: "invalid_" + the failing model field
+    "invalid_added_at", "invalid_content", "invalid_error", "invalid_features",
+    "invalid_llm_config", "invalid_max_files", "invalid_max_history", "invalid_metadata",
+    "invalid_mtime", "invalid_path", "invalid_payload", "invalid_persistence_enabled",
+    "invalid_pid", "invalid_seq", "invalid_size", "invalid_timeout_minutes", "invalid_timestamp",
+    "invalid_topic", "invalid_type",
+})
+
 _BY_CODE: dict[str, type[JidocoderError]] = {
     cls.code: cls
-    for cls in (JidocoderError, SessionNotFoundError, InvalidTransitionError, LimitExceededError,
-                DaemonUnavailableError, ProtocolError, RequestTimeoutError, SessionCrashedError,
-                StorageError)
+    for cls in (JidocoderError, SessionNotFoundError, InvalidTransitionError, InvalidArgumentError,
+                LimitExceededError, DaemonUnavailableError, ProtocolError, RequestTimeoutError,
+                SessionCrashedError, StorageError, StoreBusyError, StoreVersionError,
+                DamagedStoreError)
 }
+_BY_CODE.update(dict.fromkeys(VALIDATION_CODES, InvalidArgumentError))
 
 
 # A bug on the daemon's side: nothing the caller did wrong, so not a validation error.
@@ -121,9 +167,9 @@ _BY_CODE["internal_error"] = JidocoderError
 
 
 def from_wire(data: dict[str, Any]) -> JidocoderError:
-    """Rebuild an error sent by ``to_wire``; any code no other class owns is a validation rule."""
+    """Rebuild an error sent by ``to_wire``; a code no class owns gives a plain JidocoderError."""
     code = str(data.get("code", "error"))
-    cls = _BY_CODE.get(code, InvalidArgumentError)
+    cls = _BY_CODE.get(code, JidocoderError)
     return cls(str(data.get("message", "")), code=code, field=data.get("field"),
                details=data.get("details") or {})
 
@@ -135,5 +181,6 @@ def _rebuild(data: dict[str, Any]) -> JidocoderError:
 __all__ = [
     "JidocoderError", "SessionNotFoundError", "InvalidTransitionError", "InvalidArgumentError",
     "LimitExceededError", "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError",
-    "SessionCrashedError", "StorageError", "from_wire",
+    "SessionCrashedError", "StorageError", "StoreBusyError", "StoreVersionError",
+    "DamagedStoreError", "VALIDATION_CODES", "from_wire",
 ]

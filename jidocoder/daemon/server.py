@@ -230,17 +230,14 @@ def flush_before_close(conn: ClientConnection, timeout: float = 1.0) -> None:
 
 
 def open_registry(state_dir: Path, durability: str) -> store.Registry:
-    """The registry; a damaged one is moved aside (never deleted) with every session's database,
-    since without their rows they cannot be restored, and a new registry is started."""
+    """The registry; a damaged one is moved aside (never deleted) and a new one started. The
+    session databases stay where they are: with no row, each is kept as a failed session."""
     try:
         return store.Registry(state_dir, durability)
     except store.DamagedStoreError as exc:
         moved = store.quarantine(state_dir, state_dir / store.REGISTRY_FILE, str(exc))
-        log.error("the session registry is damaged (%s): moved to %s; starting with none", exc, moved)
-        for path in sorted((state_dir / store.SESSIONS_DIR).glob("*.db")):
-            kept = store.quarantine(state_dir, path, "the session registry was damaged")
-            log.error("session %s cannot be restored without the registry: its data moved to %s",
-                      path.stem, kept)
+        log.error("the session registry is damaged (%s): moved to %s; starting with a new one, "
+                  "the sessions it named are kept as failed sessions", exc, moved)
         return store.Registry(state_dir, durability)
 
 

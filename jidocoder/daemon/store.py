@@ -2,9 +2,35 @@
 
 Layout under the state dir::
 
-    registry.db              owned by the daemon: one row per persisted session (its SessionState)
+    registry.db              owned by the daemon: one row per persisted session (its SessionState),
+                             live (``sessions``) or given up after crashes (``failed``)
     sessions/<id>.db         owned by that session's process: messages, active files, file index
     damaged/                 files and registry rows we could not read, moved aside, never deleted
+
+Every file and directory made here is 0600 / 0700 whatever the umask (a database file is made
+before SQLite opens it; SQLite gives its -wal, -shm and -journal the file's mode).
+
+What the store keeps (API.md §7): nothing here deletes a session's data unless told to.
+
+- **Faults of the state dir are StorageError.** Any sqlite3 error whose primary code says the
+  disk cannot take a write (FULL, IOERR, READONLY, CANTOPEN, PERM, NOLFS), and ENOSPC, EDQUOT,
+  EIO, EROFS, EACCES, EPERM or EFBIG from a file operation, becomes ``StorageError`` naming the
+  path and the cause; the transaction (a write group's too) is rolled back, and the same store
+  takes writes again once the cause is gone. BUSY/LOCKED (another process holds the file: a
+  session's previous process, dying) is ``StoreBusyError``: retry, not a crash. Corruption is
+  ``DamagedStoreError``. A new file whose creation fails is removed (nothing in it was stored).
+- **Rows from a newer jidocoder.** Keys of a row (and of its ``config``) that this version does
+  not know are set aside before validation and written back by every later ``put``,
+  ``mark_failed`` or ``recover_failed`` of that session: a downgrade then an upgrade loses none.
+  Only an undecodable row or one of the wrong types is damaged: its bytes go to ``damaged/``
+  with a ``.reason``; its session database stays in ``sessions/`` (an orphan, see below).
+- **Failed sessions.** ``mark_failed`` moves a row to ``failed`` (its database stays);
+  ``load_failed`` lists them; ``recover_failed`` makes one live again in one transaction.
+- **What a start may delete.** ``classify_session_files`` sorts ``sessions/``: files of rows
+  ``terminating``/``terminated`` (a terminate to finish: ``destroy_session_files``), orphans
+  (no row at all: a lost or damaged row or registry; left alone, and ``adopt_orphan`` offers
+  one as failed), lone logs (a -wal with no database and no row: left alone, not adoptable),
+  and stray entries (any other name, a directory: ignored, never an error).
 
 Why this shape (API.md §6, Durability):
 
@@ -12,8 +38,8 @@ Why this shape (API.md §6, Durability):
   session processes never wait on each other's write lock, and ending a session is "unlink the
   file and its -wal/-shm/-journal": nothing of it is left to scrub. The process holds the file's
   lock while it is open (``locking_mode=EXCLUSIVE``): SQLite then keeps the WAL index in memory
-  (no -shm file to create, map and delete), and a replacement process waits, up to sqlite3's
-  5 s timeout, until the one before it has exited (after that, "database is locked"). A small
+  (no -shm file to create, map and delete), and a replacement process waits, up to
+  ``BUSY_TIMEOUT`` (5 s), until the one before it has exited (after that, StoreBusyError). A small
   page cache (256 KiB; SQLite's default is 2 MB): after loading 1,000 messages of 2 KB a process
   holds 0.7 MB more instead of 2.7 MB (USS). With ``lazy=True`` a session creates no file until
   its first write.
@@ -42,9 +68,19 @@ Why this shape (API.md §6, Durability):
 - **Durability.** WAL with ``synchronous=NORMAL`` ("normal"): a commit is in the WAL (the kernel's
   page cache) before the call returns, so it survives any process crash. ``FULL`` ("full") also
   fsyncs the WAL on each commit, so it survives a power loss. Every write method is one
-  transaction that commits before it returns.
+  transaction that commits before it returns. Metadata too: a checkpoint never runs at
+  ``synchronous=OFF`` (SQLite would empty the WAL before the copied pages reach the disk, and a
+  power cut then loses commits), and the directory is fsynced after a file is made (a registry
+  at any durability, a session database at "full"), after ``quarantine``'s renames and after
+  ``destroy_session_files``'s unlinks.
 - **Costs**, measured 2026-11 (2 vCPU VM, ext4 on virtio, CPython 3.11, SQLite 3.40, files in
-  /tmp, where creating a file costs ~0.19 ms; medians, ms; "before" is the previous version):
+  /tmp, where creating a file costs ~0.19 ms; medians, ms; "before" is the previous version).
+  Re-measured 2026-12 after the checkpoint stopped running unsynced and destroys sync their
+  directory, previous version and this one in the same runs (at "normal"): Registry.delete
+  0.07 -> 0.57 ms at 10 rows and 1.75 -> 3.3 ms at 1,000 rows (the checkpoint's fdatasyncs);
+  ``destroy_session_files`` 0.15 -> 0.34 ms (the directory's fsync); a new SessionStore the same
+  in both (1.2-1.8 ms that day, under other load), a new Registry 0.3-0.8 ms. The table below
+  is the 2026-11 run; its other rows were not re-measured:
 
   ======================================  =============  =============
   operation                               before         now
@@ -60,7 +96,7 @@ Why this shape (API.md §6, Durability):
   Registry.put (normal / full)            0.025 / 0.31   0.025 / 0.28
   ======================================  =============  =============
 
-  A delete is now two fdatasyncs and the truncation of the WAL (0.4-0.5 ms of it), plus reading
+  A delete is two fdatasyncs and the truncation of the WAL (0.4-0.5 ms of it), plus reading
   and searching the file (0.6 ms at 1,000 rows), plus a rare VACUUM (2-5 ms at 1,000 rows).
   ``put`` is one small transaction: 0.011 ms of it is encoding the state, the rest the
   statement and its commit; at "full" the commit's fdatasync is nearly all of it.
@@ -82,19 +118,23 @@ Why this shape (API.md §6, Durability):
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sqlite3
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Self
 from urllib.parse import quote
 
 from .. import wire
-from ..errors import InvalidArgumentError, JidocoderError
-from ..models import ActiveFile, Message, SessionState
+from ..errors import (DamagedStoreError, InvalidArgumentError, JidocoderError, StorageError,
+                      StoreBusyError, StoreVersionError)
+from ..models import ActiveFile, Message, SessionConfig, SessionState
+from ..states import SessionStatus
 
 SCHEMA_VERSION = 1
 REGISTRY_FILE = "registry.db"
@@ -107,6 +147,14 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
 _USER_VERSION_AT = slice(60, 64)
 _DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+# The state dir cannot take a write: StorageError (API.md §7), not damage and not a crash.
+_STORAGE_CODES = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
+                  sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_NOLFS}
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                   errno.EPERM, errno.EFBIG}
+# Another process holds the file's lock (a session's previous process, still dying).
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+BUSY_TIMEOUT = 5.0  # seconds sqlite3 waits for another process's lock before SQLITE_BUSY
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SESSION_CACHE_KIB = 256  # per session process; SQLite's default is 2000
@@ -114,18 +162,24 @@ _SESSION_CACHE_KIB = 256  # per session process; SQLite's default is 2000
 # _PIECE + _STEP - 1 bytes or more, and any prefix or suffix of _PIECE or more, contains one.
 _PIECE, _STEP = 16, 8
 _MICROSECOND = timedelta(microseconds=1)
+_STATE_FIELDS = frozenset(SessionState.model_fields)
+_CONFIG_FIELDS = frozenset(SessionConfig.model_fields)
 
 # scrub_pending holds a row from a delete's commit until its scrub is done: a registry opened
 # with the row set finishes the scrub. Added after version 1 shipped, hence "IF NOT EXISTS".
 _SCRUB_MARKER_TABLE = "CREATE TABLE IF NOT EXISTS scrub_pending (pending INTEGER PRIMARY KEY)"
-# failed holds the sessions given up after crashes, their data kept for recover (API.md §7).
-_FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS failed (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) "
-                 "WITHOUT ROWID")
+# failed holds the sessions given up after crashes (API.md §7), rows as in sessions. Added
+# after version 1 shipped: made on open by any version that knows it; an older jidocoder
+# ignores it (and so does not list failed sessions), which keeps SCHEMA_VERSION at 1.
+_FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS failed (session_id TEXT PRIMARY KEY, "
+                 "state BLOB NOT NULL) WITHOUT ROWID")
 _REGISTRY_SCHEMA = f"""
 CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 {_SCRUB_MARKER_TABLE};
 {_FAILED_TABLE};
 """
+ORPHAN_ERROR = "its registry row was lost"
+_ERASABLE = {SessionStatus.TERMINATING.value, SessionStatus.TERMINATED.value}
 # seq/position are plain INTEGER PRIMARY KEYs (no AUTOINCREMENT): a new rowid is max + 1, so the
 # order of insertion is kept without the extra sqlite_sequence write on every insert.
 _SESSION_SCHEMA = """
@@ -135,18 +189,6 @@ CREATE TABLE active_files (position INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQ
                            added_at INTEGER NOT NULL);
 CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID;
 """
-
-
-class StoreVersionError(JidocoderError):
-    """The store was written by a newer jidocoder: upgrade (the file is left untouched)."""
-
-    code = "store_version"
-
-
-class DamagedStoreError(JidocoderError):
-    """The file is not a usable database: move it aside with ``quarantine`` and start empty."""
-
-    code = "store_damaged"
 
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
@@ -184,26 +226,79 @@ def session_db_path(state_dir: Path, session_id: str) -> Path:
 
 
 def destroy_session_files(state_dir: Path, session_id: str) -> None:
-    """Unlink a session's database and its -wal/-shm/-journal; files already gone are fine."""
+    """Unlink a session's -wal/-shm/-journal, then its database, then sync the directory (the
+    unlinks are durable when this returns); files already gone are fine."""
     db_path = session_db_path(state_dir, session_id)
-    for suffix in ("", *SIDECARS):
-        db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    _unlink_database(db_path)
+    if db_path.parent.is_dir():
+        _fsync_directory(db_path.parent)
 
 
-def orphan_session_ids(state_dir: Path, known: set[str]) -> list[str]:
-    """Ids with files under ``sessions/`` (a database or a sidecar of one) that ``known`` does
-    not hold; names that cannot be a session's are stray files, left out."""
-    found = set()
+@dataclass(frozen=True)
+class SessionFiles:
+    """What a daemon start may do with the files in ``sessions/`` (``classify_session_files``).
+
+    ``erase``: ids whose row is ``terminating`` or ``terminated``: a terminate was requested,
+    so ``destroy_session_files`` may finish it. ``orphans``: ids with files but no row, live or
+    failed (a lost or damaged row or registry, or a create that died before its row): never
+    deleted; ``Registry.adopt_orphan`` offers one as a failed session. ``stray``: entries that
+    are no session's (``backup copy.db``, ``x.txt``, a directory): left alone. ``lone_logs``:
+    ids with no row whose ``<id>.db`` is missing but a -wal/-shm/-journal is there: left alone
+    and not to be adopted (opening the id would make an empty database, and SQLite discards a
+    log beside an empty database).
+    """
+
+    erase: tuple[str, ...]
+    orphans: tuple[str, ...]
+    stray: tuple[Path, ...]
+    lone_logs: tuple[str, ...] = ()
+
+
+def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFiles:
+    """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
+    strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
+    ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
+    their files as orphans)."""
+    statuses = registry.row_statuses()
+    directory = Path(state_dir) / SESSIONS_DIR
+    ids, stray = _session_file_ids(directory)
+    erase = sorted(i for i in ids if i in statuses and statuses[i] in _ERASABLE)
+    rowless = sorted(i for i in ids if i not in statuses)
+    orphans = [i for i in rowless if (directory / f"{i}.db").is_file()]
+    lone = [i for i in rowless if i not in orphans]
+    return SessionFiles(tuple(erase), tuple(orphans), tuple(sorted(stray)), tuple(lone))
+
+
+def _session_file_ids(directory: Path) -> tuple[set[str], list[Path]]:
+    """(ids that name a file in ``directory``, the entries that name none)."""
+    ids, stray = set(), []
     try:
-        names = os.listdir(Path(state_dir) / SESSIONS_DIR)
+        entries = list(os.scandir(directory))
     except FileNotFoundError:
-        return []
-    for name in names:
-        for suffix in ("", *SIDECARS):
-            stem = name[:-len(".db" + suffix)] if name.endswith(".db" + suffix) else None
-            if stem and _SAFE_ID.fullmatch(stem) and stem not in known:
-                found.add(stem)
-    return sorted(found)
+        return ids, stray
+    for entry in entries:
+        session_id = _file_session_id(entry)
+        if session_id is None:
+            stray.append(Path(entry.path))
+        else:
+            ids.add(session_id)
+    return ids, stray
+
+
+def _file_session_id(entry: os.DirEntry) -> str | None:
+    """The id an entry of ``sessions/`` belongs to: a regular file ``<id>.db`` or one of its
+    sidecars, the id one ``session_db_path`` accepts; else None."""
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return None
+    except OSError:
+        return None
+    for suffix in ("", *SIDECARS):
+        ending = ".db" + suffix
+        if entry.name.endswith(ending):
+            session_id = entry.name[:-len(ending)]
+            return session_id if _SAFE_ID.fullmatch(session_id) else None
+    return None
 
 
 def quarantine(state_dir: Path, path: Path, reason: str) -> Path:
@@ -213,12 +308,16 @@ def quarantine(state_dir: Path, path: Path, reason: str) -> Path:
     """
     path = Path(path)
     target = _free_name(_damaged_dir(state_dir), path.name, (*SIDECARS, ".reason"))
-    for suffix in SIDECARS:
-        source = path.with_name(path.name + suffix)
-        if source.exists():
-            os.rename(source, target.with_name(target.name + suffix))
-    os.rename(path, target)
-    _write_reason(target, path, reason)
+    with _translated(path):
+        for suffix in (*SIDECARS, ""):
+            source = path.with_name(path.name + suffix)
+            if suffix and not source.exists():
+                continue
+            moved = target.with_name(target.name + suffix)
+            os.rename(source, moved)
+            os.chmod(moved, 0o600)  # private, whoever made it: it holds a session's data
+    _write_reason(target, path, reason)  # syncs target's directory
+    _fsync_directory(path.parent)
     return target
 
 
@@ -255,18 +354,29 @@ class _Database:
         if conn is not None:
             conn.close()
 
+    # A new registry's file and directory entry are synced at any durability: it is made once
+    # per state dir, and losing it to a power cut would look like a lost registry.
+    _sync_new_file = False
+
     def _open(self, exists: bool) -> None:
+        made = False
         if not exists:  # SQLite discards a -wal an earlier file left beside an empty one
             _make_private_dir(self.path.parent)
-        with _translated(self.path):
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            try:
-                for pragma in self._pragmas:
-                    conn.execute(f"PRAGMA {pragma}")
-                (self._attach if exists else self._create)(conn)
-            except BaseException:
-                conn.close()
-                raise
+            made = _make_private_file(self.path)
+        try:
+            with _translated(self.path):
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+                try:
+                    for pragma in self._pragmas:
+                        conn.execute(f"PRAGMA {pragma}")
+                    (self._attach if exists else self._create)(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+        except BaseException:
+            if made:  # nothing in it was acknowledged: a failed create leaves no file
+                _unlink_database(self.path)
+            raise
         self._conn = conn
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -278,7 +388,7 @@ class _Database:
         _switch_to_wal(self.path, conn)
         self._write_schema(conn)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        if self._synchronous == "FULL":
+        if self._synchronous == "FULL" or self._sync_new_file:
             _fsync_with_directory(self.path)
 
     def _attach(self, conn: sqlite3.Connection) -> None:
@@ -333,98 +443,148 @@ class _Database:
 
 
 class Registry(_Database):
-    """The daemon's table of persisted sessions, ``<state_dir>/registry.db``."""
+    """The daemon's table of persisted sessions, ``<state_dir>/registry.db``.
+
+    ``sessions`` holds live sessions, ``failed`` those given up after crashes (API.md §7): their
+    data is kept, their database stays in ``sessions/``, and ``recover_failed`` makes one live
+    again. A row's keys this version does not know are kept (``_extras``) and written back.
+    """
+
+    _sync_new_file = True
 
     def __init__(self, state_dir: Path, durability: str = "normal") -> None:
         self.state_dir = Path(state_dir)
+        # Per session id, the stored keys this version does not know (from a newer jidocoder):
+        # stripped before validation, written back by every later put of that session.
+        self._extras: dict[str, dict] = {}
         super().__init__(self.state_dir / REGISTRY_FILE, durability, _REGISTRY_SCHEMA,
                          pragmas=("secure_delete=ON",))
         try:
-            if self._scrub_was_interrupted():
+            if self._add_late_tables():
                 self._scrub(None)
-            with self._write() as conn:
-                conn.execute(_FAILED_TABLE)
         except BaseException:
             self.close()
             raise
 
-    def mark_failed(self, state: SessionState) -> None:
-        """The session was given up: its row moves to the failed ones, its files stay."""
-        blob = wire.encode(state.serialize())
-        with self._write() as conn:
-            conn.execute("INSERT INTO failed VALUES (?, ?) ON CONFLICT (session_id) "
-                         "DO UPDATE SET state = excluded.state", (state.session_id, blob))
-            conn.execute("DELETE FROM sessions WHERE session_id = ?", (state.session_id,))
-
-    def load_failed(self) -> list[SessionState]:
-        with self._direct() as conn:
-            rows = conn.execute("SELECT session_id, state FROM failed").fetchall()
-        return [state for state, _ in (_parse_row(i, blob) for i, blob in rows) if state is not None]
-
-    def failed_state(self, session_id: str) -> SessionState | None:
-        with self._direct() as conn:
-            row = conn.execute("SELECT state FROM failed WHERE session_id = ?", (session_id,)).fetchone()
-        return None if row is None else _parse_row(session_id, row[0])[0]
-
-    def recover(self, state: SessionState) -> None:
-        """A failed session serves again: its failed row becomes ``state``, in one transaction."""
-        blob = wire.encode(state.serialize())
-        with self._write() as conn:
-            conn.execute("DELETE FROM failed WHERE session_id = ?", (state.session_id,))
-            conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
-                         "DO UPDATE SET state = excluded.state", (state.session_id, blob))
-
     def put(self, state: SessionState) -> None:
         """Insert or replace the session's state."""
-        blob = wire.encode(state.serialize())
+        blob = self._encode(state)
         with self._write() as conn:
             conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
 
     def delete(self, session_id: str) -> None:
-        """Remove the session so that no byte of registry.db, -wal or -shm contains its id."""
+        """Remove the session (live or failed) so that no byte of registry.db, -wal or -shm
+        contains its id."""
         with self._write() as conn:
             earlier = _marked(conn)  # a scrub that did not finish: its id is not known here
             conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM failed WHERE session_id = ?", (session_id,))
             conn.execute("INSERT OR IGNORE INTO scrub_pending VALUES (1)")
+        self._extras.pop(session_id, None)
         self._scrub(None if earlier else session_id)
 
     def load_all(self) -> tuple[list[SessionState], list[tuple[str, str]]]:
-        """(valid states oldest first, [(session_id, reason)] for rows moved to ``damaged/``)."""
+        """(valid live states oldest first, [(session_id, reason)] for rows moved to
+        ``damaged/``; their session databases are left where they are)."""
+        return self._load("sessions")
+
+    def mark_failed(self, state: SessionState) -> None:
+        """The session was given up: its row moves from ``sessions`` to ``failed`` as ``state``
+        (give it its ``error``), in one transaction. Its database file is not touched."""
+        blob = self._encode(state)
+        with self._write() as conn:
+            conn.execute("DELETE FROM sessions WHERE session_id = ?", (state.session_id,))
+            conn.execute("INSERT INTO failed VALUES (?, ?) ON CONFLICT (session_id) "
+                         "DO UPDATE SET state = excluded.state", (state.session_id, blob))
+
+    def load_failed(self) -> list[SessionState]:
+        """The failed sessions, oldest first; damaged rows are moved to ``damaged/``."""
+        return self._load("failed")[0]
+
+    def recover_failed(self, state: SessionState) -> bool:
+        """If ``state.session_id`` is failed: in one transaction its failed row goes and
+        ``state`` (the caller's new live state) is put; True. Otherwise nothing; False."""
+        blob = self._encode(state)
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM failed WHERE session_id = ?", (state.session_id,))
+            if gone.rowcount == 0:
+                return False
+            conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
+                         "DO UPDATE SET state = excluded.state", (state.session_id, blob))
+        return True
+
+    def adopt_orphan(self, session_id: str) -> SessionState | None:
+        """Record a session database that has no row (its row was lost: a damaged row or
+        registry) as failed, so that ``recover_failed`` can bring it back; the new state is
+        ``SessionState.new(session_id)`` made active, error "its registry row was lost". None,
+        and nothing written, if the id has a row already."""
+        state = SessionState.new(session_id).transition(SessionStatus.ACTIVE)
+        state = state.update(error=ORPHAN_ERROR)
+        blob = self._encode(state)
+        with self._write() as conn:
+            if session_id in _row_ids(conn):
+                return None
+            conn.execute("INSERT INTO failed VALUES (?, ?)", (session_id, blob))
+        return state
+
+    def row_statuses(self) -> dict[str, str | None]:
+        """Every id with a row (live or failed) and its stored status string (None for a failed
+        or unreadable row), read without validating the rest of the row."""
         with self._direct() as conn:
-            rows = conn.execute("SELECT session_id, state FROM sessions").fetchall()
+            live = conn.execute("SELECT session_id, state FROM sessions").fetchall()
+            failed = conn.execute("SELECT session_id FROM failed").fetchall()
+        statuses: dict[str, str | None] = {session_id: None for (session_id,) in failed}
+        statuses.update((session_id, _raw_status(blob)) for session_id, blob in live)
+        return statuses
+
+    def _encode(self, state: SessionState) -> bytes:
+        return wire.encode(_with_extras(state.serialize(), self._extras.get(state.session_id)))
+
+    def _load(self, table: str) -> tuple[list[SessionState], list[tuple[str, str]]]:
+        with self._direct() as conn:
+            rows = conn.execute(f"SELECT session_id, state FROM {table}").fetchall()
         states, damaged = [], []
         for session_id, blob in rows:
-            state, reason = _parse_row(session_id, blob)
-            if state is not None:
-                states.append(state)
-            else:
-                self._move_row_out(session_id, blob)
+            state, extras, reason = _parse_row(session_id, blob)
+            if state is None:
+                self._move_row_out(table, session_id, blob, reason)
                 damaged.append((session_id, reason))
+                continue
+            states.append(state)
+            if extras:
+                self._extras[session_id] = extras
         states.sort(key=lambda state: (state.created_at, state.session_id))
         return states, damaged
 
-    def _move_row_out(self, session_id: str, blob: object) -> None:
+    def _move_row_out(self, table: str, session_id: str, blob: object, reason: str) -> None:
         # Written and synced before the row is deleted: a crash in between leaves a copy, not none.
         name = quote(session_id, safe="")[:200] + ".registry-row"
-        target = _free_name(_damaged_dir(self.state_dir), name, ())
+        target = _free_name(_damaged_dir(self.state_dir), name, (".reason",))
         _write_synced(target, _as_bytes(blob))
+        _write_reason(target, self.path, f"{table} row of {session_id!r}: {reason}")
         with self._write() as conn:
-            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
 
-    def _scrub_was_interrupted(self) -> bool:
+    def _add_late_tables(self) -> bool:
+        """Make the tables added after version 1 shipped; whether a scrub must run now (one was
+        interrupted, or the registry predates the marker)."""
         with self._direct() as conn:
-            if conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'scrub_pending'").fetchone():
-                return _marked(conn)
-        with self._write() as conn:  # a registry from before the marker: scrub it once
-            conn.execute(_SCRUB_MARKER_TABLE)
-        return True
+            found = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE "
+                                                    "name IN ('scrub_pending', 'failed')")}
+            interrupted = "scrub_pending" in found and _marked(conn)
+        if len(found) < 2:
+            with self._write() as conn:
+                conn.execute(_FAILED_TABLE)
+                conn.execute(_SCRUB_MARKER_TABLE)
+        return interrupted or "scrub_pending" not in found
 
     def _scrub(self, session_id: str | None) -> None:
         """Empty the WAL; rebuild every page unless ``session_id`` is given and left no trace.
 
         Then clear the marker, in a transaction that need not be synced: losing it costs one
-        extra scrub at the next open, never a trace.
+        extra scrub at the next open, never a trace. (Unsynced is safe there: the WAL was just
+        emptied, so that commit is far from the size that makes SQLite checkpoint on commit.)
         """
         self._checkpoint()
         if session_id is None or _holds_trace(self.path, session_id):
@@ -443,18 +603,13 @@ class Registry(_Database):
     def _checkpoint(self) -> None:
         """Copy the WAL into the file and truncate it to zero bytes.
 
-        At "normal" nothing is promised across a power loss, so the copy is not fsynced: written
-        to the file, it survives any process crash, and a terminate saves two fdatasyncs."""
+        Never at synchronous=OFF: the file is fsynced before the WAL is emptied, or a power
+        cut between the two would lose commits that were only in the WAL."""
         with self._direct() as conn:
-            if self._synchronous != "FULL":
-                conn.execute("PRAGMA synchronous=OFF")
-            try:
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:  # only if another connection reads the registry, which nothing should
-            raise JidocoderError(f"{self.path}: another connection blocks the checkpoint",
-                                 code="store_busy")
+            raise StoreBusyError(f"{self.path}: another connection blocks the checkpoint",
+                                 details={"path": str(self.path)})
 
 
 # Messages past max_history are deleted this many at a time: the other appends are one INSERT
@@ -538,7 +693,7 @@ class SessionStore(_Database):
         try:
             return conn.execute(statement, parameters).lastrowid
         except sqlite3.DatabaseError as exc:
-            _raise_damage(self.path, exc)
+            _raise_translated(self.path, exc)
             raise
 
     def clear_messages(self) -> None:
@@ -572,17 +727,59 @@ def _decode_entry(blob: object) -> dict:
     return entry
 
 
-def _parse_row(session_id: str, blob: object) -> tuple[SessionState | None, str]:
-    """The row's state, or None and the reason it cannot be used."""
+def _parse_row(session_id: str, blob: object) -> tuple[SessionState | None, dict, str]:
+    """(the row's state, its keys this version does not know, ""), or (None, {}, the reason
+    it cannot be used)."""
     if not isinstance(blob, bytes):  # SQLite columns take any type: someone wrote this by hand
-        return None, f"state is a {type(blob).__name__}, not encoded bytes"
+        return None, {}, f"state is a {type(blob).__name__}, not encoded bytes"
     try:
-        state = SessionState.deserialize(wire.decode(blob))
+        known, extras = _split_extras(wire.decode(blob))
+        state = SessionState.deserialize(known)
     except (JidocoderError, ValueError, TypeError, AttributeError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, {}, f"{type(exc).__name__}: {exc}"
     if state.session_id != session_id:
-        return None, f"row key {session_id!r} holds the state of {state.session_id!r}"
-    return state, ""
+        return None, {}, f"row key {session_id!r} holds the state of {state.session_id!r}"
+    return state, extras, ""
+
+
+def _split_extras(data: object) -> tuple[object, dict]:
+    """(``data`` without the keys SessionState and its config do not know, those keys): a
+    newer jidocoder's fields, kept aside as they are. Anything else is left for deserialize
+    to judge. The extras of the config are under "config" (a known key, so never an extra)."""
+    if not isinstance(data, dict):
+        return data, {}
+    extras = {key: value for key, value in data.items() if key not in _STATE_FIELDS}
+    known = {key: value for key, value in data.items() if key in _STATE_FIELDS}
+    config = known.get("config")
+    if isinstance(config, dict) and not config.keys() <= _CONFIG_FIELDS:
+        extras["config"] = {k: v for k, v in config.items() if k not in _CONFIG_FIELDS}
+        known["config"] = {k: v for k, v in config.items() if k in _CONFIG_FIELDS}
+    return known, extras
+
+
+def _with_extras(data: dict, extras: dict | None) -> dict:
+    """``data`` (a serialized state) with the extras ``_split_extras`` took from its row."""
+    if not extras:
+        return data
+    merged = {**data, **{key: value for key, value in extras.items() if key != "config"}}
+    if "config" in extras:
+        merged["config"] = {**data["config"], **extras["config"]}
+    return merged
+
+
+def _raw_status(blob: object) -> str | None:
+    """The status string stored in a row, without validating the rest; None if unreadable."""
+    try:
+        data = wire.decode(blob)  # type: ignore[arg-type]
+    except (JidocoderError, ValueError, TypeError):
+        return None
+    status = data.get("status") if isinstance(data, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _row_ids(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT session_id FROM sessions UNION ALL SELECT session_id FROM failed")
+    return {row[0] for row in rows}
 
 
 def _as_bytes(value: object) -> bytes:
@@ -602,14 +799,15 @@ def _synchronous(durability: str) -> str:
 
 def _check_header(path: Path) -> bool:
     """Whether the file holds anything; a newer or non-SQLite one is refused, read as bytes only."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        header = os.pread(fd, _HEADER_SIZE, 0)
-    finally:
-        os.close(fd)
+    with _translated(path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            header = os.pread(fd, _HEADER_SIZE, 0)
+        finally:
+            os.close(fd)
     if not header:
         return False  # an empty file is an empty database to SQLite
     if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
@@ -647,8 +845,8 @@ def _user_version(conn: sqlite3.Connection) -> int:
 def _switch_to_wal(path: Path, conn: sqlite3.Connection) -> None:
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode != "wal":
-        raise JidocoderError(f"{path}: SQLite kept journal mode {mode!r} instead of WAL",
-                             code="store_busy")
+        raise StoreBusyError(f"{path}: SQLite kept journal mode {mode!r} instead of WAL",
+                             details={"path": str(path)})
 
 
 def _marked(conn: sqlite3.Connection) -> bool:
@@ -684,7 +882,7 @@ class _Transaction:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
-            _raise_damage(self.path, exc)
+            _raise_translated(self.path, exc)
             raise
         return self.conn
 
@@ -706,10 +904,10 @@ class _Transaction:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
         except sqlite3.DatabaseError as exc:
-            _raise_damage(self.path, exc)
+            _raise_translated(self.path, exc)
             raise
-        if isinstance(error, sqlite3.DatabaseError):
-            _raise_damage(self.path, error)
+        if isinstance(error, (sqlite3.DatabaseError, OSError)):
+            _raise_translated(self.path, error)
 
 
 class _Group:
@@ -725,7 +923,7 @@ class _Group:
 
     def __enter__(self) -> sqlite3.Connection:
         if self.failed is not None:
-            raise RuntimeError("an earlier write of this group failed") from self.failed
+            self._raise_failed("an earlier write of this group failed")
         if self.tx is None:
             tx = _Transaction(self.store.path, self.store._connection())
             tx.__enter__()
@@ -740,35 +938,104 @@ class _Group:
 
     def finish(self) -> None:
         if self.failed is not None:
-            raise RuntimeError("a write of this group failed: none of them is stored") from self.failed
+            self._raise_failed("a write of this group failed: none of them is stored")
         if self.tx is not None:
             tx, self.tx = self.tx, None
             tx.__exit__(None, None, None)  # COMMIT, rolled back if that fails
 
+    def _raise_failed(self, what: str) -> None:
+        """The store's error that failed the group (a StorageError is one the caller can tell
+        its client about), a new one each time; any other failure as RuntimeError."""
+        if isinstance(self.failed, JidocoderError):
+            error = type(self.failed)(f"{what}: {self.failed.message}", code=self.failed.code,
+                                      details=self.failed.details)
+            raise error from self.failed
+        raise RuntimeError(what) from self.failed
+
 
 @contextmanager
 def _translated(path: Path) -> Iterator[None]:
-    """sqlite3's corruption errors become DamagedStoreError; others (locked, I/O) pass through."""
+    """The store's edge: sqlite3 and OS errors that say what the caller should do become
+    DamagedStoreError, StorageError or StoreBusyError (``_raise_translated``); others pass."""
     try:
         yield
-    except sqlite3.DatabaseError as exc:
-        _raise_damage(path, exc)
+    except (sqlite3.DatabaseError, OSError) as exc:
+        _raise_translated(path, exc)
         raise
 
 
-def _raise_damage(path: Path, exc: sqlite3.DatabaseError) -> None:
-    """Raise DamagedStoreError if ``exc`` is a sign of damage; otherwise return."""
-    if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES:
+def _raise_translated(path: Path, exc: BaseException | None) -> None:
+    """Raise the store's error for ``exc`` if it has one (from ``exc``); otherwise return."""
+    if isinstance(exc, OSError):
+        if exc.errno in _STORAGE_ERRNOS:
+            raise StorageError(f"{exc.filename or path}: cannot write: {exc.strerror}",
+                               details={"path": str(exc.filename or path),
+                                        "cause": errno.errorcode.get(exc.errno, str(exc.errno))}
+                               ) from exc
+        return
+    primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if primary in _DAMAGE_CODES:
         raise DamagedStoreError(f"{path} is damaged: {exc}", details={"path": str(path)}) from exc
+    if primary in _STORAGE_CODES:
+        raise StorageError(f"{path}: cannot write: {exc}",
+                           details={"path": str(path), "cause": getattr(exc, "sqlite_errorname", "")}
+                           ) from exc
+    if primary in _BUSY_CODES:
+        raise StoreBusyError(f"{path} is held by another process: {exc}",
+                             details={"path": str(path)}) from exc
 
 
 def _make_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """``path`` and any missing parent, each 0700 whatever the umask, and its entry synced."""
+    if path.is_dir():
+        return
+    _make_private_dir(path.parent)
+    with _translated(path):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return  # made meanwhile, by another process: its maker syncs it
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+        _fsync_directory(path.parent)
+
+
+def _make_private_file(path: Path) -> bool:
+    """An empty 0600 file, made before SQLite opens it (SQLite would make it 0644 & ~umask, and
+    it gives the -wal, -shm and -journal the database file's mode); whether it was made here."""
+    with _translated(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # an empty file: SQLite's empty database, left as it is
+            return False
+        try:
+            os.fchmod(fd, 0o600)  # the open's mode is masked by the umask
+        finally:
+            os.close(fd)
+    return True
+
+
+def _unlink_database(path: Path) -> None:
+    """Unlink the -wal, -shm and -journal first, then the file: a kill in between leaves a
+    database without its log, never a log that a new file of that name would misread."""
+    with _translated(path):
+        for suffix in (*SIDECARS, ""):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _fsync_with_directory(path: Path) -> None:
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(target, flags)
+    with _translated(path):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make the directory's entries (files made, renamed or unlinked in it) durable."""
+    with _translated(path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -798,12 +1065,14 @@ def _write_reason(target: Path, original: Path, reason: str) -> None:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """A new 0600 file holding ``data``, synced with its directory entry."""
+    with _translated(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            with open(fd, "wb", closefd=False) as file:
+                file.write(data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_directory(path.parent)

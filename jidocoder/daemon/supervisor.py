@@ -32,7 +32,7 @@ from ..config import Settings
 from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
                       RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
 from ..models import SessionConfig, SessionState
-from ..states import SessionStatus
+from ..states import LIVE, SERVING, SessionStatus
 from . import exits, restarts, store, watchdog
 from .events import EventBus, session_topic
 from .link import Pending, SessionLink
@@ -48,7 +48,6 @@ from .template import can_clone, prepare, run_template
 log = logging.getLogger("jidocoder.daemon")
 
 RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are served in between
-SERVING = (SessionStatus.ACTIVE, SessionStatus.IDLE)
 
 
 class Supervisor:
@@ -117,7 +116,7 @@ class Supervisor:
         state = SessionState.deserialize({**failed.serialize(), "status": "initializing", "error": None})
         record = self._admit(state)
         del self.failed[session_id]
-        record.recovering = True  # its failed row stays until it serves: a crash now loses nothing
+        record.recovered_from = failed  # its failed row stays until it serves: nothing is lost
         record.create_waiter = pending
         self.spawn_session(record)
 
@@ -135,12 +134,9 @@ class Supervisor:
         for state in states:
             if state.status in SERVING:
                 self._restore(state)
-            elif state.status is SessionStatus.TERMINATING:  # terminated by request: finish it
-                log.info("session %s was terminating when the daemon stopped: erased", state.session_id)
-                self._erase(state.session_id)
-            else:  # never acknowledged (an older version stored these): its row only
+            elif state.status is SessionStatus.INITIALIZING:  # never acknowledged (older versions)
                 self._forget_row(state.session_id)
-        self._adopt_orphans()
+        self._sort_session_files()
         self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
@@ -174,20 +170,30 @@ class Supervisor:
         self._write_slot(record)
         return record
 
-    def _adopt_orphans(self) -> None:
-        """Session files no registry row names (a lost registry.db) are kept, as failed
+    def _sort_session_files(self) -> None:
+        """A start deletes only what a terminate asked for (API.md §7): files of sessions whose
+        row says ``terminating``. Files no row names (a lost registry.db) are kept as failed
         sessions a person can recover; stray files are left alone."""
-        known = set(self.records) | set(self.failed)
-        for session_id in store.orphan_session_ids(self.state_dir, known):
-            state = SessionState.new(session_id).transition(SessionStatus.ACTIVE)
-            state = state.transition(SessionStatus.TERMINATING).transition(SessionStatus.TERMINATED)
-            state = state.update(error="its registry record was lost; recover it to see its data")
-            try:
-                self.registry.mark_failed(state)
-            except StorageError as exc:
-                log.error("session files of %s have no registry record and cannot be recorded "
-                          "as failed (%s): left alone", session_id, exc)
-                continue
+        files = store.classify_session_files(self.state_dir, self.registry)
+        for session_id in files.erase:
+            log.info("session %s was terminating when the daemon stopped: erased", session_id)
+            self._erase(session_id)
+        for session_id in files.orphans:
+            self._adopt(session_id)
+        for path in files.stray:
+            log.warning("%s is no session's file: left alone", path)
+        for session_id in files.lone_logs:
+            log.warning("session %s has a log file but no database and no record: left alone",
+                        session_id)
+
+    def _adopt(self, session_id: str) -> None:
+        try:
+            state = self.registry.adopt_orphan(session_id)
+        except StorageError as exc:
+            log.error("session %s has files but no registry record, and cannot be recorded as "
+                      "failed (%s): left alone", session_id, exc)
+            return
+        if state is not None:
             self.failed[session_id] = state
             log.error("session %s has files but no registry record: kept as a failed session",
                       session_id)
@@ -377,9 +383,9 @@ class Supervisor:
     def _store_state(self, record: SessionRecord, state: SessionState) -> None:
         """Live statuses and ``terminating`` (terminated by request: a start that finds it
         finishes the erase) are stored; ``terminated`` is the erase itself (``_erase``)."""
-        if record.recovering and state.status is SessionStatus.ACTIVE:
-            self.registry.recover(state)  # the failed row becomes the live one, in one step
-            record.recovering = False
+        if record.recovered_from is not None and state.status is SessionStatus.ACTIVE:
+            self.registry.recover_failed(state)  # the failed row becomes the live one, at once
+            record.recovered_from = None
         elif state.status is not SessionStatus.TERMINATED:
             self.registry.put(state)
 
@@ -598,8 +604,8 @@ class Supervisor:
             waiter.reply({"error": error.to_wire()})
         if record.running:
             self.stop_process(record.link)  # its exit finds no record: nothing more to do
-        if record.recovering:
-            self.failed[record.session_id] = self.registry.failed_state(record.session_id) or record.state
+        if record.recovered_from is not None:
+            self.failed[record.session_id] = record.recovered_from
         record.state = record.state.transition(SessionStatus.TERMINATED)
         if record.restart_timer is not None:
             record.restart_timer.cancel()

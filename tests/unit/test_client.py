@@ -729,7 +729,8 @@ def test_package_exports_exactly_the_public_api():
         "Client", "SessionStatus", "SessionConfig", "SessionState", "SessionInfo", "Message",
         "ActiveFile", "CachedFile", "Event", "JidocoderError", "SessionNotFoundError",
         "InvalidTransitionError", "InvalidArgumentError", "LimitExceededError",
-        "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError", "SessionCrashedError"])
+        "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError", "SessionCrashedError",
+        "StorageError"])
     assert all(hasattr(jidocoder, name) for name in jidocoder.__all__)
     assert jidocoder.__version__ == "0.1.0"
 

@@ -41,7 +41,8 @@ def test_public_surface_is_exactly_the_api():
         "Client", "SessionStatus", "SessionConfig", "SessionState", "SessionInfo", "Message",
         "ActiveFile", "CachedFile", "Event", "JidocoderError", "SessionNotFoundError",
         "InvalidTransitionError", "InvalidArgumentError", "LimitExceededError",
-        "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError", "SessionCrashedError"])
+        "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError", "SessionCrashedError",
+        "StorageError"])
 
 
 def test_readme_settings_table_is_generated_from_the_settings_model():
