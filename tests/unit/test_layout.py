@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,10 +60,14 @@ def modules_after(code: str) -> set[str]:
     return set(ast.literal_eval(out.stdout))
 
 
-def test_the_daemon_command_loads_neither_the_client_nor_pydantic_plugins():
+def test_the_daemon_command_loads_no_client_and_turns_pydantic_plugins_off():
     loaded = modules_after("import jidocoder.cli, jidocoder.daemon.server")
-    assert {"jidocoder.client", "jidocoder._connection", "jidocoder._reader",
-            "importlib.metadata"} & loaded == set()
+    assert {"jidocoder.client", "jidocoder._connection", "jidocoder._reader"} & loaded == set()
+    out = subprocess.run([sys.executable, "-c", "import os, jidocoder.cli; "
+                          "print(os.environ.get('PYDANTIC_DISABLE_PLUGINS'))"],
+                         capture_output=True, text=True, check=True, timeout=LONG,
+                         env={k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"})
+    assert out.stdout.strip() == "__all__"
 
 
 def test_the_library_leaves_pydantic_plugins_alone():
