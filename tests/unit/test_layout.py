@@ -34,7 +34,8 @@ def test_only_wire_imports_msgpack():
 
 
 def test_client_never_imports_the_daemon():
-    for name in ("client.py", "_connection.py", "_reader.py", "__init__.py", "models.py", "errors.py", "wire.py"):
+    for name in ("client.py", "_connection.py", "_reader.py", "__init__.py", "models.py", "errors.py", "wire.py",
+                 "_sockdir.py"):
         assert not any("daemon" in module for module in imported_modules(PACKAGE / name)), name
 
 
