@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 LOG_NAME = "daemon.log"
 MAX_MESSAGE_CHARS = 256 * 1024  # a record larger than this is cut: the log is for people
+_FORMATTER = logging.Formatter()  # only its exception and stack text: the daemon formats the line
 
 
 class OneLineFormatter(logging.Formatter):
@@ -102,13 +103,13 @@ class SocketLogHandler(logging.Handler):
             self.handleError(record)
 
 
-_FORMATTER = logging.Formatter()
 _INHERITED_HANDLERS: list[logging.Handler] = []
 
 
 def install_session_logging(send: Callable[[dict[str, Any]], None], level: int) -> None:
-    """In a freshly forked session: drop the daemon's file handler (never write its file from
-    two processes) and send every record to the daemon instead."""
+    """In a process forked from the daemon (the template, so every spare inherits it): drop the
+    daemon's file handler (never write its file from two processes) and send every record to
+    the daemon instead. Starts no thread."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
