@@ -4,7 +4,7 @@ The public surface is exactly ``__all__`` (API.md): the ``Client``, the models a
 Everything else (``wire``, ``daemon``, ``cli``) is internal. Importing ``jidocoder`` stays light:
 it never imports the daemon, and the ``Client`` and the models are imported on first use
 (PEP 562). That keeps the daemon, started as ``python -m jidocoder.cli``, free of the client's
-modules, and lets the command decide how pydantic is set up before any model is built
+modules, and lets the command turn pydantic's plugins off before any model is built
 (``jidocoder/_no_plugins.py``).
 """
 

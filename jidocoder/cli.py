@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--foreground", action="store_true", help="stay attached (systemd, containers)")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     for name, info in Settings.model_fields.items():
-        start.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=info.description)
+        switch = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --debug-ops
+        start.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=info.description,
+                           **switch)
     for action in ("stop", "status"):
         sub = actions.add_parser(action, help=f"{action} the daemon")
         add_location_flags(sub)
@@ -82,7 +84,7 @@ def start_background(settings: Settings) -> int:
     read_end, write_end = os.pipe()
     env = {**os.environ, **settings.to_env()}
     command = [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground",
-               "--ready-fd", str(write_end)]
+               "--ready-fd", str(write_end), *settings.to_flags()]
     subprocess.Popen(command, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     os.close(write_end)
@@ -120,6 +122,9 @@ def read_word(fd: int, timeout: float) -> str:
 def start_foreground(settings: Settings, ready_fd: int | None) -> int:
     from .daemon.server import run_daemon
     from .daemon.startup import StartError
+    # Every file and directory the daemon makes is private whatever the caller's umask (API.md
+    # §8): the store, daemon.log and its rotations, sessions/, the socket dir. Set before any.
+    os.umask(0o077)
     set_process_name("jidocoder-daemon")
 
     def on_ready() -> None:

@@ -3,6 +3,10 @@
 A setting ``max_sessions`` is read, in rising precedence, from its default, from
 ``JIDOCODER_MAX_SESSIONS`` and from ``jidocoder daemon start --max-sessions``. The README's
 settings table is generated from this model (``python -m jidocoder.config``), so it cannot drift.
+
+A setting in ``FLAG_ONLY`` is read from the command line only (API.md §8: an inherited
+environment variable must not turn the ``debug_*`` operations on). A background daemon inherits
+the other settings as environment variables (``to_env``) and these as flags (``to_flags``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._sockdir import SOCKET_NAME, default_socket_dir
 from .errors import InvalidArgumentError
 
 ENV_PREFIX = "JIDOCODER_"
 MiB = 1024 * 1024
+FLAG_ONLY = frozenset({"debug_ops"})  # never read from the environment: see the module docstring
 
 
 def default_socket_path(env: Mapping[str, str] | None = None) -> str:
@@ -24,9 +30,7 @@ def default_socket_path(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     if env.get("JIDOCODER_SOCKET"):
         return env["JIDOCODER_SOCKET"]
-    if env.get("XDG_RUNTIME_DIR"):
-        return str(Path(env["XDG_RUNTIME_DIR"]) / "jidocoder" / "daemon.sock")
-    return f"/tmp/jidocoder-{os.getuid()}/daemon.sock"
+    return str(Path(default_socket_dir(env)) / SOCKET_NAME)
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> str:
@@ -70,7 +74,9 @@ class Settings(BaseModel):
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least level logged.")
-    debug_ops: bool = Field(False, description="Serve the test-only debug_* session operations (never in production).")
+    debug_ops: bool = Field(False, description="Serve the test-only debug_* session operations (never in "
+                            "production). Flag only: JIDOCODER_DEBUG_OPS is ignored, so an inherited "
+                            "environment cannot turn them on.")
 
     @property
     def socket_path(self) -> str:
@@ -86,7 +92,7 @@ class Settings(BaseModel):
         """Defaults, then JIDOCODER_<NAME> variables, then ``overrides`` (CLI flags; None skipped)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for name in cls.model_fields:
+        for name in cls.model_fields.keys() - FLAG_ONLY:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw not in (None, ""):
                 values[name] = raw
@@ -102,8 +108,19 @@ class Settings(BaseModel):
                                            "state_dir": str(settings.state_path)})
 
     def to_env(self) -> dict[str, str]:
-        """These settings as JIDOCODER_<NAME> variables (how a background daemon inherits them)."""
-        return {ENV_PREFIX + name.upper(): str(getattr(self, name)) for name in type(self).model_fields}
+        """These settings as JIDOCODER_<NAME> variables (how a background daemon inherits them),
+        but those in ``FLAG_ONLY``: see ``to_flags``."""
+        return {ENV_PREFIX + name.upper(): str(getattr(self, name))
+                for name in type(self).model_fields if name not in FLAG_ONLY}
+
+    def to_flags(self) -> list[str]:
+        """The ``FLAG_ONLY`` settings that differ from their default, as command-line flags."""
+        flags: list[str] = []
+        for name in sorted(FLAG_ONLY):
+            value = getattr(self, name)
+            if value != type(self).model_fields[name].default:
+                flags += [flag_name(name), str(value)]
+        return flags
 
 
 def flag_name(field: str) -> str:
@@ -115,7 +132,8 @@ def settings_table() -> str:
     rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.default if info.default != "" else "see above"
-        rows.append(f"| `{name}` | `{flag_name(name)}` | `{ENV_PREFIX}{name.upper()}` | "
+        environment = "(none)" if name in FLAG_ONLY else f"`{ENV_PREFIX}{name.upper()}`"
+        rows.append(f"| `{name}` | `{flag_name(name)}` | {environment} | "
                     f"`{default}` | {info.description} |")
     return "\n".join(rows)
 

@@ -21,11 +21,19 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+def to_utc(value: datetime) -> datetime:
+    """An aware datetime moved to UTC: the one place that conversion is written.
+
+    A far-off date with an offset can fall outside datetime's range once moved to UTC; that
+    OverflowError would escape pydantic (it only catches ValueError), so it becomes one.
+    """
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from exc
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
 
 ROLES = ("user", "assistant", "system", "tool")
 
@@ -91,18 +99,9 @@ def _status(value: object) -> SessionStatus:
     return status
 
 
-def _as_utc(value: datetime) -> datetime:
-    # A far-off date with an offset can fall outside datetime's range once moved to UTC; that
-    # OverflowError would escape pydantic (it only catches ValueError), so it becomes one.
-    try:
-        return value.astimezone(timezone.utc)
-    except OverflowError as exc:
-        raise ValueError(f"{value.isoformat()} is out of range in UTC") from exc
-
-
 # Strict: a timestamp must already be a datetime here (deserialize parses strings itself, so a
 # string given to update() is refused, not silently parsed); aware, and moved to UTC.
-StrictUtcDatetime = Annotated[AwareDatetime, Strict(), AfterValidator(_as_utc)]
+StrictUtcDatetime = Annotated[AwareDatetime, Strict(), AfterValidator(to_utc)]
 Status = Annotated[SessionStatus, BeforeValidator(_status)]
 SessionId = Annotated[str, Strict(), Field(min_length=1)]
 Count = Annotated[int, Strict(), Field(ge=0)]
@@ -141,6 +140,9 @@ _DATETIME_FIELDS = ("created_at", "updated_at")
 def _translate(exc: ValidationError) -> InvalidArgumentError:
     """The one mapping from a pydantic error to a rule code: every model path raises through it."""
     error = exc.errors()[0]
+    own = error.get("ctx", {}).get("error")
+    if error["type"] == "value_error" and isinstance(own, InvalidArgumentError):
+        return own  # raised by SessionState.__init__ inside model_validate: already translated
     loc = error["loc"]
     field = str(loc[0]) if loc else None
     kind = error["type"]
@@ -159,6 +161,13 @@ def _translate(exc: ValidationError) -> InvalidArgumentError:
     return InvalidArgumentError(f"{field}: {error['msg']}", code=code, field=field)
 
 
+def _check_keys(data: Mapping[Any, Any]) -> None:
+    for key in data:
+        if not isinstance(key, str):
+            raise InvalidArgumentError(f"{_describe(key)} is not a field name (keys are str)",
+                                       code="unknown_field", field=str(key))
+
+
 def _next_timestamp(previous: datetime) -> datetime:
     # Two changes within one clock tick (or a clock stepped back) must still order: never reuse
     # or go below the previous updated_at.
@@ -174,18 +183,20 @@ class SessionState(_SessionFields):
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("session_id", "status", "created_at", "updated_at")
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, /, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
             raise _translate(exc) from None
 
-    # Mark this __init__ as pydantic's own (as RootModel does): otherwise model_validate would
-    # call it from inside validation and wrap its InvalidArgumentError (a ValueError) again.
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+    # pydantic calls an overridden __init__ from model_validate too, and reports what it raises
+    # as a ``value_error`` whose ``ctx["error"]`` is our InvalidArgumentError: ``_translate``
+    # hands that one back as it is.
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> SessionState:
+        if isinstance(obj, Mapping):  # they become __init__'s keywords, which must be str
+            _check_keys(obj)
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as exc:
@@ -197,13 +208,11 @@ class SessionState(_SessionFields):
             metadata: dict[str, Any] | None = None) -> SessionState:
         """A fresh ``initializing`` state; ``created_at == updated_at == now``."""
         now = utc_now()
-        return cls.model_validate({
-            "session_id": session_id, "status": SessionStatus.INITIALIZING,
-            "config": SessionConfig() if config is None else config,
-            "llm_config": {} if llm_config is None else llm_config,
-            "metadata": {} if metadata is None else metadata,
-            "created_at": now, "updated_at": now,
-        })
+        return cls(session_id=session_id, status=SessionStatus.INITIALIZING,
+                   config=SessionConfig() if config is None else config,
+                   llm_config={} if llm_config is None else llm_config,
+                   metadata={} if metadata is None else metadata,
+                   created_at=now, updated_at=now)
 
     @staticmethod
     def valid_transition(frm: object, to: object) -> bool:
@@ -228,7 +237,7 @@ class SessionState(_SessionFields):
         A given ``updated_at`` is validated but replaced. A change of ``status`` must be an edge
         of the transition table (``InvalidTransitionError``): the table is never bypassed.
         """
-        changed = type(self).model_validate({**self._fields(), **changes})
+        changed = type(self)(**{**self._fields(), **changes})
         if changed.status != self.status:
             self._check_edge(changed.status)
         return changed.model_copy(update={"updated_at": _next_timestamp(self.updated_at)})
@@ -261,10 +270,11 @@ class SessionState(_SessionFields):
             if name not in data:
                 code = "missing_datetime" if name in _DATETIME_FIELDS else "missing_field"
                 raise InvalidArgumentError(f"{name} is required", code=code, field=name)
+        _check_keys(data)
         values = dict(data)
         for name in _DATETIME_FIELDS:
             values[name] = _parse_timestamp(name, data[name])
-        return cls.model_validate(values)
+        return cls(**values)
 
 
 def _parse_timestamp(name: str, value: object) -> datetime:
@@ -278,10 +288,10 @@ def _parse_timestamp(name: str, value: object) -> datetime:
         raise InvalidArgumentError(f"{name}: {_describe(value)} is not an ISO 8601 time with a UTC "
                                    "offset", code="invalid_datetime_format", field=name)
     try:
-        return value.astimezone(timezone.utc)
-    except OverflowError:
-        raise InvalidArgumentError(f"{name}: {value.isoformat()} is out of range in UTC",
-                                   code="invalid_datetime_format", field=name) from None
+        return to_utc(value)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}", code="invalid_datetime_format",
+                                   field=name) from None
 
 
 def _describe(value: object) -> str:

@@ -9,6 +9,11 @@
 
 No self-transitions. Everything that changes a status (the models, the daemon) asks
 ``can_transition``; the daemon's shared-memory table stores ``SessionStatus.code``.
+
+The groups the rest of the code asks about are named here too, next to the table they follow:
+``SERVING`` (active, idle: takes calls; restored when the daemon restarts), ``LIVE`` (all but
+terminated: listed, counted, findable while it is created or ends) and ``ENDING``
+(terminating, terminated).
 """
 
 from __future__ import annotations
@@ -31,10 +36,6 @@ class SessionStatus(str, enum.Enum):
         """A small integer for the shared-memory table (0 is reserved for a free slot)."""
         return _CODES[self]
 
-    @classmethod
-    def from_code(cls, code: int) -> "SessionStatus":
-        return _STATUSES[code - 1]
-
 
 TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
     SessionStatus.INITIALIZING: frozenset({SessionStatus.ACTIVE, SessionStatus.TERMINATED}),
@@ -43,6 +44,10 @@ TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
     SessionStatus.TERMINATING: frozenset({SessionStatus.TERMINATED}),
     SessionStatus.TERMINATED: frozenset(),
 }
+
+SERVING: frozenset[SessionStatus] = frozenset({SessionStatus.ACTIVE, SessionStatus.IDLE})
+ENDING: frozenset[SessionStatus] = frozenset({SessionStatus.TERMINATING, SessionStatus.TERMINATED})
+LIVE: frozenset[SessionStatus] = frozenset(SessionStatus) - {SessionStatus.TERMINATED}
 
 _STATUSES = tuple(SessionStatus)
 _CODES = {status: index + 1 for index, status in enumerate(_STATUSES)}

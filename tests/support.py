@@ -19,6 +19,7 @@ from jidocoder import Client
 
 SHORT = 5.0   # something that should happen at once
 LONG = 30.0   # something that involves many processes
+EXPIRES = 0.2  # a wait that is meant to run out (a test of a timeout): short, to keep tests fast
 
 T = TypeVar("T")
 
@@ -89,8 +90,19 @@ def zombies_among_children(pid: int) -> list[int]:
     return [child for child in children_of(pid) if process_state(child) == "Z"]
 
 
-def fd_count(pid: int) -> int:
+def fd_count(pid: int | str = "self") -> int:
+    """Open descriptors of a process (of this one by default)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def contents(client: Client, session_id: str) -> list[str]:
+    """The session's conversation, as its messages' contents."""
+    return [m.content for m in client.get_conversation_history(session_id)]
+
+
+def info_of(client: Client, session_id: str):
+    """The session's listed info: reading it is not a call to the session (its status stays)."""
+    return next(i for i in client.list_sessions() if i.session_id == session_id)
 
 
 # Directories of this test run: the pid tells them from another run's on the same machine.
@@ -115,13 +127,14 @@ class DaemonProcess:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOCODER_")}
-        env.update(JIDOCODER_SOCKET=self.socket, JIDOCODER_STATE_DIR=str(self.state_dir),
-                   JIDOCODER_DEBUG_OPS="1")
+        env.update(JIDOCODER_SOCKET=self.socket, JIDOCODER_STATE_DIR=str(self.state_dir))
         return env
 
     def flags(self) -> list[str]:
+        """The settings as flags; the debug_* operations are on unless ``debug_ops=False``
+        (only the flag turns them on: API.md §8)."""
         flags = []
-        for name, value in self.settings.items():
+        for name, value in {"debug_ops": True, **self.settings}.items():
             flags += ["--" + name.replace("_", "-"), str(value)]
         return flags
 

@@ -2,7 +2,9 @@
 
 One daemon per socket and one per state dir, each held by an ``flock`` (released by the kernel
 when the holder dies, however it dies), never guessed from a pid file. A socket file found
-while we hold the socket's lock was left by a dead daemon and is reused.
+while we hold the socket's lock was left by a dead daemon and is reused. The default socket
+directory is used only if ``jidocoder._sockdir`` trusts it, checked before anything is created
+and again once it exists.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import stat
 from pathlib import Path
 
+from .._sockdir import check_socket_dir, is_default_socket_dir
 from ..errors import JidocoderError
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
@@ -37,10 +40,20 @@ class AlreadyRunning(StartError):
 
 
 def check_socket_path(path: str) -> None:
+    """Refuse, before anything is created, a socket path too long or in an untrusted default
+    directory (``jidocoder._sockdir``)."""
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:
         raise StartError(f"socket path is too long ({size} bytes; this system allows at most "
                          f"{MAX_SOCKET_PATH}): {path}. Choose a shorter --socket.")
+    check_default_socket_dir(path)
+
+
+def check_default_socket_dir(socket_path: str) -> None:
+    if is_default_socket_dir(socket_path):
+        reason = check_socket_dir(os.path.dirname(socket_path))
+        if reason is not None:
+            raise StartError(reason)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -74,6 +87,7 @@ def lock_socket(socket_path: str) -> int:
             directory.mkdir(parents=True, mode=0o700)
         except OSError as exc:
             raise StartError(f"cannot create socket dir {directory}: {exc.strerror}") from exc
+    check_default_socket_dir(socket_path)  # again: it may have been made since the first check
     fd = _open_lock(Path(socket_path + ".lock"))
     if not _try_lock(fd):
         os.close(fd)

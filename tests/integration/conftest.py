@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+
 import pytest
 
-from tests.support import DaemonProcess, process_alive, remove_tree, short_tempdir, zombies_among_children
+from tests.support import SHORT, DaemonProcess, process_alive, remove_tree, short_tempdir, zombies_among_children
 
 
 @pytest.fixture
@@ -21,15 +25,34 @@ def daemon_factory():
         return daemon
 
     yield start
+    # Every daemon is stopped before anything is asserted: one failure must not leave the
+    # others (and their sessions) running.
+    problems = []
     for daemon in started:
+        problems += end_daemon(daemon)
+    for root in roots:
+        remove_tree(root)
+    assert problems == []
+
+
+def end_daemon(daemon: DaemonProcess) -> list[str]:
+    """Stop ``daemon`` (SIGKILL its process group if that fails); what was wrong, as text."""
+    problems = []
+    try:
         if daemon.proc.poll() is None:
-            assert zombies_among_children(daemon.pid) == []
+            problems += [f"zombie {pid} under daemon {daemon.pid}" for pid in zombies_among_children(daemon.pid)]
             daemon.stop()
         else:
             daemon.kill()
-        assert not process_alive(daemon.pid)
-    for root in roots:
-        remove_tree(root)
+    except Exception as exc:  # noqa: BLE001 - reported after every daemon is stopped
+        problems.append(f"daemon {daemon.pid} did not stop cleanly: {exc!r}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGKILL)  # its own process group: it and its sessions
+        with contextlib.suppress(Exception):
+            daemon.proc.wait(SHORT)
+    if process_alive(daemon.pid):
+        problems.append(f"daemon {daemon.pid} is still alive")
+    return problems
 
 
 @pytest.fixture

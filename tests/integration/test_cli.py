@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from jidocoder import Client, DaemonUnavailableError, LimitExceededError
+from jidocoder import Client, DaemonUnavailableError, InvalidArgumentError, LimitExceededError
 from jidocoder.config import Settings, flag_name
 from tests.support import LONG, SHORT, children_of, process_alive, remove_tree, short_tempdir, wait_until
 
@@ -286,6 +286,123 @@ def test_a_connection_from_another_uid_is_refused(cli):
     assert by_credentials.returncode == 11, by_credentials.stdout + by_credentials.stderr
     with Client(cli.socket, timeout=SHORT) as client:  # the owner is still served
         assert client.list_sessions() == []
+
+
+# -- who may connect (API.md §8) ---------------------------------------------------------------
+# The default socket dir is exercised through $XDG_RUNTIME_DIR pointing into the test's own
+# directory, never through the real /tmp/jidocoder-<uid>.
+
+def default_dir_env(cli: Cli) -> tuple[dict[str, str], Path]:
+    """An environment whose default socket dir is <root>/xdg/jidocoder (no JIDOCODER_SOCKET)."""
+    env = cli.env(XDG_RUNTIME_DIR=str(cli.root / "xdg"))
+    del env["JIDOCODER_SOCKET"]
+    (cli.root / "xdg").mkdir(exist_ok=True)
+    return env, cli.root / "xdg" / "jidocoder"
+
+
+def start_flags(foreground: bool) -> list[str]:
+    return ["--foreground"] if foreground else []
+
+
+def refused_start(cli: Cli, env: dict[str, str], foreground: bool) -> str:
+    """``daemon start`` must exit 1 with one line on stderr, having created nothing; that line."""
+    result = cli.run("daemon", "start", *start_flags(foreground), env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not Path(cli.state_dir).exists()
+    return result.stderr
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
+def test_a_default_socket_dir_owned_by_another_user_is_refused_naming_owner_and_mode(cli, foreground):
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a directory to another uid")
+    env, socket_dir = default_dir_env(cli)
+    socket_dir.mkdir(mode=0o700)
+    os.chown(socket_dir, NOBODY, NOBODY)
+    message = refused_start(cli, env, foreground)
+    assert str(socket_dir) in message and f"owner uid {NOBODY}" in message and "mode 0700" in message
+    assert "--socket" in message  # what to do about it
+    assert os.listdir(socket_dir) == []
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
+def test_a_symlink_in_place_of_the_default_socket_dir_is_refused(cli, foreground):
+    env, socket_dir = default_dir_env(cli)
+    target = cli.root / "elsewhere"
+    target.mkdir(mode=0o700)
+    socket_dir.symlink_to(target)
+    message = refused_start(cli, env, foreground)
+    assert str(socket_dir) in message and "symbolic link" in message
+    assert os.listdir(target) == []
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o703], ids=["group-writable", "other-writable"])
+def test_a_default_socket_dir_writable_by_others_is_refused(cli, mode):
+    env, socket_dir = default_dir_env(cli)
+    socket_dir.mkdir()
+    os.chmod(socket_dir, mode)
+    message = refused_start(cli, env, foreground=False)
+    assert str(socket_dir) in message and f"mode {mode:04o}" in message and "chmod 700" in message
+    assert os.listdir(socket_dir) == []
+
+
+def test_a_private_default_socket_dir_is_used_and_a_missing_one_is_made_0700(cli):
+    env, socket_dir = default_dir_env(cli)
+    assert cli.run("daemon", "start", env=env).returncode == 0
+    status = json.loads(cli.run("daemon", "status", "--json", env=env).stdout)
+    cli.daemon_pids.add(status["pid"])
+    assert status["socket"] == str(socket_dir / "daemon.sock")
+    assert mode_of(socket_dir) == 0o700
+    assert cli.run("daemon", "stop", env=env).returncode == 0
+    assert cli.run("daemon", "start", env=env).returncode == 0  # the directory exists now: ours
+    cli.daemon_pids.add(json.loads(cli.run("daemon", "status", "--json", env=env).stdout)["pid"])
+
+
+def test_files_and_dirs_the_daemon_makes_are_private_whatever_the_callers_umask(cli):
+    old = os.umask(0o022)  # inherited by the command and the daemon it starts
+    try:
+        cli.started("--socket", str(cli.root / "run" / "d.sock"))
+    finally:
+        os.umask(old)
+    with Client(str(cli.root / "run" / "d.sock"), timeout=LONG) as client:
+        session = client.create_session()
+        client.send_message(session, "user", "hello")  # the session's own store exists now
+    state = Path(cli.state_dir)
+    made = [state, *state.rglob("*"), cli.root / "run"]
+    assert {"registry.db", "daemon.log", "sessions"} <= {p.name for p in made}
+    assert any(p.parent.name == "sessions" for p in made), sorted(map(str, made))
+    wrong = {str(p): oct(mode_of(p)) for p in made
+             if mode_of(p) != (0o700 if p.is_dir() else 0o600) and not stat.S_ISSOCK(os.lstat(p).st_mode)}
+    assert wrong == {}
+
+
+def debug_pid_of_a_new_session(socket_path: str) -> int:
+    with Client(socket_path, timeout=LONG) as client:
+        session = client.create_session()
+        return client._call("debug_pid", {"session_id": session})
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
+def test_debug_ops_are_served_only_with_the_flag_never_from_the_environment(cli, foreground):
+    inherited = cli.env(JIDOCODER_DEBUG_OPS="1")
+    if foreground:
+        proc = subprocess.Popen(cli.command("daemon", "start", "--foreground"), env=inherited,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        cli.daemon_pids.add(proc.pid)
+        wait_until(lambda: foreground_serves(proc, cli.socket), LONG, "the daemon to serve")
+    else:
+        cli.started(env=inherited)
+    with pytest.raises(InvalidArgumentError) as refused:
+        debug_pid_of_a_new_session(cli.socket)
+    assert refused.value.code == "unknown_op"
+    assert cli.run("daemon", "stop").returncode == 0
+    if foreground:
+        assert proc.wait(LONG) == 0
+        proc.stderr.close()
+    cli.started("--debug-ops", env=cli.env(JIDOCODER_DEBUG_OPS="0"))
+    assert debug_pid_of_a_new_session(cli.socket) > 0
 
 
 # -- daemon status -----------------------------------------------------------------------------

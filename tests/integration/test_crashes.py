@@ -22,8 +22,8 @@ import pytest
 
 from jidocoder import Client, Event, SessionStatus
 from jidocoder.errors import JidocoderError, SessionCrashedError, SessionNotFoundError
-from tests.support import (LONG, SHORT, DaemonProcess, children_of, process_alive, process_state, wait_until,
-                           zombies_among_children)
+from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, process_alive, process_state,
+                           wait_until, zombies_among_children)
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -89,10 +89,6 @@ def expect_first_crash_and_restart(events: "EventLog", session: str, reason: str
 
 def assert_no_zombies(daemon: DaemonProcess) -> None:
     assert zombies_among_children(daemon.pid) == []
-
-
-def contents(client: Client, session_id: str) -> list[str]:
-    return [m.content for m in client.get_conversation_history(session_id)]
 
 
 def debug(client: Client, op: str, session_id: str, **args: Any) -> Any:

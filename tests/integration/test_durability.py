@@ -15,7 +15,7 @@ import pytest
 
 from jidocoder import Client, SessionStatus, wire
 from jidocoder.errors import DaemonUnavailableError, SessionNotFoundError
-from tests.support import LONG, SHORT, DaemonProcess, process_alive, wait_until
+from tests.support import LONG, SHORT, DaemonProcess, info_of, process_alive, wait_until
 
 GARBAGE = b"this is not an sqlite database, just bytes someone wrote over it\n" * 64
 
@@ -46,11 +46,6 @@ def populate(client: Client, **config) -> str:
     client.update_file_index(sid, "/src/b.py", {"summary": "merged"})
     client.remove_file(sid, "/src/c.py")
     return sid
-
-
-def info_of(client: Client, sid: str):
-    """The session's listed info: reading it is not a call to the session (its status stays)."""
-    return next(i for i in client.list_sessions() if i.session_id == sid)
 
 
 def data_of(client: Client, sid: str) -> dict:

@@ -4,7 +4,7 @@ its next call makes it active again, both with session_status events; idle sessi
 from __future__ import annotations
 
 from jidocoder import Client, SessionStatus
-from tests.support import SHORT, process_alive, wait_until
+from tests.support import SHORT, info_of, process_alive, wait_until
 
 SHORT_TIMEOUT = {"timeout_minutes": 0.01}  # 0.6 s
 
@@ -15,11 +15,6 @@ def next_event_of(client: Client, event_type: str, timeout: float = SHORT):
     assert event is not None, f"no {event_type} event within {timeout}s"
     assert event.type == event_type, event
     return event
-
-
-def info_of(client: Client, sid: str):
-    """The listed info: reading it is not a call to the session, so its status stays."""
-    return next(i for i in client.list_sessions() if i.session_id == sid)
 
 
 def test_a_session_without_calls_goes_idle_with_an_event_and_the_next_call_makes_it_active(daemon):

@@ -15,8 +15,8 @@ import pytest
 
 from jidocoder import (InvalidArgumentError, LimitExceededError, SessionNotFoundError,
                        SessionStatus, wire)
-from tests.support import (LONG, SHORT, children_of, cpu_seconds, session_processes, fd_count, process_alive, rss_kib,
-                           take_events, wait_until)
+from tests.support import (LONG, SHORT, children_of, contents, cpu_seconds, session_processes, fd_count, process_alive,
+                           rss_kib, take_events, wait_until)
 
 SESSION_ID = re.compile(r"session_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 UNKNOWN_ID = "session_00000000-0000-4000-8000-000000000000"
@@ -73,10 +73,6 @@ def failures_of(client, calls, expected_error, code=None):
         else:
             wrong.append(f"{name}: no error")
     return wrong
-
-
-def contents(client, session_id):
-    return [m.content for m in client.get_conversation_history(session_id)]
 
 
 # -- creating and listing ----------------------------------------------------------------------

@@ -3,7 +3,6 @@ speaks the protocol with jidocoder.wire (no daemon, no processes)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -23,10 +22,8 @@ from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, Jido
                               LimitExceededError, RequestTimeoutError, SessionCrashedError,
                               SessionNotFoundError)
 from jidocoder.models import ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo
-from tests.support import wait_until
-
-SHORT = 0.2  # a wait that is expected to run out
-LONG = 5.0   # a wait that is expected to succeed well before it runs out
+from tests.support import EXPIRES as SHORT  # this file's SHORT: a wait that is meant to run out
+from tests.support import LONG, fd_count, wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 HELLO = {"pid": 4242, "version": "0.1.0", "max_request_bytes": 4096}
@@ -160,10 +157,6 @@ def in_background(call: Callable[[], Any]) -> tuple[threading.Thread, list, list
 def reading(client: Client) -> bool:
     """Some thread holds the client's reader role (it is inside poll or routing)."""
     return client._reading
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def thread_names() -> set[str]:

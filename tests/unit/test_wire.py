@@ -292,8 +292,10 @@ def test_empty_frame_is_a_protocol_error():
 
 def test_decoder_close_is_silent_between_frames():
     decoder = FrameDecoder(100)
-    decoder.feed(pack_frame(1, 100))
-    decoder.close()
+    assert decoder.feed(pack_frame(1, 100)) == [1]
+    assert decoder.pending == 0
+    assert decoder.close() is None  # a clean EOF: no ProtocolError, nothing left over
+    assert decoder.pending == 0
 
 
 def test_decoder_close_in_the_middle_of_a_frame_is_a_protocol_error():
