@@ -10,12 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+import socket
+from typing import Any, Callable, Protocol
 
+from ..context import SessionContext
+from ..filecache import FileCache
 from .exits import StopServing
 
-if TYPE_CHECKING:
-    from .session import SessionProcess
+
+class SessionProcess(Protocol):
+    """What a handler may use of the session process (``session.SessionProcess``)."""
+
+    context: SessionContext
+    cache: FileCache
+    store: Any  # store.SessionStore, or None for a session with persistence disabled
+    spec: Any  # session.SessionSpec
+    sock: socket.socket
 
 log = logging.getLogger("jidocoder.session")
 
@@ -24,39 +34,39 @@ NO_EVENTS: list = []
 
 
 # -- the operations: each returns (result, events) ---------------------------------------------
-def handle_send_message(s: "SessionProcess", role: Any, content: Any):
+def handle_send_message(s: SessionProcess, role: Any, content: Any):
     return None, s.context.add_message(role, content)
 
 
-def handle_get_conversation_history(s: "SessionProcess"):
+def handle_get_conversation_history(s: SessionProcess):
     return [m.model_dump() for m in s.context.history()], NO_EVENTS
 
 
-def handle_clear_conversation(s: "SessionProcess"):
+def handle_clear_conversation(s: SessionProcess):
     return None, s.context.clear_conversation()
 
 
-def handle_add_file(s: "SessionProcess", path: Any):
+def handle_add_file(s: SessionProcess, path: Any):
     return None, s.context.add_file(path)
 
 
-def handle_remove_file(s: "SessionProcess", path: Any):
+def handle_remove_file(s: SessionProcess, path: Any):
     return None, s.context.remove_file(path)
 
 
-def handle_get_active_files(s: "SessionProcess"):
+def handle_get_active_files(s: SessionProcess):
     return [f.model_dump() for f in s.context.active_files()], NO_EVENTS
 
 
-def handle_update_file_index(s: "SessionProcess", path: Any, metadata: Any):
+def handle_update_file_index(s: SessionProcess, path: Any, metadata: Any):
     return None, s.context.update_file_index(path, metadata)
 
 
-def handle_get_file_index(s: "SessionProcess"):
+def handle_get_file_index(s: SessionProcess):
     return s.context.file_index(), NO_EVENTS
 
 
-def handle_build_context(s: "SessionProcess", include: Any = ("conversation", "files", "file_index"),
+def handle_build_context(s: SessionProcess, include: Any = ("conversation", "files", "file_index"),
                          max_messages: Any = None, max_files: Any = None):
     built = s.context.build_context(include, max_messages=max_messages, max_files=max_files)
     for key in ("conversation", "files"):
@@ -65,22 +75,22 @@ def handle_build_context(s: "SessionProcess", include: Any = ("conversation", "f
     return built, NO_EVENTS
 
 
-def handle_cache_file(s: "SessionProcess", path: Any, content: Any, metadata: Any = None):
+def handle_cache_file(s: SessionProcess, path: Any, content: Any, metadata: Any = None):
     s.cache.put(path, content, metadata)
     return None, NO_EVENTS
 
 
-def handle_get_file(s: "SessionProcess", path: Any):
+def handle_get_file(s: SessionProcess, path: Any):
     cached = s.cache.get(path)
     return (cached.model_dump() if cached is not None else None), NO_EVENTS
 
 
-def handle_invalidate_file(s: "SessionProcess", path: Any):
+def handle_invalidate_file(s: SessionProcess, path: Any):
     s.cache.invalidate(path)
     return None, NO_EVENTS
 
 
-def handle_clear_session_cache(s: "SessionProcess"):
+def handle_clear_session_cache(s: SessionProcess):
     s.cache.clear()
     return None, NO_EVENTS
 
@@ -92,20 +102,20 @@ SESSION_OPS = frozenset(HANDLERS)
 
 
 # -- what each event means for the store --------------------------------------------------------
-def _persist_message(s: "SessionProcess", p: dict) -> None:
+def _persist_message(s: SessionProcess, p: dict) -> None:
     s.store.append_message(s.context.last_message(), keep=s.spec.config.max_history)
 
 
-def _persist_file_added(s: "SessionProcess", p: dict) -> None:
+def _persist_file_added(s: SessionProcess, p: dict) -> None:
     added = next(f for f in reversed(s.context.active_files()) if f.path == p["file_path"])
     s.store.add_file(added)
 
 
-def _persist_index(s: "SessionProcess", p: dict) -> None:
+def _persist_index(s: SessionProcess, p: dict) -> None:
     s.store.put_index(p["file_path"], s.context.file_index()[p["file_path"]])
 
 
-PERSISTERS: dict[str, Callable[["SessionProcess", dict], None]] = {
+PERSISTERS: dict[str, Callable[[SessionProcess, dict], None]] = {
     "conversation_added": _persist_message,
     "conversation_cleared": lambda s, p: s.store.clear_messages(),
     "file_added": _persist_file_added,
@@ -115,37 +125,37 @@ PERSISTERS: dict[str, Callable[["SessionProcess", dict], None]] = {
 
 
 # -- test hooks, served only when the daemon runs with debug_ops -------------------------------
-def debug_exit(s: "SessionProcess", code: int = 3):
+def debug_exit(s: SessionProcess, code: int = 3):
     raise StopServing(int(code))
 
 
-def debug_hang(s: "SessionProcess", seconds: float = 3600.0):
+def debug_hang(s: SessionProcess, seconds: float = 3600.0):
     deadline = time.monotonic() + float(seconds)
     while time.monotonic() < deadline:  # busy, no heartbeat: what a stuck handler looks like
         pass
     return None, NO_EVENTS
 
 
-def debug_log(s: "SessionProcess", marker: str = "", count: int = 1, size: int = 100):
+def debug_log(s: SessionProcess, marker: str = "", count: int = 1, size: int = 100):
     for i in range(int(count)):
         log.info("%s %d %s", marker, i, "x" * int(size))
     return None, NO_EVENTS
 
 
-def debug_allocate(s: "SessionProcess", megabytes: int = 1):
+def debug_allocate(s: SessionProcess, megabytes: int = 1):
     s.__dict__.setdefault("_ballast", []).append(bytearray(int(megabytes) * 1024 * 1024))
     return None, NO_EVENTS
 
 
-def debug_pid(s: "SessionProcess"):
+def debug_pid(s: SessionProcess):
     return os.getpid(), NO_EVENTS
 
 
-def debug_raise(s: "SessionProcess", message: str = "a bug"):
+def debug_raise(s: SessionProcess, message: str = "a bug"):
     raise RuntimeError(message)  # what a bug in a handler looks like
 
 
-def debug_send_garbage(s: "SessionProcess"):
+def debug_send_garbage(s: SessionProcess):
     """Write bytes that are no frame to the daemon: what a session that breaks framing does."""
     s.sock.sendall(b"\xff\xff\xff\xffnot a frame")
     return None, NO_EVENTS

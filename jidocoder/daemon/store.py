@@ -514,19 +514,18 @@ class Registry(_Database):
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
         return True
 
-    def adopt_orphan(self, session_id: str) -> SessionState | None:
+    def adopt_orphan(self, state: SessionState) -> bool:
         """Record a session database that has no row (its row was lost: a damaged row or
-        registry) as failed, so that ``recover_failed`` can bring it back; the new state is
-        ``SessionState.new(session_id)`` made active, error "its registry row was lost". None,
-        and nothing written, if the id has a row already."""
-        state = SessionState.new(session_id).transition(SessionStatus.ACTIVE)
-        state = state.update(error=ORPHAN_ERROR)
+        registry) as failed with ``state`` (the caller's: a new one, ended, its ``error``
+        ORPHAN_ERROR), so that ``recover_failed`` can bring it back. False, and nothing
+        written, if the id has a row already."""
+        session_id = state.session_id
         blob = self._encode(state)
         with self._write() as conn:
             if session_id in _row_ids(conn):
-                return None
+                return False
             conn.execute("INSERT INTO failed VALUES (?, ?)", (session_id, blob))
-        return state
+        return True
 
     def row_statuses(self) -> dict[str, str | None]:
         """Every id with a row (live or failed) and its stored status string (None for a failed

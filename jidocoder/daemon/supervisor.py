@@ -187,13 +187,17 @@ class Supervisor:
                         session_id)
 
     def _adopt(self, session_id: str) -> None:
+        state = SessionState.new(session_id)
+        for status in (SessionStatus.ACTIVE, SessionStatus.TERMINATING, SessionStatus.TERMINATED):
+            state = state.transition(status)
+        state = state.update(error=store.ORPHAN_ERROR)
         try:
-            state = self.registry.adopt_orphan(session_id)
+            adopted = self.registry.adopt_orphan(state)
         except StorageError as exc:
             log.error("session %s has files but no registry record, and cannot be recorded as "
                       "failed (%s): left alone", session_id, exc)
             return
-        if state is not None:
+        if adopted:
             self.failed[session_id] = state
             log.error("session %s has files but no registry record: kept as a failed session",
                       session_id)
@@ -320,8 +324,7 @@ class Supervisor:
             raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
                                        field="session_id")
         record = self.records.get(session_id)
-        visible = record is not None and (record.state.status is not SessionStatus.TERMINATED
-                                          if any_live else record.state.status in SERVING)
+        visible = record is not None and record.state.status in (LIVE if any_live else SERVING)
         if not visible:
             raise SessionNotFoundError(f"no session {session_id!r} (unknown or terminated)",
                                        field="session_id")
@@ -358,7 +361,7 @@ class Supervisor:
 
     def live_records(self) -> list[SessionRecord]:
         """Sessions not terminated, oldest first."""
-        listed = [r for r in self.records.values() if r.state.status is not SessionStatus.TERMINATED]
+        listed = [r for r in self.records.values() if r.state.status in LIVE]
         return sorted(listed, key=lambda r: r.state.created_at)
 
     # -- status -------------------------------------------------------------------------------

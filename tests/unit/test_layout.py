@@ -158,9 +158,7 @@ def test_the_private_name_check_sees_what_it_should():
 
 
 # -- no import cycle inside jidocoder ----------------------------------------------------------
-KNOWN_CYCLES = {
-    frozenset({"jidocoder.daemon.api", "jidocoder.daemon.server"}),  # removed by the supervisor rework
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def imports_of(name: str, tree: ast.Module, modules: set[str]) -> set[str]:

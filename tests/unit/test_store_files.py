@@ -129,11 +129,10 @@ def test_adopt_orphan_offers_a_file_without_a_row_as_failed(tmp_path):
     other = state(OTHER)
     with Registry(tmp_path) as registry:
         registry.put(other)
-        adopted = registry.adopt_orphan(SID)
-        assert adopted.session_id == SID and adopted.status is SessionStatus.ACTIVE
-        assert adopted.error == ORPHAN_ERROR
+        adopted = state(SID).update(error=ORPHAN_ERROR)
+        assert registry.adopt_orphan(adopted) is True
         assert registry.load_failed() == [adopted]
-        assert registry.adopt_orphan(SID) is None and registry.adopt_orphan(OTHER) is None
+        assert registry.adopt_orphan(adopted) is False and registry.adopt_orphan(other) is False
         assert registry.load_all()[0] == [other]
 
 
