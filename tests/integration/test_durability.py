@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jidocoder import Client, SessionStatus, wire
+from jidocoder.daemon import store
 from jidocoder.errors import DaemonUnavailableError, SessionNotFoundError
 from tests.support import LONG, SHORT, DaemonProcess, info_of, process_alive, wait_until
 
@@ -355,21 +356,26 @@ def test_a_damaged_registry_is_moved_aside_and_the_daemon_starts(daemon_factory)
         assert [i.session_id for i in client.list_sessions()] == [sid]
 
 
-def test_a_damaged_registry_does_not_delete_the_sessions_stored_data(daemon_factory):
-    """Data is moved aside, never deleted (issue 5): losing the registry must not cost the
-    conversations kept in each session's own database."""
+def test_a_damaged_registry_keeps_every_session_as_a_failed_one_to_recover(daemon_factory):
+    """Losing the registry must not cost the conversations kept in each session's own
+    database: each is offered as a failed session, and recovering it brings its data back."""
     daemon = daemon_factory()
     with daemon.client() as client:
         sid = populate(client)
+        stored = data_of(client, sid)
     assert daemon.stop() == 0
     (daemon.state_dir / "registry.db").write_bytes(GARBAGE)
 
     daemon = daemon_factory(root=daemon.root)
+    assert (daemon.state_dir / "sessions" / f"{sid}.db").exists()
     with daemon.client() as client:
         assert client.list_sessions() == []
-    kept = [p for p in daemon.state_dir.rglob(f"{sid}.db*") if ".reason" not in p.name]
-    assert kept, "the session's database was deleted along with the damaged registry"
-    assert all(p.parent == daemon.state_dir / "damaged" for p in kept), kept
+        [failed] = client.list_failed_sessions()
+        assert failed.session_id == sid and failed.error == store.ORPHAN_ERROR
+        client.recover_session(sid)
+        assert client.get_session_info(sid).status is SessionStatus.ACTIVE
+        assert data_of(client, sid) == stored
+        assert client.list_failed_sessions() == []
 
 
 def test_a_store_from_a_newer_version_is_refused_and_left_unchanged(daemon_factory):
