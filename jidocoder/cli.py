@@ -120,6 +120,7 @@ def read_word(fd: int, timeout: float) -> str:
 
 
 def start_foreground(settings: Settings, ready_fd: int | None) -> int:
+    from .daemon.process import set_process_name
     from .daemon.server import run_daemon
     from .daemon.startup import StartError
     # Every file and directory the daemon makes is private whatever the caller's umask (API.md
@@ -151,14 +152,6 @@ def say(fd: int | None, word: str) -> None:
             os.write(fd, word.encode() + b"\n")
         except OSError:
             pass
-
-
-def set_process_name(name: str) -> None:
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 # -- daemon stop / status -------------------------------------------------------------------

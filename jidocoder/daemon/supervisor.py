@@ -505,6 +505,9 @@ class Supervisor:
         if self.records.get(record.session_id) is not record:
             return  # a process its session let go of (a create that failed): nothing more
         judged = restarts.judge_exit(status, link.kill_reason, link.last_word)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in exits.NAMES:
+            log.warning("session %s (pid %d) exited: %s", record.session_id, link.pid,
+                        exits.NAMES[os.WEXITSTATUS(status)])
         self._settle_in_flight(record, link, judged.reason)
         if self.shutting_down:
             return  # reap_children checks whether all are stopped
@@ -609,7 +612,6 @@ class Supervisor:
             self.stop_process(record.link)  # its exit finds no record: nothing more to do
         if record.recovered_from is not None:
             self.failed[record.session_id] = record.recovered_from
-        record.state = record.state.transition(SessionStatus.TERMINATED)
         if record.restart_timer is not None:
             record.restart_timer.cancel()
         self.table.release(record.slot)

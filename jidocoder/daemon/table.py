@@ -70,10 +70,6 @@ class SessionTable:
         self._map[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
         self._free.append(index)
 
-    @property
-    def used(self) -> int:
-        return self.capacity - len(self._free)
-
     def write_owner(self, index: int, *, status_code: int, incarnation: int, pid: int,
                     restarts: int, last_activity: float) -> None:
         """The daemon's fields only: a session may be writing its own at this very moment."""
