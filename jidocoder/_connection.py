@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import wire
-from ._reader import _MAX_REPLY_BYTES, _RECV_BYTES, RECV_SLICE, Reader, _remaining, _Slot
+from ._reader import RECV_SLICE, Reader, _remaining, _Slot
 from .config import MiB
 from .errors import (DaemonUnavailableError, LimitExceededError, ProtocolError,
                      RequestTimeoutError, from_wire)
@@ -82,8 +82,10 @@ class Connection(Reader):
         self._lost: tuple[str, BaseException | None] | None = None
         self._closed = False
         self._sock = self._connect()
-        self._decoder = wire.FrameDecoder(_MAX_REPLY_BYTES)
-        self._buffer = memoryview(bytearray(_RECV_BYTES))
+        # Replies and events have no size limit (API.md §9) but what a header can say; they
+        # come from our own daemon, behind a 0600 socket, so they are decoded without a budget.
+        self._decoder = wire.FrameDecoder(wire.MAX_FRAME)
+        self._buffer = memoryview(bytearray(wire.RECV_CHUNK))  # one recv buffer per client
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN)
         try:

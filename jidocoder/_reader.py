@@ -56,21 +56,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from . import wire
-from .config import MiB
 from .errors import InvalidArgumentError, ProtocolError
 from .models import Event
 
 __all__ = ["DRAIN_THREAD_NAME", "Reader", "to_model"]
 
 DRAIN_THREAD_NAME = "jidocoder-client-drain"
-
-# Replies come from our own daemon (a 0600 socket), and one may carry a whole cached file or a
-# long conversation, so the bound is generous (the largest max_request_bytes the daemon takes):
-# it only keeps a garbage header from making the decoder buffer up to 4 GiB.
-_MAX_REPLY_BYTES = 1024 * MiB
-# One recv takes at most this much, into a buffer allocated once per client: Python allocates
-# the whole requested size on every plain recv, and more than 64 KiB measured slower.
-_RECV_BYTES = 64 * 1024
 
 # The longest one blocking recv waits (the socket's SO_RCVTIMEO): a read with less time left
 # than this polls first, with the exact time left, so no wait passes a deadline.
@@ -232,7 +223,7 @@ class Reader:
             if not self._poller.poll(timeout * 1000):
                 return None
         try:
-            count = self._sock.recv_into(self._buffer, _RECV_BYTES)
+            count = self._sock.recv_into(self._buffer, wire.RECV_CHUNK)
         except BlockingIOError:  # the slice passed with nothing: the caller looks at its deadline
             return None
         if count == 0:

@@ -41,7 +41,8 @@ class Api:
     def dispatch(self, conn: ClientConnection, frame: Any) -> None:
         request_id = frame.get("id") if isinstance(frame, dict) else None
         conn.begin_call()
-        pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "")
+        pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "",
+                          request_deadline(frame))
         try:
             op, args = parse_request(frame)
             result = self.call(conn, op, args, pending)
@@ -95,7 +96,6 @@ class Api:
 
     def handle_subscribe_to_session(self, conn, pending, session_id=None) -> None:
         self.supervisor.find(session_id)
-        conn.topics.add(session_topic(session_id))
         self.bus.subscribe(session_topic(session_id), conn)
 
     def handle_unsubscribe_from_session(self, conn, pending, session_id=None) -> None:
@@ -118,6 +118,13 @@ class Api:
 
     def handle_shutdown(self, conn, pending) -> None:
         self.daemon.loop.call_later(0, self.daemon.begin_shutdown)
+
+
+def request_deadline(frame: Any) -> float | None:
+    """The absolute ``time.monotonic()`` at which the client gives up on the call, if it sent
+    one that is a number."""
+    deadline = frame.get("deadline") if isinstance(frame, dict) else None
+    return float(deadline) if type(deadline) in (int, float) else None
 
 
 def parse_request(frame: Any) -> tuple[str, dict[str, Any]]:
