@@ -18,7 +18,9 @@ waiter is woken: from then on every call raises ``DaemonUnavailableError``, and 
 Hazards designed against: the client's lock may be held while taking the send lock (to close
 the socket), never the reverse, so a sender that fails records the loss only after releasing
 the send lock. The socket is closed by the last thread to stop polling it (``close``, the role
-holder, the drain): an fd closed under a poll could be reused by an unrelated file.
+holder, the drain): an fd closed under a poll could be reused by an unrelated file. A Client
+dropped without ``close()`` leaves nothing behind: its finalizer (``_collected``) shuts the
+socket down, and closes it unless the drain thread is there to, once woken.
 
 This module, like client.py, never imports ``jidocoder.daemon``: a client process must stay
 small and free of the daemon's threads and state.
@@ -32,6 +34,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -39,8 +42,8 @@ from typing import Any
 from . import wire
 from ._reader import RECV_SLICE, Reader, _remaining, _Slot
 from .config import MiB
-from .errors import (DaemonUnavailableError, LimitExceededError, ProtocolError,
-                     RequestTimeoutError, from_wire)
+from .errors import (DaemonUnavailableError, InvalidArgumentError, LimitExceededError,
+                     ProtocolError, RequestTimeoutError, from_wire)
 from .models import Event
 
 __all__ = ["Connection", "DEFAULT_MAX_REQUEST_BYTES"]
@@ -57,8 +60,12 @@ class Connection(Reader):
     """A thread-safe connection to the daemon: requests and their replies, buffered events, the
     reader role and the drain. The socket is connected and hello answered on construction."""
 
-    def __init__(self, socket_path: str, timeout: float) -> None:
+    def __init__(self, socket_path: str, timeout: float, event_buffer: int = 10_000) -> None:
+        if type(event_buffer) is not int or event_buffer < 1:
+            raise InvalidArgumentError(f"event_buffer must be an int >= 1, not {event_buffer!r}",
+                                       code="invalid_argument", field="event_buffer")
         self.socket_path = socket_path
+        self.event_buffer = event_buffer
         self.timeout = timeout
         self.max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
         self.daemon_pid: int | None = None
@@ -69,6 +76,7 @@ class Connection(Reader):
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
         self._events: deque[Event] = deque()
+        self._gaps: dict[str, list[int]] = {}  # topic → [first_missing, next_seq] dropped
         # Each waiting thread's Condition → whether what it waits for has come.
         self._waiters: dict[threading.Condition, Callable[[], bool]] = {}
         self._local = threading.local()
@@ -77,11 +85,14 @@ class Connection(Reader):
         self._role_free = threading.Condition(self._lock)  # role given up or drain ended
         self._role_awaited = 0  # threads waiting on _role_free (only close): notified only then
         self._drain: threading.Thread | None = None  # started by the first subscription
+        self._drain_started: list[bool] = [False]  # shared with the finalizer, which has no self
         self._draining = False  # the drain thread may still poll the socket
         self._drain_stop = threading.Event()  # ends the drain's back-off at once
         self._lost: tuple[str, BaseException | None] | None = None
         self._closed = False
         self._sock = self._connect()
+        self._finalizer = weakref.finalize(self, _collected, self._sock, self._drain_stop,
+                                           self._drain_started)
         # Replies and events have no size limit (API.md §9) but what a header can say; they
         # come from our own daemon, behind a 0600 socket, so they are decoded without a budget.
         self._decoder = wire.FrameDecoder(wire.MAX_FRAME)
@@ -142,6 +153,7 @@ class Connection(Reader):
                     self._role_awaited -= 1
             self._close_socket_if_unused()
             drain = self._drain
+        self._finalizer.detach()
         if drain is not None:
             drain.join()  # it has already left the socket; this only reaps the thread
 
@@ -157,7 +169,7 @@ class Connection(Reader):
         """Send one request and return its result, or raise the error the daemon answered."""
         deadline = time.monotonic() + self.timeout
         request_id = next(self._ids)  # itertools.count is atomic under the GIL
-        frame = self._pack(op, {"id": request_id, "op": op, "args": args})
+        frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
         slot = self._register(request_id)
         try:
             self._send(op, frame, deadline)
@@ -271,6 +283,16 @@ class Connection(Reader):
         if self._closed and not self._reading and not self._draining:
             with self._send_lock:  # no sender may be inside the socket while it is closed
                 self._sock.close()
+
+
+def _collected(sock: socket.socket, drain_stop: threading.Event, drain_started: list[bool]) -> None:
+    """A Client collected without ``close()`` (this holds no reference to it). A drain thread,
+    if one was started, is woken by the shutdown and closes the fd itself (it may be polling
+    it); otherwise the fd is closed here."""
+    drain_stop.set()
+    _shutdown(sock)
+    if not drain_started[0]:
+        sock.close()
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, session_topic
@@ -84,8 +85,8 @@ class Api:
         self.supervisor.terminate_session(self.supervisor.find(session_id), pending)
         return DEFERRED
 
-    def handle_list_sessions(self, conn, pending) -> list:
-        return [self.supervisor.info(r) for r in self.supervisor.live_records()]
+    def handle_list_sessions(self, conn, pending, offset=0, limit=None) -> list:
+        return [self.supervisor.info(r) for r in page(self.supervisor.live_records(), offset, limit)]
 
     def handle_get_session_info(self, conn, pending, session_id=None) -> dict:
         return self.supervisor.info(self.supervisor.find(session_id, any_live=True))
