@@ -64,6 +64,19 @@ DECODE_RATIO = 8
 DECODE_FLOOR = 1024 * 1024
 
 
+# A session's ``metadata`` and ``llm_config`` (create_session), each encoded: they are kept in
+# the daemon for the session's life, in every SessionInfo and session_created event.
+MAX_SESSION_DICT_BYTES = 1024 * 1024
+
+
+def check_encoded_size(value: object, limit: int, field: str) -> None:
+    """``LimitExceededError`` naming ``field`` if ``value`` encodes to more than ``limit`` bytes."""
+    size = len(encode(value))
+    if size > limit:
+        raise LimitExceededError(f"{field} is {size} bytes encoded, more than the {limit} allowed",
+                                 field=field, details={"size": size, "limit": limit})
+
+
 def request_limit(max_request_bytes: int) -> int:
     """The largest request frame body a reader takes: the request plus its envelope (the Client
     refuses requests over ``max_request_bytes`` itself; this allowance is for the hops after)."""
@@ -128,7 +141,9 @@ def decode_bounded(data: bytes | bytearray | memoryview, budget: int | None = No
     """
     size = len(data)
     if budget is None:
-        budget = max(DECODE_RATIO * size, DECODE_FLOOR)
+        # The frame itself is held while it is decoded (and was read into a growing buffer):
+        # the objects get what is left of DECODE_RATIO times its size.
+        budget = max((DECODE_RATIO - 3) * size, DECODE_FLOOR)
     if size * _WORST_EXPANSION <= budget:
         return decode(data)  # whatever it holds fits: most requests, decoded at full speed
     spent = _Spent(budget, size)
@@ -154,13 +169,14 @@ class _Spent:
         self.left = self.budget = budget
         self.size = size
 
+    # Each container is charged its own size, its slot in its parent and its leaves.
     def charge_map(self, obj: dict) -> dict:
-        self._charge(sys.getsizeof(obj) + sum(map(_leaf_size, obj)) +
+        self._charge(_SLOT + sys.getsizeof(obj) + sum(map(_leaf_size, obj)) +
                      sum(map(_leaf_size, obj.values())))
         return obj
 
     def charge_list(self, obj: list) -> list:
-        self._charge(sys.getsizeof(obj) + sum(map(_leaf_size, obj)))
+        self._charge(_SLOT + sys.getsizeof(obj) + sum(map(_leaf_size, obj)))
         return obj
 
     def _charge(self, cost: int) -> None:
@@ -168,11 +184,13 @@ class _Spent:
         if self.left < 0:
             raise LimitExceededError(
                 f"a message of {self.size} bytes decodes to more than {self.budget} bytes of "
-                f"objects (at most {DECODE_RATIO} times its size); send fewer, larger values",
+                f"objects (the daemon holds at most {DECODE_RATIO} times a message's size); "
+                "send fewer, larger values",
                 details={"size": self.size, "limit": self.budget})
 
 
 _LEAVES = frozenset((str, bytes, int, float))
+_SLOT = 8  # a pointer in the list or dict that holds it
 
 
 def _leaf_size(obj: object) -> int:
@@ -440,7 +458,8 @@ class FrameDecoder:
         try:
             return decode_bounded(body)
         except LimitExceededError as error:  # the frame was whole: the stream is in step
-            return Refused(_peek_id(body), error)
+            # A new error: the raised one's traceback holds a view of the decoder's buffer.
+            return Refused(_peek_id(body), LimitExceededError(error.message, details=error.details))
 
     def close(self) -> None:
         """The peer's EOF: ``ProtocolError`` if it cut a frame short, else nothing."""
@@ -541,7 +560,7 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> int:
 __all__ = [
     "HEADER_SIZE", "MAX_FRAME", "ENVELOPE_BYTES", "CONTROL_FRAME_BYTES", "RECV_CHUNK",
     "DECODE_RATIO", "DECODE_FLOOR", "request_limit", "decode_bounded", "pack_reply",
-    "reply_buffers", "Refused",
+    "reply_buffers", "Refused", "MAX_SESSION_DICT_BYTES", "check_encoded_size",
     "DEFAULT_MAX_FRAME", "EXT_SESSION_STATUS", "encode", "decode", "pack_frame",
     "FrameDecoder", "read_frame", "write_frame", "send_buffers", "drop_sent",
 ]

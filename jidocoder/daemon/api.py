@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from .. import __version__, wire
 from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .clients import ClientConnection
@@ -78,6 +78,8 @@ class Api:
                 "max_request_bytes": self.daemon.settings.max_request_bytes}
 
     def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None):
+        for name, value in (("metadata", metadata), ("llm_config", llm_config)):
+            wire.check_encoded_size(value, wire.MAX_SESSION_DICT_BYTES, name)
         self.supervisor.create_session(metadata, llm_config, config, pending)
         return DEFERRED
 

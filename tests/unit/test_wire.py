@@ -453,7 +453,7 @@ def test_bounded_decoding_refuses_a_frame_of_empty_maps_before_it_grows_past_its
     body = encode({"id": 7, "op": "x", "args": {"m": [{}] * 500_000}})
     with pytest.raises(LimitExceededError) as info:
         wire.decode_bounded(body)
-    assert info.value.details == {"size": len(body), "limit": 8 * len(body)}
+    assert info.value.details == {"size": len(body), "limit": 5 * len(body)}
 
 
 def test_bounded_decoding_takes_ordinary_messages_large_and_small():
@@ -469,7 +469,9 @@ def test_an_untrusted_decoder_answers_a_refused_frame_with_its_id_and_stays_in_s
     decoder = FrameDecoder(64 * MiB, untrusted=True)
     bomb = pack_frame({"op": "x", "args": {"m": [{}] * 300_000}, "id": 41}, 64 * MiB)
     after = pack_frame({"id": 42, "op": "hello"}, 100)
-    refused, good = decoder.feed(bomb + after)
+    stream = bomb + after
+    pieces = [decoder.feed(stream[i:i + 65536]) for i in range(0, len(stream), 65536)]
+    refused, good = [obj for piece in pieces for obj in piece]  # a buffered frame, refused
     assert type(refused) is wire.Refused
     assert refused.reply()["id"] == 41
     assert refused.reply()["error"]["code"] == "limit_exceeded"
