@@ -132,12 +132,14 @@ class Connection(Reader):
         self.max_request_bytes = info.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES
 
     def close(self) -> None:
-        """Close the connection; idempotent, leaves no fd behind. Every waiting thread raises
-        ``DaemonUnavailableError``."""
+        """Close the connection; idempotent, leaves no fd, thread or buffered event behind.
+        Every waiting thread, and every later call, raises ``DaemonUnavailableError``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._events.clear()  # no buffer of a Client outlives close() (API.md §9)
+            self._gaps.clear()
             _shutdown(self._sock)  # wakes every poll on it (role holder, drain) and any sender
             self._drain_stop.set()
             self._wake_all()

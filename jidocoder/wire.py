@@ -17,6 +17,15 @@ length is four bytes the peer chose, and trusting it would let one header make u
 oversized frame is a ``LimitExceededError``; after it, or after any ``ProtocolError``, the stream
 is out of step and the connection must be closed.
 
+Sizes, written here only: a request frame is at most ``request_limit(max_request_bytes)``
+(the request plus ``ENVELOPE_BYTES``); replies and events only what the header can say
+(``MAX_FRAME``, 4 GiB - 1); a spec or log frame ``CONTROL_FRAME_BYTES``; every read is at most
+``RECV_CHUNK``. A frame from a peer that may be hostile is decoded by ``decode_bounded``, which
+stops once the objects it builds pass a budget (``FrameDecoder(untrusted=True)`` turns that
+into a ``Refused`` frame, answered with the request's id, the stream still in step). A result
+crosses the daemon undecoded: the session encodes it on its own (``pack_reply``) and the daemon
+frames those bytes for the client (``reply_buffers``).
+
 Encoding (``encode``/``decode``, which the store calls too): msgpack with ``str`` and ``bytes``
 kept distinct. Packed natively: None, bool, int (-2**63 .. 2**64-1), float, str, bytes, list,
 dict (keys str or int). Converted: tuple and list subclasses → list, dict subclasses → dict,

@@ -579,6 +579,16 @@ def test_a_subscribed_client_dropped_without_close_ends_its_drain_and_closes_its
     assert fd_count() == before
 
 
+def test_close_drops_the_buffered_events_and_next_event_then_raises(serve):
+    _, client = serve(events_during_call)
+    client.subscribe_to_session("s1")
+    wait_until(lambda: len(client._events) == 3, LONG, "the three events to be buffered")
+    client.close()
+    assert len(client._events) == 0
+    with pytest.raises(DaemonUnavailableError, match="closed"):
+        client.next_event(0)
+
+
 def test_next_event_returns_none_on_timeout(serve):
     _, client = serve()
     assert client.next_event(timeout=SHORT) is None
