@@ -151,13 +151,15 @@ class ClientConnection:
             frame = wire.pack_frame({"id": message.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
         self._queue(frame)
 
-    def send_event(self, event: dict[str, Any]) -> None:
+    def send_event(self, event: dict[str, Any], frame: bytes | None = None) -> None:
         """Events are what a client can fall behind on: one that has nothing queued takes any
         event; past the bound it is cut off. (A reply is never dropped: the client asked for
-        it, and one request brings one reply.)"""
+        it, and one request brings one reply.) ``frame`` is the event already framed, shared by
+        every subscriber."""
         if self.closed or self.closing is not None:
             return
-        frame = wire.pack_frame({"event": event}, wire.MAX_FRAME)
+        if frame is None:
+            frame = wire.pack_frame({"event": event}, wire.MAX_FRAME)
         if self._out_bytes and self._out_bytes + len(frame) > self.max_buffer:
             self._fall_behind(self._out_bytes + len(frame))
             return
