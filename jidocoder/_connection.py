@@ -89,6 +89,7 @@ class Connection(Reader):
         self._draining = False  # the drain thread may still poll the socket
         self._drain_stop = threading.Event()  # ends the drain's back-off at once
         self._lost: tuple[str, BaseException | None] | None = None
+        self._closing: str | None = None  # the code of the daemon's closing frame, if it sent one
         self._closed = False
         self._sock = self._connect()
         self._finalizer = weakref.finalize(self, _collected, self._sock, self._drain_stop,
@@ -259,6 +260,10 @@ class Connection(Reader):
         if self._closed:
             return DaemonUnavailableError("this Client is closed; make a new one")
         reason = self._lost[0] if self._lost else "unknown reason"
+        if self._closing is not None:  # the daemon said why: no advice to start a daemon
+            return DaemonUnavailableError(
+                f"{reason}; this Client is unusable, make a new one",
+                details={"socket": self.socket_path, "closing": self._closing})
         error = DaemonUnavailableError(
             f"connection to the daemon lost ({reason}); check it with `jidocoder daemon status`"
             " and start one with `jidocoder daemon start`",

@@ -125,6 +125,7 @@ class Reader:
     _draining: bool  # the drain thread may still poll the socket
     _drain_stop: threading.Event  # ends the drain's back-off at once
     _lost: tuple[str, BaseException | None] | None
+    _closing: str | None  # the code of the daemon's closing frame
     _closed: bool
     _decoder: wire.FrameDecoder
     _buffer: memoryview
@@ -272,7 +273,10 @@ class Reader:
                     events = True
                     continue
                 if "closing" in frame:  # the daemon says why it closes: the reason to give
-                    self._lose_locked(_closing_reason(frame["closing"]), None)
+                    closing = frame["closing"]
+                    if self._lost is None:
+                        self._closing = str(closing.get("code")) if isinstance(closing, dict) else ""
+                    self._lose_locked(_closing_reason(closing), None)
                     continue
                 slot = self._pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
                 if slot is not None:
@@ -388,7 +392,7 @@ def _gap_event(topic: str, first_missing: int, next_seq: int) -> Event:
 
 def _closing_reason(closing: Any) -> str:
     if isinstance(closing, dict) and isinstance(closing.get("message"), str):
-        return f"the daemon closed the connection: {closing['message']}"
+        return f"the daemon closed this connection: {closing['message']}"
     return "the daemon closed the connection"
 
 

@@ -119,6 +119,8 @@ def test_a_subscriber_that_stops_reading_is_dropped_and_its_client_says_it_fell_
                 received.append(event)
         assert "fell" in info.value.message and "behind" in info.value.message
         assert "client_buffer_bytes=65536" in info.value.message
+        assert info.value.details["closing"] == "fell_behind"
+        assert "daemon start" not in info.value.message  # the daemon is fine: no such advice
         assert 0 < len(received) < sent
         assert [e.seq for e in received] == list(range(received[0].seq,
                                                        received[0].seq + len(received)))

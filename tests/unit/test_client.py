@@ -557,8 +557,9 @@ def test_a_closing_frame_becomes_the_reason_every_later_call_gives(serve):
     with pytest.raises(DaemonUnavailableError, match="fell 9 bytes behind"):
         client.subscribe_to_session("s1")
     assert client.next_event(0).seq == 1  # what came before is still delivered
-    with pytest.raises(DaemonUnavailableError, match=r"fell 9 bytes behind \(client_buffer"):
+    with pytest.raises(DaemonUnavailableError, match=r"fell 9 bytes behind \(client_buffer") as info:
         client.next_event(0)
+    assert info.value.details["closing"] == "fell_behind"
 
 
 def test_a_subscribed_client_dropped_without_close_ends_its_drain_and_closes_its_fd(tmp_path):
