@@ -343,7 +343,8 @@ class SessionProcess:
         try:
             if "result" not in frame:
                 return wire.pack_frame(frame, wire.MAX_FRAME)
-            return wire.pack_reply({k: v for k, v in frame.items() if k != "result"}, frame["result"])
+            envelope = frame.copy()
+            return wire.pack_reply(envelope, envelope.pop("result"))
         except JidocoderError as exc:  # over 4 GiB, or not encodable: say so instead
             return wire.pack_frame({"id": frame.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
 

@@ -487,7 +487,7 @@ def test_a_session_reply_carries_its_result_encoded_and_the_daemon_forwards_it_u
     assert link_reply["id"] == 3 and link_reply["events"] == [["conversation_cleared",
                                                                 {"session_id": "s"}]]
     buffers = wire.reply_buffers(99, link_reply["packed"])
-    assert buffers[1] is link_reply["packed"]  # not copied
+    assert buffers[1] is link_reply["packed"]  # a large result is not copied
     client_frame = b"".join(buffers)
     assert struct.unpack(">I", client_frame[:4])[0] == len(client_frame) - 4
     assert decode(client_frame[4:]) == {"id": 99, "result": result}
@@ -498,3 +498,13 @@ def test_a_reply_of_many_fields_and_a_large_result_is_framed_exactly():
     envelope = {f"k{i}": i for i in range(20)}  # past a fixmap's 15 entries
     frame = wire.pack_reply(envelope, "x" * 70_000)
     assert decode(frame[HEADER_SIZE:]) == {**envelope, "packed": encode("x" * 70_000)}
+
+
+def test_a_small_result_travels_the_same_way_in_one_buffer():
+    from jidocoder import wire
+    frame = wire.pack_reply({"id": 4, "events": []}, None)
+    link_reply = decode(frame[HEADER_SIZE:])
+    assert link_reply == {"id": 4, "events": [], "packed": encode(None)}
+    [buffer] = wire.reply_buffers("x", link_reply["packed"])
+    assert decode(buffer[HEADER_SIZE:]) == {"id": "x", "result": None}
+    assert struct.unpack(">I", buffer[:4])[0] == len(buffer) - HEADER_SIZE
