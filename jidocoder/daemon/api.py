@@ -17,7 +17,7 @@ from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, session_topic
-from .link import Pending
+from .link import Pending, request_deadline
 from .worker import DEBUG_HANDLERS, SESSION_OPS
 
 if TYPE_CHECKING:
@@ -121,13 +121,6 @@ class Api:
 
     def handle_shutdown(self, conn, pending) -> None:
         self.daemon.loop.call_later(0, self.daemon.begin_shutdown)
-
-
-def request_deadline(frame: Any) -> float | None:
-    """The absolute ``time.monotonic()`` at which the client gives up on the call, if it sent
-    one that is a number."""
-    deadline = frame.get("deadline") if isinstance(frame, dict) else None
-    return float(deadline) if type(deadline) in (int, float) else None
 
 
 def parse_request(frame: Any) -> tuple[str, dict[str, Any]]:

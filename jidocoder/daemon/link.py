@@ -49,6 +49,13 @@ class Pending:
         self.client.reply_packed(self.request_id, packed)
 
 
+def request_deadline(frame: Any) -> float | None:
+    """The absolute ``time.monotonic()`` at which the client gives up on the call, if it sent
+    one that is a number (docs/protocol.md)."""
+    deadline = frame.get("deadline") if isinstance(frame, dict) else None
+    return float(deadline) if type(deadline) in (int, float) else None
+
+
 @dataclass(slots=True)
 class Call:
     """A call sent to a session process, kept until it answers (or dies)."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 
 from jidocoder import wire
-from jidocoder.daemon.api import request_deadline
-from jidocoder.daemon.link import Pending, SessionLink
+from jidocoder.daemon.link import Pending, SessionLink, request_deadline
 
 
 class Replies:
