@@ -400,6 +400,11 @@ class Refused:
         return {"id": self.request_id, "error": self.error.to_wire()}
 
 
+def _is_int_type(first_byte: int) -> bool:
+    """Whether a msgpack object starting with ``first_byte`` is an int (fixints, (u)int 8-64)."""
+    return first_byte <= 0x7f or 0xcc <= first_byte <= 0xd3 or first_byte >= 0xe0
+
+
 def _peek_id(body: bytes | bytearray | memoryview) -> object:
     """The ``id`` of the map in ``body`` if it is a small int, else None; nothing else is built
     (every other value is skipped in place)."""
@@ -411,9 +416,8 @@ def _peek_id(body: bytes | bytearray | memoryview) -> object:
             unpacker.skip()
             key_size = unpacker.tell() - start
             key = decode(body[start:start + key_size]) if key_size <= 16 else None
-            if key == "id":
-                value = unpacker.unpack() if body[unpacker.tell()] < 0xd4 else None
-                return value if type(value) is int else None
+            if key == "id":  # unpacked only if it is an int: anything else could be a bomb
+                return unpacker.unpack() if _is_int_type(body[unpacker.tell()]) else None
             unpacker.skip()
     except (ValueError, TypeError, IndexError, JidocoderError, msgpack.UnpackException):
         pass

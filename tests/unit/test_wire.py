@@ -508,3 +508,12 @@ def test_a_small_result_travels_the_same_way_in_one_buffer():
     [buffer] = wire.reply_buffers("x", link_reply["packed"])
     assert decode(buffer[HEADER_SIZE:]) == {"id": "x", "result": None}
     assert struct.unpack(">I", buffer[:4])[0] == len(buffer) - HEADER_SIZE
+
+
+def test_a_refused_frame_whose_id_is_no_int_is_answered_with_none_and_nothing_built():
+    from jidocoder import wire
+    nested = [[[[]] * 15] * 15] * 15
+    for request_id in (nested, "7", 1.5, None, -3, 2**40):
+        body = encode({"id": request_id, "args": {"m": [{}] * 300_000}})
+        [refused] = FrameDecoder(64 * MiB, untrusted=True).feed(pack_frame(decode(body), 64 * MiB))
+        assert refused.request_id == (request_id if type(request_id) is int else None)
