@@ -278,6 +278,12 @@ class Reader:
                         self._closing = str(closing.get("code")) if isinstance(closing, dict) else ""
                     self._lose_locked(_closing_reason(closing), None)
                     continue
+                if frame.get("id") is None and isinstance(frame.get("error"), dict):
+                    # A frame the daemon could not read (an oversized header): the stream is
+                    # out of step and the daemon closes it; this is the reason to give.
+                    self._lose_locked("the daemon refused a frame: "
+                                      f"{frame['error'].get('message')}", None)
+                    continue
                 slot = self._pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
                 if slot is not None:
                     slot.reply = frame

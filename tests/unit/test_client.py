@@ -562,6 +562,18 @@ def test_a_closing_frame_becomes_the_reason_every_later_call_gives(serve):
     assert info.value.details["closing"] == "fell_behind"
 
 
+def test_an_error_the_daemon_sends_for_no_request_becomes_the_reason_calls_give(serve):
+    def script(peer: Peer) -> None:
+        peer.recv()
+        wire.write_frame(peer.conn, {"id": None, "error": LimitExceededError(
+            "a frame of 99 bytes is larger than the limit of 98 bytes").to_wire()}, 1024)
+        peer.release.wait(LONG)
+
+    _, client = serve(script)
+    with pytest.raises(DaemonUnavailableError, match="refused a frame: a frame of 99 bytes"):
+        client.get_session_pid("s1")
+
+
 def test_a_subscribed_client_dropped_without_close_ends_its_drain_and_closes_its_fd(tmp_path):
     before = fd_count()
     peer = Peer(str(tmp_path / "p.sock"), echo, HELLO)

@@ -517,3 +517,14 @@ def test_a_refused_frame_whose_id_is_no_int_is_answered_with_none_and_nothing_bu
         body = encode({"id": request_id, "args": {"m": [{}] * 300_000}})
         [refused] = FrameDecoder(64 * MiB, untrusted=True).feed(pack_frame(decode(body), 64 * MiB))
         assert refused.request_id == (request_id if type(request_id) is int else None)
+
+
+def test_an_untrusted_decoder_refuses_an_undecodable_frame_and_stays_in_step():
+    from jidocoder import wire
+    decoder = FrameDecoder(64 * MiB, untrusted=True)
+    deep = b"\x83\xa2id\x05\xa2op\xa1x\xa4args" + b"\x91" * 100_000 + b"\x80"  # nested too deep
+    refused, good = decoder.feed(struct.pack(">I", len(deep)) + deep +
+                                 pack_frame({"id": 6}, 100))
+    assert type(refused) is wire.Refused and refused.request_id == 5
+    assert refused.reply()["error"]["code"] == "protocol_error"
+    assert good == {"id": 6}
