@@ -386,10 +386,10 @@ def _too_large(size: int, max_size: int) -> LimitExceededError:
 
 
 class Refused:
-    """A whole frame that ``decode_bounded`` refused (over its budget, or undecodable: nested too
-    deep, a bad extension): the stream is still in step, so the frame's sender gets an error
-    reply (to its request ``request_id``, read without decoding the rest) and the connection
-    goes on."""
+    """A whole frame that ``decode_bounded`` refused for its budget: the stream is still in
+    step, so the frame's sender gets an error reply (to its request ``request_id``, read
+    without decoding the rest) and the connection goes on. (An undecodable frame is garbage:
+    its peer is not speaking the protocol, and the connection is dropped.)"""
 
     __slots__ = ("request_id", "error")
 
@@ -489,9 +489,9 @@ class FrameDecoder:
     def _decode_untrusted(body: memoryview) -> object:
         try:
             return decode_bounded(body)
-        except (LimitExceededError, ProtocolError) as error:  # the frame was whole: in step
+        except LimitExceededError as error:  # the frame was whole: the stream is in step
             # A new error: the raised one's traceback holds a view of the decoder's buffer.
-            return Refused(_peek_id(body), type(error)(error.message, details=error.details))
+            return Refused(_peek_id(body), LimitExceededError(error.message, details=error.details))
 
     def close(self) -> None:
         """The peer's EOF: ``ProtocolError`` if it cut a frame short, else nothing."""
