@@ -71,6 +71,7 @@ RECV_CHUNK = 64 * 1024
 # costs. 1 MB of empty maps became 69 MiB of objects when nothing counted them.
 DECODE_RATIO = 8
 DECODE_FLOOR = 1024 * 1024
+OPEN_LEAVES_RATIO = 2  # of the 8: what the leaves of a container not yet closed may take
 
 
 # A session's ``metadata`` and ``llm_config`` (create_session), each encoded: they are kept in
@@ -144,25 +145,46 @@ def decode_bounded(data: bytes | bytearray | memoryview, budget: int | None = No
     msgpack's ``max_map_len`` and friends bound each container, not their total: a frame of
     empty maps (one byte each, 64 bytes as a dict) grows 70-fold. Every container is charged,
     with the leaves it holds, as msgpack closes it (``object_hook``/``list_hook``), and the
-    decode stops at the first container past the budget, so what is held then is the budget
-    plus the leaves of one container. A frame too small to exceed the budget even at msgpack's
+    decode stops at the first container past the budget; a container's length is capped
+    (``OPEN_LEAVES_RATIO``) so that its leaves cannot grow past the budget before it closes.
+    Known limit: leaves held by the *ancestors* of the container being built (a list of leaves
+    whose last item is a list of leaves, 32 deep) are charged only as those close: a 16 MB frame
+    of that shape peaked at 596 MiB before it was refused. Forwarding a session call's args
+    undecoded (as results are) would leave only the daemon's own small calls to decode. A frame too small to exceed the budget even at msgpack's
     worst expansion is decoded without hooks (the hooks cost 4 us on a 150-byte request).
     """
     size = len(data)
     if budget is None:
         # The frame itself is held while it is decoded (and was read into a growing buffer):
         # the objects get what is left of DECODE_RATIO times its size.
-        budget = max((DECODE_RATIO - 3) * size, DECODE_FLOOR)
+        budget = max((DECODE_RATIO - 1 - OPEN_LEAVES_RATIO) * size, DECODE_FLOOR)
     if size * _WORST_EXPANSION <= budget:
         return decode(data)  # whatever it holds fits: most requests, decoded at full speed
     spent = _Spent(budget, size)
+    # A container's leaves are charged only when it closes: its length is capped so that the
+    # leaves of one open container cost at most OPEN_LEAVES_RATIO times the frame.
+    open_leaves = max(OPEN_LEAVES_RATIO * size, DECODE_FLOOR)
     try:
         return msgpack.unpackb(data, object_hook=spent.charge_map, list_hook=spent.charge_list,
-                               **_UNPACK_OPTIONS)
-    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as error:
+                               max_array_len=open_leaves // _WORST_ELEMENT,
+                               max_map_len=open_leaves // _WORST_ENTRY, **_UNPACK_OPTIONS)
+    except ValueError as error:
+        if "exceeds max_" in str(error):  # msgpack's own words for a length over its cap
+            raise LimitExceededError(
+                f"a message of {size} bytes holds a container of more than "
+                f"{open_leaves // _WORST_ENTRY} entries or {open_leaves // _WORST_ELEMENT} "
+                f"items: {error}", details={"size": size}) from None
+        raise ProtocolError(f"undecodable message of {size} bytes: {error}",
+                            details={"size": size}) from error
+    except (TypeError, OverflowError, msgpack.UnpackException) as error:
         raise ProtocolError(f"undecodable message of {size} bytes: {error}",
                             details={"size": size}) from error
 
+
+# An element's worst cost while its container is open: a 2-character str (51 bytes) or an
+# uncached int (28) and its 8-byte slot; a map entry: two of those and its slot in the table.
+_WORST_ELEMENT = 64
+_WORST_ENTRY = 160
 
 # The most memory one byte of msgpack becomes: a one-byte map entry ({None: None} is 3 bytes, a
 # 224-byte dict and an 8-byte slot in its list) is about 77 times its encoding.

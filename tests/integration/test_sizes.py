@@ -147,17 +147,21 @@ def test_past_event_buffer_the_client_drops_the_oldest_and_tells_an_events_gap(d
         assert subscriber.next_event(0) is None
 
 
-def test_a_16_mib_request_of_empty_maps_is_refused_within_8_times_its_size(client, daemon):
+@pytest.mark.parametrize("shape", ["flat", "nested"])
+def test_a_16_mib_request_of_empty_maps_is_refused_within_8_times_its_size(client, daemon, shape):
     session_id = client.create_session(config={"persistence_enabled": False})
     client.update_file_index(session_id, "/kept", {"k": "v"})
-    bomb = {"m": [{}] * (16 * MiB - 256)}  # 16 MiB encoded; 1.1 GiB as Python dicts
+    # 16 MiB encoded, 1.1 GiB as Python dicts: one list (refused by its length), or lists of
+    # 1,000 (each charged as it closes, refused when the total passes the budget).
+    count = 16 * MiB - 16 * 1024
+    bomb = {"m": [{}] * count if shape == "flat" else [[{}] * 1000] * (count // 1003)}
     peak_before = vm_kib(daemon.pid, "VmHWM")
     rss_before = vm_kib(daemon.pid, "VmRSS")
     with pytest.raises(LimitExceededError) as info:
         client.update_file_index(session_id, "/bomb", bomb)
     peak_growth = vm_kib(daemon.pid, "VmHWM") - max(peak_before, rss_before)
     assert peak_growth < 8 * 16 * 1024, f"the daemon's peak grew by {peak_growth} KiB"
-    assert "decodes to more than" in info.value.message
+    assert info.value.code == "limit_exceeded" and "a message of" in info.value.message
     # the same client and the daemon go on; nothing of the refused request was applied
     index = client.get_file_index(session_id)
     assert list(index) == ["/kept"] and index["/kept"]["k"] == "v"

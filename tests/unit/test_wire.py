@@ -450,10 +450,19 @@ def test_a_request_frame_may_hold_the_request_and_its_envelope_and_a_reply_what_
 
 def test_bounded_decoding_refuses_a_frame_of_empty_maps_before_it_grows_past_its_budget():
     from jidocoder import wire
-    body = encode({"id": 7, "op": "x", "args": {"m": [{}] * 500_000}})
+    body = encode({"id": 7, "op": "x", "args": {"m": [[{}] * 1000] * 500}})
     with pytest.raises(LimitExceededError) as info:
         wire.decode_bounded(body)
     assert info.value.details == {"size": len(body), "limit": 5 * len(body)}
+
+
+@pytest.mark.parametrize("leaf", [b"\xec", b"\xa2ab", b"\xc0"])  # -20, "ab", None
+def test_bounded_decoding_refuses_one_container_whose_leaves_alone_would_pass_the_budget(leaf):
+    from jidocoder import wire
+    count = 4 * MiB // len(leaf)
+    body = b"\xdd" + count.to_bytes(4, "big") + leaf * count  # one array, 4 MiB
+    with pytest.raises(LimitExceededError, match="holds a container of more than"):
+        wire.decode_bounded(body)
 
 
 def test_bounded_decoding_takes_ordinary_messages_large_and_small():
@@ -467,7 +476,7 @@ def test_bounded_decoding_takes_ordinary_messages_large_and_small():
 def test_an_untrusted_decoder_answers_a_refused_frame_with_its_id_and_stays_in_step():
     from jidocoder import wire
     decoder = FrameDecoder(64 * MiB, untrusted=True)
-    bomb = pack_frame({"op": "x", "args": {"m": [{}] * 300_000}, "id": 41}, 64 * MiB)
+    bomb = pack_frame({"op": "x", "args": {"m": [[{}] * 1000] * 300}, "id": 41}, 64 * MiB)
     after = pack_frame({"id": 42, "op": "hello"}, 100)
     stream = bomb + after
     pieces = [decoder.feed(stream[i:i + 65536]) for i in range(0, len(stream), 65536)]
@@ -514,7 +523,7 @@ def test_a_refused_frame_whose_id_is_no_int_is_answered_with_none_and_nothing_bu
     from jidocoder import wire
     nested = [[[[]] * 15] * 15] * 15
     for request_id in (nested, "7", 1.5, None, -3, 2**40):
-        body = encode({"id": request_id, "args": {"m": [{}] * 300_000}})
+        body = encode({"id": request_id, "args": {"m": [[{}] * 1000] * 300}})
         [refused] = FrameDecoder(64 * MiB, untrusted=True).feed(pack_frame(decode(body), 64 * MiB))
         assert refused.request_id == (request_id if type(request_id) is int else None)
 
