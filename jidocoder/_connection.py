@@ -18,7 +18,9 @@ waiter is woken: from then on every call raises ``DaemonUnavailableError``, and 
 Hazards designed against: the client's lock may be held while taking the send lock (to close
 the socket), never the reverse, so a sender that fails records the loss only after releasing
 the send lock. The socket is closed by the last thread to stop polling it (``close``, the role
-holder, the drain): an fd closed under a poll could be reused by an unrelated file.
+holder, the drain): an fd closed under a poll could be reused by an unrelated file. A Client
+dropped without ``close()`` leaves nothing behind: its finalizer (``_collected``) shuts the
+socket down, and closes it unless the drain thread is there to, once woken.
 
 This module, like client.py, never imports ``jidocoder.daemon``: a client process must stay
 small and free of the daemon's threads and state.
@@ -32,15 +34,16 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from . import wire
-from ._reader import _MAX_REPLY_BYTES, _RECV_BYTES, RECV_SLICE, Reader, _remaining, _Slot
+from ._reader import RECV_SLICE, Reader, _remaining, _Slot
 from .config import MiB
-from .errors import (DaemonUnavailableError, LimitExceededError, ProtocolError,
-                     RequestTimeoutError, from_wire)
+from .errors import (DaemonUnavailableError, InvalidArgumentError, LimitExceededError,
+                     ProtocolError, RequestTimeoutError, from_wire)
 from .models import Event
 
 __all__ = ["Connection", "DEFAULT_MAX_REQUEST_BYTES"]
@@ -57,8 +60,12 @@ class Connection(Reader):
     """A thread-safe connection to the daemon: requests and their replies, buffered events, the
     reader role and the drain. The socket is connected and hello answered on construction."""
 
-    def __init__(self, socket_path: str, timeout: float) -> None:
+    def __init__(self, socket_path: str, timeout: float, event_buffer: int = 10_000) -> None:
+        if type(event_buffer) is not int or event_buffer < 1:
+            raise InvalidArgumentError(f"event_buffer must be an int >= 1, not {event_buffer!r}",
+                                       code="invalid_argument", field="event_buffer")
         self.socket_path = socket_path
+        self.event_buffer = event_buffer
         self.timeout = timeout
         self.max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
         self.daemon_pid: int | None = None
@@ -69,6 +76,7 @@ class Connection(Reader):
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
         self._events: deque[Event] = deque()
+        self._gaps: dict[str, list[int]] = {}  # topic → [first_missing, next_seq] dropped
         # Each waiting thread's Condition → whether what it waits for has come.
         self._waiters: dict[threading.Condition, Callable[[], bool]] = {}
         self._local = threading.local()
@@ -77,13 +85,19 @@ class Connection(Reader):
         self._role_free = threading.Condition(self._lock)  # role given up or drain ended
         self._role_awaited = 0  # threads waiting on _role_free (only close): notified only then
         self._drain: threading.Thread | None = None  # started by the first subscription
+        self._drain_started: list[bool] = [False]  # shared with the finalizer, which has no self
         self._draining = False  # the drain thread may still poll the socket
         self._drain_stop = threading.Event()  # ends the drain's back-off at once
         self._lost: tuple[str, BaseException | None] | None = None
+        self._closing: str | None = None  # the code of the daemon's closing frame, if it sent one
         self._closed = False
         self._sock = self._connect()
-        self._decoder = wire.FrameDecoder(_MAX_REPLY_BYTES)
-        self._buffer = memoryview(bytearray(_RECV_BYTES))
+        self._finalizer = weakref.finalize(self, _collected, self._sock, self._drain_stop,
+                                           self._drain_started)
+        # Replies and events have no size limit (API.md §9) but what a header can say; they
+        # come from our own daemon, behind a 0600 socket, so they are decoded without a budget.
+        self._decoder = wire.FrameDecoder(wire.MAX_FRAME)
+        self._buffer = memoryview(bytearray(wire.RECV_CHUNK))  # one recv buffer per client
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN)
         try:
@@ -119,12 +133,14 @@ class Connection(Reader):
         self.max_request_bytes = info.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES
 
     def close(self) -> None:
-        """Close the connection; idempotent, leaves no fd behind. Every waiting thread raises
-        ``DaemonUnavailableError``."""
+        """Close the connection; idempotent, leaves no fd, thread or buffered event behind.
+        Every waiting thread, and every later call, raises ``DaemonUnavailableError``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._events.clear()  # no buffer of a Client outlives close() (API.md §9)
+            self._gaps.clear()
             _shutdown(self._sock)  # wakes every poll on it (role holder, drain) and any sender
             self._drain_stop.set()
             self._wake_all()
@@ -140,6 +156,7 @@ class Connection(Reader):
                     self._role_awaited -= 1
             self._close_socket_if_unused()
             drain = self._drain
+        self._finalizer.detach()
         if drain is not None:
             drain.join()  # it has already left the socket; this only reaps the thread
 
@@ -155,7 +172,7 @@ class Connection(Reader):
         """Send one request and return its result, or raise the error the daemon answered."""
         deadline = time.monotonic() + self.timeout
         request_id = next(self._ids)  # itertools.count is atomic under the GIL
-        frame = self._pack(op, {"id": request_id, "op": op, "args": args})
+        frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
         slot = self._register(request_id)
         try:
             self._send(op, frame, deadline)
@@ -243,6 +260,10 @@ class Connection(Reader):
         if self._closed:
             return DaemonUnavailableError("this Client is closed; make a new one")
         reason = self._lost[0] if self._lost else "unknown reason"
+        if self._closing is not None:  # the daemon said why: no advice to start a daemon
+            return DaemonUnavailableError(
+                f"{reason}; this Client is unusable, make a new one",
+                details={"socket": self.socket_path, "closing": self._closing})
         error = DaemonUnavailableError(
             f"connection to the daemon lost ({reason}); check it with `jidocoder daemon status`"
             " and start one with `jidocoder daemon start`",
@@ -269,6 +290,16 @@ class Connection(Reader):
         if self._closed and not self._reading and not self._draining:
             with self._send_lock:  # no sender may be inside the socket while it is closed
                 self._sock.close()
+
+
+def _collected(sock: socket.socket, drain_stop: threading.Event, drain_started: list[bool]) -> None:
+    """A Client collected without ``close()`` (this holds no reference to it). A drain thread,
+    if one was started, is woken by the shutdown and closes the fd itself (it may be polling
+    it); otherwise the fd is closed here."""
+    drain_stop.set()
+    _shutdown(sock)
+    if not drain_started[0]:
+        sock.close()
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -34,7 +34,15 @@ up in the kernel and in the daemon, which drops a client that falls ``client_buf
 behind. The first subscription starts one thread (``DRAIN_THREAD_NAME``) that waits for the
 socket to turn readable without the role and takes the role only when it is free, for one read;
 finding it held, it backs off rather than ask to be woken, so no call pays a handoff for it. A
-client that never subscribes runs no thread at all.
+client that never subscribes runs no thread at all. The drain holds the client only through a
+weak reference, and never while it waits: a Client dropped without ``close()`` is collected,
+its finalizer shuts the socket down, and the drain, woken by that, closes the fd and ends.
+
+The event buffer holds at most ``event_buffer`` events not taken yet: past that the oldest is
+dropped and remembered per topic as a gap, and the next event taken is an ``events_gap``
+(API.md §10: ``{"topic", "first_missing", "next_seq"}``), so a consumer never misses a silent
+hole. A ``{"closing": {code, message}}`` frame from the daemon (it fell behind) becomes the
+reason every later call gives.
 
 Hazard designed against: the socket is closed by the last thread to stop polling it (``close``,
 the role holder, the drain): an fd closed under a poll could be reused by an unrelated file.
@@ -49,6 +57,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -56,21 +65,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from . import wire
-from .config import MiB
 from .errors import InvalidArgumentError, ProtocolError
-from .models import Event
+from .models import Event, utc_now
 
 __all__ = ["DRAIN_THREAD_NAME", "Reader", "to_model"]
 
 DRAIN_THREAD_NAME = "jidocoder-client-drain"
-
-# Replies come from our own daemon (a 0600 socket), and one may carry a whole cached file or a
-# long conversation, so the bound is generous (the largest max_request_bytes the daemon takes):
-# it only keeps a garbage header from making the decoder buffer up to 4 GiB.
-_MAX_REPLY_BYTES = 1024 * MiB
-# One recv takes at most this much, into a buffer allocated once per client: Python allocates
-# the whole requested size on every plain recv, and more than 64 KiB measured slower.
-_RECV_BYTES = 64 * 1024
 
 # The longest one blocking recv waits (the socket's SO_RCVTIMEO): a read with less time left
 # than this polls first, with the exact time left, so no wait passes a deadline.
@@ -80,6 +80,8 @@ RECV_SLICE = 0.05
 # (and routes events) meanwhile, so this only bounds how often the drain looks, never how soon
 # a frame is read. 5 ms of a flood is far less than the kernel and daemon buffers hold.
 _DRAIN_BACKOFF = 0.005
+# API.md §4: a session's topic is this prefix and its id (the global topic has no session).
+_SESSION_TOPIC_PREFIX = "client.session."
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -110,7 +112,8 @@ class Reader:
     _sock: socket.socket
     _pending: dict[int, _Slot]
     _events: deque[Event]
-    # Each waiting thread's Condition → whether what it waits for has come.
+    event_buffer: int  # the most events held before the oldest is dropped
+    _gaps: dict[str, list[int]]  # topic → [first_missing, next_seq] of events dropped    # Each waiting thread's Condition → whether what it waits for has come.
     _waiters: dict[threading.Condition, Callable[[], bool]]
     _local: threading.local  # each thread's Condition (_thread_condition)
     _reading: bool  # the reader role is held
@@ -118,9 +121,11 @@ class Reader:
     _role_free: threading.Condition  # role given up or drain ended
     _role_awaited: int  # threads waiting on _role_free
     _drain: threading.Thread | None  # started by the first subscription
+    _drain_started: list[bool]  # [True] once it is: shared with the finalizer
     _draining: bool  # the drain thread may still poll the socket
     _drain_stop: threading.Event  # ends the drain's back-off at once
     _lost: tuple[str, BaseException | None] | None
+    _closing: str | None  # the code of the daemon's closing frame
     _closed: bool
     _decoder: wire.FrameDecoder
     _buffer: memoryview
@@ -136,10 +141,24 @@ class Reader:
         with self._lock:
             if not self._await(self._has_event, deadline):
                 return None
+            if self._gaps:  # what was dropped is told before what came after it
+                topic = next(iter(self._gaps))
+                return _gap_event(topic, *self._gaps.pop(topic))
             return self._events.popleft()
 
     def _has_event(self) -> bool:
-        return bool(self._events)
+        return bool(self._events) or bool(self._gaps)
+
+    def _buffer_event(self, event: Event) -> None:
+        """Hold ``event``; past ``event_buffer`` the oldest goes, remembered as its topic's gap."""
+        if len(self._events) >= self.event_buffer:
+            dropped = self._events.popleft()
+            gap = self._gaps.get(dropped.topic)
+            if gap is None:
+                self._gaps[dropped.topic] = [dropped.seq, dropped.seq + 1]
+            else:  # drops are oldest first, so a topic's dropped seqs are contiguous
+                gap[1] = dropped.seq + 1
+        self._events.append(event)
 
     def _await_end(self, deadline: float) -> bool:
         """Read (buffering the events still in flight) until the connection ends; False if the
@@ -232,7 +251,7 @@ class Reader:
             if not self._poller.poll(timeout * 1000):
                 return None
         try:
-            count = self._sock.recv_into(self._buffer, _RECV_BYTES)
+            count = self._sock.recv_into(self._buffer, wire.RECV_CHUNK)
         except BlockingIOError:  # the slice passed with nothing: the caller looks at its deadline
             return None
         if count == 0:
@@ -250,8 +269,20 @@ class Reader:
                     raise ProtocolError(f"the daemon sent a {type(frame).__name__}, "
                                         "not a message")
                 if "event" in frame:
-                    self._events.append(to_model(Event, frame["event"]))
+                    self._buffer_event(to_model(Event, frame["event"]))
                     events = True
+                    continue
+                if "closing" in frame:  # the daemon says why it closes: the reason to give
+                    closing = frame["closing"]
+                    if self._lost is None:
+                        self._closing = str(closing.get("code")) if isinstance(closing, dict) else ""
+                    self._lose_locked(_closing_reason(closing), None)
+                    continue
+                if frame.get("id") is None and isinstance(frame.get("error"), dict):
+                    # A frame the daemon could not read (an oversized header): the stream is
+                    # out of step and the daemon closes it; this is the reason to give.
+                    self._lose_locked("the daemon refused a frame: "
+                                      f"{frame['error'].get('message')}", None)
                     continue
                 slot = self._pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
                 if slot is not None:
@@ -287,41 +318,88 @@ class Reader:
             if self._drain is not None or self._closed or self._lost is not None:
                 return
             self._draining = True
-            self._drain = drain = threading.Thread(target=self._drain_loop,
-                                                   name=DRAIN_THREAD_NAME, daemon=True)
+            self._drain_started[0] = True
+            self._drain = drain = threading.Thread(
+                target=_drain_loop, args=(weakref.ref(self), self._sock, self._drain_stop),
+                name=DRAIN_THREAD_NAME, daemon=True)
         try:
             drain.start()
         except BaseException:  # no thread: close() must not wait for one
             with self._lock:
                 self._draining = False
+                self._drain = None
+                self._drain_started[0] = False
             raise
 
-    def _drain_loop(self) -> None:
-        """The lowest-priority participant: it waits for the socket to turn readable without the
-        role, and takes the role only when it is free, for one non-blocking read. It never
-        contends with a caller reading its own reply: seeing the role held (read without the
-        lock, a hint) it backs off instead of asking to be woken, so no call pays a wakeup; and
-        it polls again only once the role is free, or it would wake with the role holder on
-        every frame that arrives, and compete with it for the GIL just when it has work."""
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
-        try:
-            while not self._drain_stop.is_set():
-                if not self._reading:
-                    poller.poll()  # shutdown (close, lost) wakes it with POLLHUP
-                if self._reading:
-                    self._drain_stop.wait(_DRAIN_BACKOFF)
-                    continue
-                with self._lock:
-                    if self._closed or self._lost is not None:
-                        return
-                    if not self._reading:
-                        self._lead(_never, time.monotonic())  # one read, whatever it brings
-        finally:
-            with self._lock:
-                self._draining = False
-                self._close_socket_if_unused()
-                self._role_free.notify_all()
+    def _drain_once(self) -> bool:
+        """One read for the drain if the role is free; False once the connection has ended."""
+        with self._lock:
+            if self._closed or self._lost is not None:
+                return False
+            if not self._reading:
+                self._lead(_never, time.monotonic())  # one read, whatever it brings
+        return True
+
+    def _drain_ended(self) -> None:
+        with self._lock:
+            self._draining = False
+            self._close_socket_if_unused()
+            self._role_free.notify_all()
+
+
+def _drain_loop(ref: "weakref.ref[Reader]", sock: socket.socket, stop: threading.Event) -> None:
+    """The lowest-priority participant: it waits for the socket to turn readable without the
+    role, and takes the role only when it is free, for one read. It never contends with a caller
+    reading its own reply: seeing the role held (read without the lock, a hint) it backs off
+    instead of asking to be woken, so no call pays a wakeup; and it polls again only once the
+    role is free, or it would wake with the role holder on every frame that arrives, and compete
+    with it for the GIL just when it has work.
+
+    It holds its client (``ref``) only between waits: a Client dropped without ``close()`` is
+    collected, its finalizer shuts the socket down (POLLHUP wakes the poll), and the drain closes
+    the fd on its way out."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    try:
+        while not stop.is_set():
+            client = ref()
+            if client is None:
+                return
+            reading = client._reading
+            del client  # not held while waiting
+            if not reading:
+                poller.poll()  # shutdown (close, lost, collected) wakes it with POLLHUP
+            client = ref()
+            if client is None:
+                return
+            if client._reading:
+                del client
+                stop.wait(_DRAIN_BACKOFF)
+                continue
+            if not client._drain_once():
+                return
+            del client
+    finally:
+        client = ref()
+        if client is not None:
+            client._drain_ended()
+        else:  # its Client was collected: nobody else will close the fd
+            sock.close()
+
+
+def _gap_event(topic: str, first_missing: int, next_seq: int) -> Event:
+    """What the Client dropped of ``topic`` (API.md §10); its seq is the last one missing, so
+    the next event of the topic follows it."""
+    session_id = topic[len(_SESSION_TOPIC_PREFIX):] if topic.startswith(_SESSION_TOPIC_PREFIX) else None
+    return Event(type="events_gap", topic=topic, session_id=session_id,
+                 payload={"topic": topic, "first_missing": first_missing, "next_seq": next_seq},
+                 seq=next_seq - 1, timestamp=utc_now())
+
+
+def _closing_reason(closing: Any) -> str:
+    if isinstance(closing, dict) and isinstance(closing.get("message"), str):
+        return f"the daemon closed this connection: {closing['message']}"
+    return "the daemon closed the connection"
 
 
 def _remaining(deadline: float) -> float:

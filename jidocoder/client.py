@@ -28,9 +28,10 @@ __all__ = ["Client", "DEFAULT_MAX_REQUEST_BYTES", "DRAIN_THREAD_NAME"]
 class Client(Connection):
     """A connection to the jidocoder daemon; safe to share between threads (API.md §2)."""
 
-    def __init__(self, socket_path: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, socket_path: str | None = None, *, timeout: float = 10.0,
+                 event_buffer: int = 10_000) -> None:
         super().__init__(socket_path if socket_path is not None else default_socket_path(),
-                         timeout)
+                         timeout, event_buffer)
 
     def __enter__(self) -> "Client":
         return self
@@ -54,8 +55,10 @@ class Client(Connection):
     def terminate_session(self, session_id: str) -> None:
         self._call("terminate_session", {"session_id": session_id})
 
-    def list_sessions(self) -> list[SessionInfo]:
-        return [to_model(SessionInfo, item) for item in self._call("list_sessions", {})]
+    def list_sessions(self, *, offset: int = 0, limit: int | None = None) -> list[SessionInfo]:
+        """Sessions not terminated, oldest first: ``[offset : offset + limit]`` of them."""
+        result = self._call("list_sessions", {"offset": offset, "limit": limit})
+        return [to_model(SessionInfo, item) for item in result]
 
     def get_session_info(self, session_id: str) -> SessionInfo:
         return to_model(SessionInfo, self._call("get_session_info", {"session_id": session_id}))
@@ -76,8 +79,11 @@ class Client(Connection):
     def send_message(self, session_id: str, role: str, content: str) -> None:
         self._call("send_message", {"session_id": session_id, "role": role, "content": content})
 
-    def get_conversation_history(self, session_id: str) -> list[Message]:
-        result = self._call("get_conversation_history", {"session_id": session_id})
+    def get_conversation_history(self, session_id: str, *, offset: int = 0,
+                                 limit: int | None = None) -> list[Message]:
+        """The messages held, oldest first: ``[offset : offset + limit]`` of them."""
+        result = self._call("get_conversation_history",
+                            {"session_id": session_id, "offset": offset, "limit": limit})
         return [to_model(Message, item) for item in result]
 
     def clear_conversation(self, session_id: str) -> None:

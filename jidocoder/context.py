@@ -13,6 +13,7 @@ for paths that are not active. Every time is a timezone-aware UTC ``datetime`` f
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -73,9 +74,9 @@ class SessionContext:
         self._messages.clear()
         return [("conversation_cleared", {"session_id": self.session_id})]
 
-    def history(self) -> list[Message]:
-        """The messages held, oldest first."""
-        return list(self._messages)
+    def history(self, offset: int = 0, limit: int | None = None) -> list[Message]:
+        """The messages held, oldest first: ``[offset : offset + limit]`` of them."""
+        return page(self._messages, offset, limit)
 
     def last_message(self) -> Message:
         """The newest message held (the one ``add_message`` just stored); IndexError if none."""
@@ -172,6 +173,21 @@ class SessionContext:
             raise ValueError("the clock must return timezone-aware datetimes")
         return now.astimezone(timezone.utc)
 
+
+
+def page(items: Iterable[Any], offset: Any = 0, limit: Any = None) -> list:
+    """``items[offset : offset + limit]`` (to the end when ``limit`` is None), as a list;
+    ``InvalidArgumentError`` naming the field for a negative or non-int offset or limit."""
+    _check_count(offset, "offset")
+    if limit is not None:
+        _check_count(limit, "limit")
+    return list(itertools.islice(items, offset, None if limit is None else offset + limit))
+
+
+def _check_count(value: object, field: str) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidArgumentError(f"{field} must be an int >= 0, got {value!r}",
+                                   code="invalid_argument", field=field)
 
 
 def _check_include(include: object) -> frozenset[str]:

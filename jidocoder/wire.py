@@ -17,6 +17,15 @@ length is four bytes the peer chose, and trusting it would let one header make u
 oversized frame is a ``LimitExceededError``; after it, or after any ``ProtocolError``, the stream
 is out of step and the connection must be closed.
 
+Sizes, written here only: a request frame is at most ``request_limit(max_request_bytes)``
+(the request plus ``ENVELOPE_BYTES``); replies and events only what the header can say
+(``MAX_FRAME``, 4 GiB - 1); a spec or log frame ``CONTROL_FRAME_BYTES``; every read is at most
+``RECV_CHUNK``. A frame from a peer that may be hostile is decoded by ``decode_bounded``, which
+stops once the objects it builds pass a budget (``FrameDecoder(untrusted=True)`` turns that
+into a ``Refused`` frame, answered with the request's id, the stream still in step). A result
+crosses the daemon undecoded: the session encodes it on its own (``pack_reply``) and the daemon
+frames those bytes for the client (``reply_buffers``).
+
 Encoding (``encode``/``decode``, which the store calls too): msgpack with ``str`` and ``bytes``
 kept distinct. Packed natively: None, bool, int (-2**63 .. 2**64-1), float, str, bytes, list,
 dict (keys str or int). Converted: tuple and list subclasses → list, dict subclasses → dict,
@@ -35,6 +44,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+import sys
 import threading
 from collections import deque
 from datetime import datetime, timezone
@@ -46,17 +56,51 @@ from .errors import InvalidArgumentError, JidocoderError, LimitExceededError, Pr
 from .states import SessionStatus
 
 HEADER_SIZE = 4
-# The largest request a client may send (Settings.max_request_bytes, 16 MiB by default) plus
-# 64 KiB for the envelope around it (operation, request id, argument names, error details).
-DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
+MAX_FRAME = 2**32 - 1  # what the 4-byte header can express: the only bound on a reply or event
+# What a request frame may hold around the request itself (request id, operation, deadline,
+# argument names; the daemon's link id on the way to the session).
+ENVELOPE_BYTES = 64 * 1024
+# Frames that carry no request: a spec, a log record, a "ready" (daemon <-> spare).
+CONTROL_FRAME_BYTES = 1024 * 1024
+# Reads of at most 64 KiB, everywhere (daemon, session, client): larger reads measured slower
+# per round trip in CPython (256 KiB cost about 25 us more than 64 KiB), as the whole requested
+# size is allocated or handled on every call.
+RECV_CHUNK = 64 * 1024
+# Untrusted decoding (``FrameDecoder(budget=...)``): the Python objects a frame may become, as
+# a multiple of its size, with a floor so that small frames are never refused for their fixed
+# costs. 1 MB of empty maps became 69 MiB of objects when nothing counted them.
+DECODE_RATIO = 8
+DECODE_FLOOR = 1024 * 1024
+OPEN_LEAVES_RATIO = 2  # of the 8: what the leaves of a container not yet closed may take
+
+
+# A session's ``metadata`` and ``llm_config`` (create_session), each encoded: they are kept in
+# the daemon for the session's life, in every SessionInfo and session_created event.
+MAX_SESSION_DICT_BYTES = 1024 * 1024
+
+
+def check_encoded_size(value: object, limit: int, field: str) -> None:
+    """``LimitExceededError`` naming ``field`` if ``value`` encodes to more than ``limit`` bytes."""
+    size = len(encode(value))
+    if size > limit:
+        raise LimitExceededError(f"{field} is {size} bytes encoded, more than the {limit} allowed",
+                                 field=field, details={"size": size, "limit": limit})
+
+
+def request_limit(max_request_bytes: int) -> int:
+    """The largest request frame body a reader takes: the request plus its envelope (the Client
+    refuses requests over ``max_request_bytes`` itself; this allowance is for the hops after)."""
+    return max_request_bytes + ENVELOPE_BYTES
+
+
+# Before this change the default was the request limit of the default settings; kept for
+# readers that want one number for requests.
+DEFAULT_MAX_FRAME = request_limit(16 * 1024 * 1024)
 # msgpack ext type codes 0..127 are free for applications; -1 is the standard Timestamp.
 EXT_SESSION_STATUS = 1
 
 _HEADER = struct.Struct(">I")
-_MAX_BODY = 2**32 - 1  # what the 4-byte header can express, whatever max_size says
-# Reads of at most 64 KiB: larger reads measured slower per round trip in CPython (256 KiB cost
-# about 25 us more than 64 KiB), as the whole requested size is handled on every call.
-_RECV_CHUNK = 64 * 1024
+_MAX_BODY = MAX_FRAME
 # The most buffers one sendmsg takes (Linux's UIO_MAXIOV).
 _IOV_MAX = 1024
 # A Packer keeps its grown buffer across reset(); after a message larger than this, the thread
@@ -91,6 +135,153 @@ def decode(data: bytes | bytearray | memoryview) -> object:
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as error:
         raise ProtocolError(f"undecodable message of {len(data)} bytes: {error}",
                             details={"size": len(data)}) from error
+
+
+def decode_bounded(data: bytes | bytearray | memoryview, budget: int | None = None) -> object:
+    """``decode`` for untrusted bytes: ``LimitExceededError`` once the objects built would take
+    more than ``budget`` bytes (by default ``DECODE_RATIO`` times the size, at least
+    ``DECODE_FLOOR``).
+
+    msgpack's ``max_map_len`` and friends bound each container, not their total: a frame of
+    empty maps (one byte each, 64 bytes as a dict) grows 70-fold. Every container is charged,
+    with the leaves it holds, as msgpack closes it (``object_hook``/``list_hook``), and the
+    decode stops at the first container past the budget; a container's length is capped
+    (``OPEN_LEAVES_RATIO``) so that its leaves cannot grow past the budget before it closes.
+    Known limit: leaves held by the *ancestors* of the container being built (a list of leaves
+    whose last item is a list of leaves, 32 deep) are charged only as those close: a 16 MB frame
+    of that shape peaked at 596 MiB before it was refused. Forwarding a session call's args
+    undecoded (as results are) would leave only the daemon's own small calls to decode. A frame too small to exceed the budget even at msgpack's
+    worst expansion is decoded without hooks (the hooks cost 4 us on a 150-byte request).
+    """
+    size = len(data)
+    if budget is None:
+        # The frame itself is held while it is decoded (and was read into a growing buffer):
+        # the objects get what is left of DECODE_RATIO times its size.
+        budget = max((DECODE_RATIO - 1 - OPEN_LEAVES_RATIO) * size, DECODE_FLOOR)
+    if size * _WORST_EXPANSION <= budget:
+        return decode(data)  # whatever it holds fits: most requests, decoded at full speed
+    spent = _Spent(budget, size)
+    # A container's leaves are charged only when it closes: its length is capped so that the
+    # leaves of one open container cost at most OPEN_LEAVES_RATIO times the frame.
+    open_leaves = max(OPEN_LEAVES_RATIO * size, DECODE_FLOOR)
+    try:
+        return msgpack.unpackb(data, object_hook=spent.charge_map, list_hook=spent.charge_list,
+                               max_array_len=open_leaves // _WORST_ELEMENT,
+                               max_map_len=open_leaves // _WORST_ENTRY, **_UNPACK_OPTIONS)
+    except ValueError as error:
+        if "exceeds max_" in str(error):  # msgpack's own words for a length over its cap
+            raise LimitExceededError(
+                f"a message of {size} bytes holds a container of more than "
+                f"{open_leaves // _WORST_ENTRY} entries or {open_leaves // _WORST_ELEMENT} "
+                f"items: {error}", details={"size": size}) from None
+        raise ProtocolError(f"undecodable message of {size} bytes: {error}",
+                            details={"size": size}) from error
+    except (TypeError, OverflowError, msgpack.UnpackException) as error:
+        raise ProtocolError(f"undecodable message of {size} bytes: {error}",
+                            details={"size": size}) from error
+
+
+# An element's worst cost while its container is open: a 2-character str (51 bytes) or an
+# uncached int (28) and its 8-byte slot; a map entry: two of those and its slot in the table.
+_WORST_ELEMENT = 64
+_WORST_ENTRY = 160
+
+# The most memory one byte of msgpack becomes: a one-byte map entry ({None: None} is 3 bytes, a
+# 224-byte dict and an 8-byte slot in its list) is about 77 times its encoding.
+_WORST_EXPANSION = 96
+
+
+class _Spent:
+    """The running charge of one bounded decode."""
+
+    __slots__ = ("left", "budget", "size")
+
+    def __init__(self, budget: int, size: int) -> None:
+        self.left = self.budget = budget
+        self.size = size
+
+    # Each container is charged its own size, its slot in its parent and its leaves.
+    def charge_map(self, obj: dict) -> dict:
+        self._charge(_SLOT + sys.getsizeof(obj) + sum(map(_leaf_size, obj)) +
+                     sum(map(_leaf_size, obj.values())))
+        return obj
+
+    def charge_list(self, obj: list) -> list:
+        self._charge(_SLOT + sys.getsizeof(obj) + sum(map(_leaf_size, obj)))
+        return obj
+
+    def _charge(self, cost: int) -> None:
+        self.left -= cost
+        if self.left < 0:
+            raise LimitExceededError(
+                f"a message of {self.size} bytes decodes to more than {self.budget} bytes of "
+                f"objects (the daemon holds at most {DECODE_RATIO} times a message's size); "
+                "send fewer, larger values",
+                details={"size": self.size, "limit": self.budget})
+
+
+_LEAVES = frozenset((str, bytes, int, float))
+_SLOT = 8  # a pointer in the list or dict that holds it
+
+
+def _leaf_size(obj: object) -> int:
+    """What a leaf costs (a container was charged when it closed; None and bools are shared)."""
+    return sys.getsizeof(obj) if type(obj) in _LEAVES else 0
+
+
+def pack_reply(envelope: dict[str, Any], result: object, max_size: int = MAX_FRAME) -> bytes:
+    """A session's reply frame: ``envelope`` plus ``"packed": <bin: result already encoded>``.
+
+    The daemon forwards the bin's bytes to the client as they are (``reply_buffers``), never
+    decoding a result, so a reply has no size limit but the header's and costs the daemon no
+    objects. Built by concatenation: the result is copied once, not packed twice.
+    """
+    packed = encode(result)
+    if len(packed) < _JOIN_BELOW:  # packing it again is cheaper than concatenating pieces
+        return pack_frame({**envelope, "packed": packed}, max_size)
+    entries = encode(envelope)[_map_header_size(len(envelope)):]
+    body = b"".join((_map_header(len(envelope) + 1), entries, _PACKED_KEY,
+                     _bin_header(len(packed)), packed))
+    if len(body) > max_size or len(body) > _MAX_BODY:
+        raise _too_large(len(body), max_size)
+    return _HEADER.pack(len(body)) + body
+
+
+def reply_buffers(request_id: object, packed: bytes) -> list[bytes]:
+    """The frame ``{"id": request_id, "result": <the object packed encodes>}`` as buffers to
+    send one after the other, ``packed`` itself the last: nothing is decoded or copied."""
+    prefix = b"".join((_REPLY_HEAD, _packed_id(request_id), _RESULT_KEY))
+    size = len(prefix) + len(packed)
+    if size > _MAX_BODY:
+        raise _too_large(size, _MAX_BODY)
+    if len(packed) < _JOIN_BELOW:  # one buffer: a send, not a sendmsg (0.8 us less)
+        return [b"".join((_HEADER.pack(size), prefix, packed))]
+    return [_HEADER.pack(size) + prefix, packed]
+
+
+# Below this size a result is copied rather than kept apart: copying it costs less than the
+# pieces (measured: a reply with a None result 1.37 us in pieces, 0.89 us packed whole).
+_JOIN_BELOW = 64 * 1024
+
+
+def _map_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 2**16:
+        return b"\xde" + struct.pack(">H", count)
+    return b"\xdf" + struct.pack(">I", count)
+
+
+def _map_header_size(count: int) -> int:
+    return len(_map_header(count))
+
+
+def _bin_header(size: int) -> bytes:
+    if size < 2**8:
+        return b"\xc4" + bytes((size,))
+    if size < 2**16:
+        return b"\xc5" + struct.pack(">H", size)
+    return b"\xc6" + struct.pack(">I", size)
 
 
 def _default(obj: Any) -> object:
@@ -182,6 +373,18 @@ _UNPACK_OPTIONS: dict[str, Any] = {
 }
 
 
+_ID_KEY, _RESULT_KEY, _PACKED_KEY = (msgpack.packb(key) for key in ("id", "result", "packed"))
+_UINT32 = struct.Struct(">BI")  # msgpack uint 32 (any decoder takes it for a smaller value)
+_REPLY_HEAD = b"\x82" + _ID_KEY  # a map of two entries, the first key "id"
+
+
+def _packed_id(request_id: object) -> bytes:
+    # A client's request id is an int from 1 up nearly always: framed without a packer.
+    if type(request_id) is int and 0 <= request_id < 2**32:
+        return bytes((request_id,)) if request_id < 128 else _UINT32.pack(0xce, request_id)
+    return encode(request_id)
+
+
 # --- framing ------------------------------------------------------------------------------
 
 def pack_frame(obj: object, max_size: int) -> bytes:
@@ -204,6 +407,46 @@ def _too_large(size: int, max_size: int) -> LimitExceededError:
                               details={"size": size, "limit": limit})
 
 
+class Refused:
+    """A whole frame that ``decode_bounded`` refused for its budget: the stream is still in
+    step, so the frame's sender gets an error reply (to its request ``request_id``, read
+    without decoding the rest) and the connection goes on. (An undecodable frame is garbage:
+    its peer is not speaking the protocol, and the connection is dropped.)"""
+
+    __slots__ = ("request_id", "error")
+
+    def __init__(self, request_id: object, error: JidocoderError) -> None:
+        self.request_id = request_id
+        self.error = error
+
+    def reply(self) -> dict[str, Any]:
+        return {"id": self.request_id, "error": self.error.to_wire()}
+
+
+def _is_int_type(first_byte: int) -> bool:
+    """Whether a msgpack object starting with ``first_byte`` is an int (fixints, (u)int 8-64)."""
+    return first_byte <= 0x7f or 0xcc <= first_byte <= 0xd3 or first_byte >= 0xe0
+
+
+def _peek_id(body: bytes | bytearray | memoryview) -> object:
+    """The ``id`` of the map in ``body`` if it is a small int, else None; nothing else is built
+    (every other value is skipped in place)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), 1), **_UNPACK_OPTIONS)
+    unpacker.feed(body)
+    try:
+        for _ in range(unpacker.read_map_header()):
+            start = unpacker.tell()
+            unpacker.skip()
+            key_size = unpacker.tell() - start
+            key = decode(body[start:start + key_size]) if key_size <= 16 else None
+            if key == "id":  # unpacked only if it is an int: anything else could be a bomb
+                return unpacker.unpack() if _is_int_type(body[unpacker.tell()]) else None
+            unpacker.skip()
+    except (ValueError, TypeError, IndexError, JidocoderError, msgpack.UnpackException):
+        pass
+    return None
+
+
 class FrameDecoder:
     """Turns bytes from a non-blocking socket, in pieces of any size, into decoded objects.
 
@@ -212,11 +455,14 @@ class FrameDecoder:
     ``feed`` raises ``ProtocolError``. Feeding one large frame in small pieces is linear.
     """
 
-    def __init__(self, max_size: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_size: int = DEFAULT_MAX_FRAME, *, untrusted: bool = False) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
             raise InvalidArgumentError(f"max_size must be an int >= 0, not {max_size!r}",
                                        field="max_size")
         self._max_size = max_size
+        # Frames from a peer that may be hostile (a client; a request relayed to a session) are
+        # decoded within a memory budget; our own replies and events are not.
+        self._decode = self._decode_untrusted if untrusted else decode
         self._buf = bytearray()
         self._failure: JidocoderError | None = None
 
@@ -241,7 +487,7 @@ class FrameDecoder:
             if size + HEADER_SIZE == len(data) and size <= self._max_size:
                 try:
                     with memoryview(data) as view:
-                        return [decode(view[HEADER_SIZE:])]
+                        return [self._decode(view[HEADER_SIZE:])]
                 except JidocoderError as error:
                     self._failure = error
                     raise
@@ -260,6 +506,14 @@ class FrameDecoder:
             raise
         self._keep_rest(source, used)
         return objects
+
+    @staticmethod
+    def _decode_untrusted(body: memoryview) -> object:
+        try:
+            return decode_bounded(body)
+        except LimitExceededError as error:  # the frame was whole: the stream is in step
+            # A new error: the raised one's traceback holds a view of the decoder's buffer.
+            return Refused(_peek_id(body), LimitExceededError(error.message, details=error.details))
 
     def close(self) -> None:
         """The peer's EOF: ``ProtocolError`` if it cut a frame short, else nothing."""
@@ -280,7 +534,7 @@ class FrameDecoder:
                 stop = pos + HEADER_SIZE + size
                 if stop > end:
                     break
-                objects.append(decode(view[pos + HEADER_SIZE:stop]))
+                objects.append(self._decode(view[pos + HEADER_SIZE:stop]))
                 pos = stop
         return objects, pos
 
@@ -350,7 +604,7 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> int:
     """Fill ``view`` from ``sock``; the bytes received, fewer than asked only at EOF."""
     got, total = 0, len(view)
     while got < total:
-        received = sock.recv_into(view[got:], min(_RECV_CHUNK, total - got))
+        received = sock.recv_into(view[got:], min(RECV_CHUNK, total - got))
         if received == 0:
             break
         got += received
@@ -358,6 +612,9 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> int:
 
 
 __all__ = [
-    "HEADER_SIZE", "DEFAULT_MAX_FRAME", "EXT_SESSION_STATUS", "encode", "decode", "pack_frame",
+    "HEADER_SIZE", "MAX_FRAME", "ENVELOPE_BYTES", "CONTROL_FRAME_BYTES", "RECV_CHUNK",
+    "DECODE_RATIO", "DECODE_FLOOR", "request_limit", "decode_bounded", "pack_reply",
+    "reply_buffers", "Refused", "MAX_SESSION_DICT_BYTES", "check_encoded_size",
+    "DEFAULT_MAX_FRAME", "EXT_SESSION_STATUS", "encode", "decode", "pack_frame",
     "FrameDecoder", "read_frame", "write_frame", "send_buffers", "drop_sent",
 ]

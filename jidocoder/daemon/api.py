@@ -12,12 +12,13 @@ import logging
 import os
 from typing import Any, Callable
 
-from .. import __version__
+from .. import __version__, wire
+from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .calls import call_handler, internal_error, parse_request
 from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, EventBus, session_topic
-from .link import Pending
+from .link import Pending, request_deadline
 from .ops import DEBUG_HANDLERS, SESSION_OPS
 from .supervisor import Supervisor
 
@@ -45,7 +46,7 @@ class Api:
         request_id = frame.get("id") if isinstance(frame, dict) else None
         conn.begin_call()
         pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "",
-                          _deadline(frame))
+                          request_deadline(frame))
         try:
             op, args = parse_request(frame)
             result = self.call(conn, op, args, pending)
@@ -73,6 +74,8 @@ class Api:
         return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes}
 
     def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None):
+        for name, value in (("metadata", metadata), ("llm_config", llm_config)):
+            wire.check_encoded_size(value, wire.MAX_SESSION_DICT_BYTES, name)
         self.supervisor.create_session(metadata, llm_config, config, pending)
         return DEFERRED
 
@@ -80,8 +83,8 @@ class Api:
         self.supervisor.terminate_session(self.supervisor.find(session_id), pending)
         return DEFERRED
 
-    def handle_list_sessions(self, conn, pending) -> list:
-        return [self.supervisor.info(r) for r in self.supervisor.live_records()]
+    def handle_list_sessions(self, conn, pending, offset=0, limit=None) -> list:
+        return [self.supervisor.info(r) for r in page(self.supervisor.live_records(), offset, limit)]
 
     def handle_get_session_info(self, conn, pending, session_id=None) -> dict:
         return self.supervisor.info(self.supervisor.find(session_id, any_live=True))
@@ -119,8 +122,3 @@ class Api:
     def handle_shutdown(self, conn, pending) -> None:
         self._shutdown()
 
-
-def _deadline(frame: Any) -> float | None:
-    """The moment (CLOCK_MONOTONIC) the client gives up on the call, if it said."""
-    deadline = frame.get("deadline") if isinstance(frame, dict) else None
-    return float(deadline) if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) else None

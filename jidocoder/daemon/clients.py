@@ -1,8 +1,15 @@
 """One client connection as the daemon's loop sees it: a decoder in, a bounded buffer out.
 
 The loop never blocks on a client, and no client can make the daemon grow without bound:
-- events a client has not read wait in its out-buffer; one that falls ``client_buffer_bytes``
-  behind (a subscriber that stopped reading while events flow) is disconnected, with a reason;
+- a request frame is at most ``wire.request_limit(max_request_bytes)`` and is decoded within a
+  memory budget (``wire.decode_bounded``); a frame over the budget is answered with
+  ``limit_exceeded`` and the connection goes on;
+- events a client has not read wait in its out-buffer. An event always goes to a client whose
+  out-buffer is empty, whatever its size; one that would then be more than
+  ``client_buffer_bytes`` behind (a subscriber that stopped reading while events flow) falls
+  behind: it gets no more events or replies, a last ``{"closing": {code, message}}`` frame is
+  queued after what it has not read yet, and the connection closes once that is sent (or the
+  peer is gone), so its Client can say why it was dropped;
 - replies are never dropped (the client asked for them), so a client that sends requests but
   does not read the replies is throttled instead: while its out-buffer is over the bound, or it
   has ``MAX_IN_FLIGHT`` calls unanswered, the daemon stops reading from it.
@@ -20,7 +27,6 @@ from ..errors import JidocoderError
 
 log = logging.getLogger("jidocoder.daemon")
 
-READ_CHUNK = 64 * 1024
 MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops reading it
 
 
@@ -32,12 +38,10 @@ class ClientConnection:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
-        self.decoder = wire.FrameDecoder(max_request + wire.HEADER_SIZE + 1024)
-        self.max_frame = max_request + 1024 * 1024  # replies may be a little larger than requests
+        self.decoder = wire.FrameDecoder(wire.request_limit(max_request), untrusted=True)
         self.max_buffer = max_buffer
-        self.topics: set[str] = set()
         self.closed = False
-        self.close_reason = ""
+        self.closing: str | None = None  # why it fell behind: the last frame is on its way
         self._out: deque[bytes | memoryview] = deque()
         self._out_bytes = 0
         self._on_interest = on_interest
@@ -61,7 +65,7 @@ class ClientConnection:
     def read_requests(self) -> list[Any]:
         """Frames that arrived; [] and ``closed`` set when the peer hung up or broke framing."""
         try:
-            data = self.sock.recv(READ_CHUNK)
+            data = self.sock.recv(wire.RECV_CHUNK)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as exc:
@@ -71,12 +75,23 @@ class ClientConnection:
             self.close("disconnected")
             return []
         try:
-            return self.decoder.feed(data)
+            frames = self.decoder.feed(data)
         except JidocoderError as exc:
             self.send({"id": None, "error": exc.to_wire()})
             self.flush()
             self.close(f"bad frame: {exc}")
             return []
+        if self.closing is not None:
+            return []  # it fell behind: nothing more is served
+        return [frame for frame in frames if not self._refuse(frame)]
+
+    def _refuse(self, frame: Any) -> bool:
+        """Answer a frame the decoder refused (over its memory budget); True if it was one."""
+        if type(frame) is not wire.Refused:
+            return False
+        log.warning("client %s: request refused: %s", self.peer_pid, frame.error)
+        self.send(frame.reply())
+        return True
 
     # -- calls -------------------------------------------------------------------------------
     def next_call(self) -> Any:
@@ -95,9 +110,24 @@ class ClientConnection:
         self.send({"id": request_id, **message})
         self._update_interest()
 
+    def reply_packed(self, request_id: Any, packed: bytes) -> None:
+        """The answer to a call, its result already encoded by the session: the bytes are
+        forwarded as they came, never decoded (wire.reply_buffers)."""
+        self.in_flight -= 1
+        if not self.closed and self.closing is None:
+            try:
+                buffers = wire.reply_buffers(request_id, packed)
+            except JidocoderError as exc:
+                self.send({"id": request_id, "error": exc.to_wire()})
+            else:
+                for buffer in buffers:
+                    self._queue(buffer)
+        self._update_interest()
+
     @property
     def accepting_calls(self) -> bool:
-        return not self.closed and self.in_flight < MAX_IN_FLIGHT and self._out_bytes <= self.max_buffer
+        return (not self.closed and self.closing is None and self.in_flight < MAX_IN_FLIGHT
+                and self._out_bytes <= self.max_buffer)
 
     def _update_interest(self) -> None:
         """Tell the loop what to wait for when that changed, or when held-back requests may now
@@ -113,25 +143,37 @@ class ClientConnection:
 
     # -- out ---------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
-        if self.closed:
+        if self.closed or self.closing is not None:
             return
         try:
-            frame = wire.pack_frame(message, self.max_frame)
-        except JidocoderError as exc:  # a reply too large for the link, or unencodable
-            frame = wire.pack_frame({"id": message.get("id"), "error": exc.to_wire()}, self.max_frame)
+            frame = wire.pack_frame(message, wire.MAX_FRAME)
+        except JidocoderError as exc:  # over 4 GiB, or unencodable
+            frame = wire.pack_frame({"id": message.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
         self._queue(frame)
 
-    def send_event(self, event: dict[str, Any]) -> None:
-        """Events are what a client can fall behind on: past the bound it is cut off. (A reply
-        is never dropped: the client asked for it, and one request brings one reply.)"""
-        if self.closed:
+    def send_event(self, event: dict[str, Any], frame: bytes | None = None) -> None:
+        """Events are what a client can fall behind on: one that has nothing queued takes any
+        event; past the bound it is cut off. (A reply is never dropped: the client asked for
+        it, and one request brings one reply.) ``frame`` is the event already framed, shared by
+        every subscriber."""
+        if self.closed or self.closing is not None:
             return
-        frame = wire.pack_frame({"event": event}, self.max_frame)
-        if self._out_bytes + len(frame) > self.max_buffer:
-            self.close(f"fell {self._out_bytes} bytes behind (client_buffer_bytes="
-                       f"{self.max_buffer}): not reading its events")
+        if frame is None:
+            frame = wire.pack_frame({"event": event}, wire.MAX_FRAME)
+        if self._out_bytes and self._out_bytes + len(frame) > self.max_buffer:
+            self._fall_behind(self._out_bytes + len(frame))
             return
         self._queue(frame)
+
+    def _fall_behind(self, behind: int) -> None:
+        """No more events or replies; the reason goes last, after what it has not read yet
+        (at most client_buffer_bytes and its replies), and ``flush`` closes once it is out."""
+        self.closing = (f"fell {behind} bytes behind (client_buffer_bytes={self.max_buffer}): "
+                        "it did not read its events fast enough")
+        log.warning("client %s disconnected: %s", self.peer_pid, self.closing)
+        self._queue(wire.pack_frame({"closing": {"code": "fell_behind", "message": self.closing}},
+                                    wire.MAX_FRAME))
+        self._update_interest()
 
     def _queue(self, frame: bytes) -> None:
         """Frames queued in one turn of the loop leave together at its end (one send)."""
@@ -155,6 +197,9 @@ class ClientConnection:
                 return
             self._out_bytes -= sent
             wire.drop_sent(out, sent)
+        if self.closing is not None and not out and not self.closed:
+            self.close("disconnected")  # the closing frame is out: already logged
+            return
         self._update_interest()
 
     @property
@@ -165,7 +210,6 @@ class ClientConnection:
         if self.closed:
             return
         self.closed = True
-        self.close_reason = reason
         self._out.clear()
         self._out_bytes = 0
         if reason != "disconnected":

@@ -17,16 +17,19 @@ from typing import Any, Callable, Protocol
 from .. import wire
 from ..errors import JidocoderError
 
-READ_CHUNK = 64 * 1024
 
 
 class Replier(Protocol):
     def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
 
+    def reply_packed(self, request_id: Any, packed: bytes) -> None: ...
+
 
 class Pending:
-    """A client call waiting for its reply: who asked (``client``), under which id. Made for
-    every call, so a plain object with slots rather than a closure."""
+    """A client call waiting for its reply: who asked (``client``), under which id, and the
+    ``deadline`` its Client gives up at (``time.monotonic()``, system-wide on Linux; None if the
+    client sent none), which the session is told with the request. Made for every call, so a
+    plain object with slots rather than a closure."""
 
     __slots__ = ("client", "request_id", "op", "deadline")
 
@@ -42,6 +45,17 @@ class Pending:
     def reply(self, message: dict[str, Any]) -> None:
         """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""
         self.client.reply(self.request_id, message)
+
+    def reply_packed(self, packed: bytes) -> None:
+        """Answer with a result the session already encoded, forwarded without decoding it."""
+        self.client.reply_packed(self.request_id, packed)
+
+
+def request_deadline(frame: Any) -> float | None:
+    """The absolute ``time.monotonic()`` at which the client gives up on the call, if it sent
+    one that is a number (docs/protocol.md)."""
+    deadline = frame.get("deadline") if isinstance(frame, dict) else None
+    return float(deadline) if type(deadline) in (int, float) else None
 
 
 @dataclass(slots=True)
@@ -71,8 +85,8 @@ class SessionLink:
         self.stopping = False  # the daemon asked it to stop: its exit is no crash
         self.last_word: str | None = None  # why its store is unusable, as it said before exiting
         self.broken: str | None = None  # it broke framing: what the decoder said
-        self.decoder = wire.FrameDecoder(max_frame)
-        self.max_frame = max_frame
+        self.decoder = wire.FrameDecoder(wire.MAX_FRAME)  # replies: no limit but the header's
+        self.max_frame = max_frame  # what a request frame to the session may be
         self.in_flight: dict[int, Call] = {}
         self._out: deque[bytes | memoryview] = deque()
         self._on_writable_change = on_writable_change
@@ -86,7 +100,10 @@ class SessionLink:
         ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one send)."""
         link_id = next(_request_ids)
         self.in_flight[link_id] = Call(op, args, pending)
-        return self.send({"id": link_id, "op": op, "args": args, "deadline": pending.deadline})
+        frame = {"id": link_id, "op": op, "args": args}
+        if pending.deadline is not None:
+            frame["deadline"] = pending.deadline
+        return self.send(frame)
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; True as for ``request``."""
@@ -112,7 +129,7 @@ class SessionLink:
     def read_frames(self) -> list[Any]:
         """Frames from the process; sets ``eof`` when it closed its end (or broke framing)."""
         try:
-            data = self.sock.recv(READ_CHUNK)
+            data = self.sock.recv(wire.RECV_CHUNK)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError:

@@ -38,8 +38,8 @@ def handle_send_message(s: SessionProcess, role: Any, content: Any):
     return None, s.context.add_message(role, content)
 
 
-def handle_get_conversation_history(s: SessionProcess):
-    return [m.model_dump() for m in s.context.history()], NO_EVENTS
+def handle_get_conversation_history(s: SessionProcess, offset: Any = 0, limit: Any = None):
+    return [m.model_dump() for m in s.context.history(offset, limit)], NO_EVENTS
 
 
 def handle_clear_conversation(s: SessionProcess):

@@ -36,8 +36,7 @@ from typing import Any, NoReturn
 
 from .. import wire
 from ..context import SessionContext
-from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
-                      RequestTimeoutError, StorageError)
+from ..errors import InvalidArgumentError, JidocoderError, RequestTimeoutError, StorageError
 from ..filecache import FileCache
 from ..models import SessionConfig
 from . import exits
@@ -50,8 +49,8 @@ from .table import SessionTable
 
 log = logging.getLogger("jidocoder.session")
 
-READ_CHUNK = 64 * 1024  # CPython allocates the whole buffer per recv: keep it small
-MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few hundred bytes; also the cap on a spare's log frames
+READ_CHUNK = wire.RECV_CHUNK
+MAX_SPEC_BYTES = wire.CONTROL_FRAME_BYTES  # a spec is a few hundred bytes; also a log frame's cap
 SPARE_NAME = "jido-spare"
 
 
@@ -196,7 +195,7 @@ class SessionProcess:
         table.beat(slot)
         self.publish_counters()
         self.send({"ready": {"message_count": self.context.message_count}})
-        decoder = wire.FrameDecoder(self.spec.max_frame)
+        decoder = wire.FrameDecoder(self.spec.max_frame, untrusted=True)  # a client's request
         # The socket's own receive timeout (SO_RCVTIMEO) is the heartbeat's clock: waiting in
         # recv itself costs one syscall per request where a selector cost two, plus its Python.
         set_receive_timeout(self.sock, self.beat_interval)
@@ -262,6 +261,8 @@ class SessionProcess:
             self.table.write_started(self.spec.slot, frame["id"])
 
     def handle(self, frame: Any) -> dict[str, Any]:
+        if type(frame) is wire.Refused:  # over its decoding budget (wire.decode_bounded)
+            return frame.reply()
         request_id = frame.get("id") if isinstance(frame, dict) else None
         try:
             op, args = parse_request(frame)
@@ -316,10 +317,15 @@ class SessionProcess:
         self.sock.sendall(self.encode_reply(frame))
 
     def encode_reply(self, frame: dict[str, Any]) -> bytes:
+        """A result goes encoded on its own (``"packed"``), for the daemon to forward without
+        decoding it; a reply has no size limit but the frame header's."""
         try:
-            return wire.pack_frame(frame, self.spec.max_frame)
-        except LimitExceededError as exc:  # a reply too large for the link: say so instead
-            return wire.pack_frame({"id": frame.get("id"), "error": exc.to_wire()}, self.spec.max_frame)
+            if "result" not in frame:
+                return wire.pack_frame(frame, wire.MAX_FRAME)
+            envelope = frame.copy()
+            return wire.pack_reply(envelope, envelope.pop("result"))
+        except JidocoderError as exc:  # over 4 GiB, or not encodable: say so instead
+            return wire.pack_frame({"id": frame.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
 
 
 def check_deadline(frame: dict[str, Any], op: str) -> None:

@@ -28,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from .. import wire
 from ..config import Settings
 from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
                       RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
@@ -256,7 +257,7 @@ class Supervisor:
 
     @property
     def max_frame(self) -> int:
-        return self.settings.max_request_bytes + 1024 * 1024
+        return wire.request_limit(self.settings.max_request_bytes)
 
     def _want_write(self, link: SessionLink, wanted: bool) -> None:
         if not link.eof and link.exit_status is None:
@@ -286,8 +287,14 @@ class Supervisor:
         elif "id" in frame:
             call = link.in_flight.pop(frame["id"], None)
             self.bus.publish_all(record.session_id, frame.get("events") or ())
-            if call is not None:
-                call.pending.reply({"error": frame["error"]} if "error" in frame else {"result": frame.get("result")})
+            if call is None:
+                pass
+            elif "error" in frame:
+                call.pending.reply({"error": frame["error"]})
+            elif "packed" in frame:  # the result, encoded by the session: forwarded undecoded
+                call.pending.reply_packed(frame["packed"])
+            else:
+                call.pending.reply({"result": frame.get("result")})
 
     def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
         link.ready = True

@@ -3,6 +3,8 @@ speaks the protocol with jidocoder.wire (no daemon, no processes)."""
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
 import socket
 import subprocess
@@ -21,7 +23,8 @@ from jidocoder.client import DRAIN_THREAD_NAME, Client
 from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, JidocoderError,
                               LimitExceededError, RequestTimeoutError, SessionCrashedError,
                               SessionNotFoundError)
-from jidocoder.models import ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo
+from jidocoder.models import (ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo,
+                              utc_now)
 from tests.support import EXPIRES as SHORT  # this file's SHORT: a wait that is meant to run out
 from tests.support import LONG, fd_count, wait_until
 
@@ -199,7 +202,17 @@ def test_hello_is_the_first_request_and_sets_pid_and_request_limit(serve):
     peer, client = serve()
     assert client.daemon_pid == 4242
     assert client.max_request_bytes == 4096
-    assert peer.received[0] == {"id": peer.received[0]["id"], "op": "hello", "args": {}}
+    hello = peer.received[0]
+    assert hello == {"id": hello["id"], "op": "hello", "args": {}, "deadline": hello["deadline"]}
+
+
+def test_every_request_carries_the_monotonic_deadline_its_client_gives_up_at(serve):
+    peer, client = serve()
+    before = time.monotonic()
+    client.get_file_index("s1")  # echoed: a dict, as get_file_index returns
+    after = time.monotonic()
+    deadline = peer.received[-1]["deadline"]
+    assert before + client.timeout <= deadline <= after + client.timeout
 
 
 def test_hello_without_limit_keeps_the_16_mib_default(serve):
@@ -238,6 +251,9 @@ REQUESTS = [
       "max_messages": None, "max_files": None}),
     (lambda c: c.build_context("s1", "files", max_files=2), "build_context",
      {"session_id": "s1", "include": "files", "max_messages": None, "max_files": 2}),
+    (lambda c: c.get_conversation_history("s1", offset=2, limit=3), "get_conversation_history",
+     {"session_id": "s1", "offset": 2, "limit": 3}),
+    (lambda c: c.list_sessions(offset=1), "list_sessions", {"offset": 1, "limit": None}),
     (lambda c: c.build_context("s1", 7), "build_context",
      {"session_id": "s1", "include": 7, "max_messages": None, "max_files": None}),
 ]
@@ -478,6 +494,106 @@ def test_a_subscribed_client_reads_its_events_while_no_thread_asks_for_them(serv
     assert client.next_event(0) is None
     client.close()
     assert DRAIN_THREAD_NAME not in thread_names()
+
+
+def test_past_event_buffer_the_oldest_are_dropped_and_told_as_one_events_gap_per_topic(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.reply(peer.recv(), None)
+        for seq in range(1, 8):  # s1: 1..7, interleaved with the global topic's 101..103
+            peer.push(event(seq))
+            if seq <= 3:
+                peer.push({**event(100 + seq), "topic": "client.global_events"})
+        echo(peer)
+
+    peer = Peer(str(tmp_path / "p.sock"), script, HELLO)
+    client = Client(peer.path, timeout=LONG, event_buffer=4)
+    try:
+        check_gaps(client)
+    finally:
+        client.close()
+        peer.stop()
+    assert peer.failure is None
+
+
+def check_gaps(client: Client) -> None:
+    client.subscribe_to_all_sessions()
+    assert client.get_session_pid("s1") == {"session_id": "s1"}  # after all ten events
+    before = utc_now()
+    s1_gap, global_gap = client.next_event(0), client.next_event(0)
+    assert (s1_gap.type, s1_gap.topic, s1_gap.session_id, s1_gap.seq, s1_gap.payload) == (
+        "events_gap", "client.session.s1", "s1", 3,
+        {"topic": "client.session.s1", "first_missing": 1, "next_seq": 4})
+    assert (global_gap.topic, global_gap.session_id, global_gap.seq, global_gap.payload) == (
+        "client.global_events", None, 103,
+        {"topic": "client.global_events", "first_missing": 101, "next_seq": 104})
+    assert before <= s1_gap.timestamp <= utc_now()
+    assert [client.next_event(0).seq for _ in range(4)] == [4, 5, 6, 7]
+    assert client.next_event(0) is None
+
+
+def test_event_buffer_must_be_a_positive_int(serve):
+    peer, _ = serve()
+    for bad in (0, -1, 1.5, "10"):
+        with pytest.raises(InvalidArgumentError) as info:
+            Client(peer.path, event_buffer=bad)
+        assert info.value.field == "event_buffer"
+
+
+def test_a_closing_frame_becomes_the_reason_every_later_call_gives(serve):
+    def script(peer: Peer) -> None:
+        request = peer.recv()
+        peer.push(event(1))
+        wire.write_frame(peer.conn, {"closing": {"code": "fell_behind", "message": "fell 9 bytes "
+                                                 "behind (client_buffer_bytes=8)"}}, 1024)
+        peer.release.wait(LONG)
+
+    _, client = serve(script)
+    with pytest.raises(DaemonUnavailableError, match="fell 9 bytes behind"):
+        client.subscribe_to_session("s1")
+    assert client.next_event(0).seq == 1  # what came before is still delivered
+    with pytest.raises(DaemonUnavailableError, match=r"fell 9 bytes behind \(client_buffer") as info:
+        client.next_event(0)
+    assert info.value.details["closing"] == "fell_behind"
+
+
+def test_an_error_the_daemon_sends_for_no_request_becomes_the_reason_calls_give(serve):
+    def script(peer: Peer) -> None:
+        peer.recv()
+        wire.write_frame(peer.conn, {"id": None, "error": LimitExceededError(
+            "a frame of 99 bytes is larger than the limit of 98 bytes").to_wire()}, 1024)
+        peer.release.wait(LONG)
+
+    _, client = serve(script)
+    with pytest.raises(DaemonUnavailableError, match="refused a frame: a frame of 99 bytes"):
+        client.get_session_pid("s1")
+
+
+def test_a_subscribed_client_dropped_without_close_ends_its_drain_and_closes_its_fd(tmp_path):
+    before = fd_count()
+    peer = Peer(str(tmp_path / "p.sock"), echo, HELLO)
+    try:
+        client = Client(peer.path, timeout=LONG)
+        client.subscribe_to_all_sessions()
+        drain = next(t for t in threading.enumerate() if t.name == DRAIN_THREAD_NAME)
+        del client
+        gc.collect()
+        drain.join(LONG)
+        assert not drain.is_alive()
+        peer.thread.join(LONG)  # the peer saw EOF and closed its end
+    finally:
+        peer.stop()
+    assert peer.failure is None
+    assert fd_count() == before
+
+
+def test_close_drops_the_buffered_events_and_next_event_then_raises(serve):
+    _, client = serve(events_during_call)
+    client.subscribe_to_session("s1")
+    wait_until(lambda: len(client._events) == 3, LONG, "the three events to be buffered")
+    client.close()
+    assert len(client._events) == 0
+    with pytest.raises(DaemonUnavailableError, match="closed"):
+        client.next_event(0)
 
 
 def test_next_event_returns_none_on_timeout(serve):

@@ -450,3 +450,27 @@ def test_restored_context_keeps_going_under_the_same_limits() -> None:
     assert ctx.add_file("/a") == []
     assert [kind for kind, _ in ctx.add_file("/c")] == ["file_added", "file_removed"]
     assert paths(ctx.active_files()) == ["/b", "/c"]
+
+
+# -- paging ------------------------------------------------------------------------------------
+
+def test_history_pages_are_exact_slices_oldest_first():
+    ctx = SessionContext("s1", SessionConfig(max_history=10))
+    for i in range(7):
+        ctx.add_message("user", f"m{i}")
+    contents = lambda messages: [m.content for m in messages]  # noqa: E731
+    assert contents(ctx.history()) == [f"m{i}" for i in range(7)]
+    assert contents(ctx.history(2, 3)) == ["m2", "m3", "m4"]
+    assert contents(ctx.history(5)) == ["m5", "m6"]
+    assert contents(ctx.history(6, 10)) == ["m6"]
+    assert ctx.history(7) == [] and ctx.history(0, 0) == []
+
+
+@pytest.mark.parametrize("offset, limit, field", [
+    (-1, None, "offset"), (0, -2, "limit"), ("1", None, "offset"), (0, 1.0, "limit"),
+    (True, None, "offset"), (None, None, "offset")])
+def test_a_negative_or_non_int_offset_or_limit_is_an_invalid_argument_naming_it(offset, limit, field):
+    ctx = SessionContext("s1", SessionConfig())
+    with pytest.raises(InvalidArgumentError) as info:
+        ctx.history(offset, limit)
+    assert (info.value.code, info.value.field) == ("invalid_argument", field)

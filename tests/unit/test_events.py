@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jidocoder import wire
 from jidocoder.daemon.events import GLOBAL_TOPIC, EventBus, session_topic
 
 
@@ -9,7 +10,8 @@ class Inbox:
     def __init__(self) -> None:
         self.events: list[dict] = []
 
-    def send_event(self, event: dict) -> None:
+    def send_event(self, event: dict, frame: bytes) -> None:
+        assert wire.decode(frame[wire.HEADER_SIZE:]) == {"event": event}
         self.events.append(event)
 
 
@@ -43,3 +45,13 @@ def test_dropped_subscriber_receives_nothing_more():
     bus.drop(inbox)
     bus.publish("session_created", "s1", {})
     assert inbox.events == []
+
+
+def test_an_event_is_framed_once_for_all_its_subscribers():
+    bus, inboxes = EventBus(), [Inbox() for _ in range(3)]
+    frames = []
+    for inbox in inboxes:
+        bus.subscribe(session_topic("s1"), inbox)
+        inbox.send_event = lambda event, frame, inbox=inbox: frames.append(frame)
+    bus.publish("conversation_added", "s1", {"content": "x" * 100_000})
+    assert len(frames) == 3 and frames[0] is frames[1] is frames[2]

@@ -439,3 +439,101 @@ def test_decoder_over_a_socket_tells_clean_eof_from_a_truncated_frame(pair):
         assert received == ["one"]
         with pytest.raises(ProtocolError, match="EOF in the middle of a frame"):
             decoder.close()
+
+
+# -- sizes: one place for the limits, bounded decoding, results forwarded undecoded -----------
+
+def test_a_request_frame_may_hold_the_request_and_its_envelope_and_a_reply_what_a_header_says():
+    from jidocoder import wire
+    assert wire.request_limit(16 * MiB) == 16 * MiB + wire.ENVELOPE_BYTES == DEFAULT_MAX_FRAME
+    assert wire.MAX_FRAME == 2**32 - 1
+    assert wire.RECV_CHUNK == 64 * 1024
+
+
+def test_bounded_decoding_refuses_a_frame_of_empty_maps_before_it_grows_past_its_budget():
+    from jidocoder import wire
+    body = encode({"id": 7, "op": "x", "args": {"m": [[{}] * 1000] * 500}})
+    with pytest.raises(LimitExceededError) as info:
+        wire.decode_bounded(body)
+    assert info.value.details == {"size": len(body), "limit": 5 * len(body)}
+
+
+@pytest.mark.parametrize("leaf", [b"\xec", b"\xa2ab", b"\xc0"])  # -20, "ab", None
+def test_bounded_decoding_refuses_one_container_whose_leaves_alone_would_pass_the_budget(leaf):
+    from jidocoder import wire
+    count = 4 * MiB // len(leaf)
+    body = b"\xdd" + count.to_bytes(4, "big") + leaf * count  # one array, 4 MiB
+    with pytest.raises(LimitExceededError, match="holds a container of more than"):
+        wire.decode_bounded(body)
+
+
+def test_bounded_decoding_takes_ordinary_messages_large_and_small():
+    from jidocoder import wire
+    for obj in ({"id": 1, "op": "send_message", "args": {"content": "x" * (4 * MiB)}},
+                {"id": 2, "op": "hello", "args": {}},
+                {"k": [{"a": i, "b": str(i)} for i in range(1000)]}):
+        assert wire.decode_bounded(encode(obj)) == obj
+
+
+def test_an_untrusted_decoder_answers_a_refused_frame_with_its_id_and_stays_in_step():
+    from jidocoder import wire
+    decoder = FrameDecoder(64 * MiB, untrusted=True)
+    bomb = pack_frame({"op": "x", "args": {"m": [[{}] * 1000] * 300}, "id": 41}, 64 * MiB)
+    after = pack_frame({"id": 42, "op": "hello"}, 100)
+    stream = bomb + after
+    pieces = [decoder.feed(stream[i:i + 65536]) for i in range(0, len(stream), 65536)]
+    refused, good = [obj for piece in pieces for obj in piece]  # a buffered frame, refused
+    assert type(refused) is wire.Refused
+    assert refused.reply()["id"] == 41
+    assert refused.reply()["error"]["code"] == "limit_exceeded"
+    assert good == {"id": 42, "op": "hello"}
+
+
+def test_a_session_reply_carries_its_result_encoded_and_the_daemon_forwards_it_undecoded():
+    from jidocoder import wire
+    result = [{"role": "user", "content": "é" * 70_000}, None, b"\x00"]
+    frame = wire.pack_reply({"id": 3, "events": [["conversation_cleared", {"session_id": "s"}]]},
+                            result)
+    link_reply = decode(frame[HEADER_SIZE:])
+    assert link_reply["id"] == 3 and link_reply["events"] == [["conversation_cleared",
+                                                                {"session_id": "s"}]]
+    buffers = wire.reply_buffers(99, link_reply["packed"])
+    assert buffers[1] is link_reply["packed"]  # a large result is not copied
+    client_frame = b"".join(buffers)
+    assert struct.unpack(">I", client_frame[:4])[0] == len(client_frame) - 4
+    assert decode(client_frame[4:]) == {"id": 99, "result": result}
+
+
+def test_a_reply_of_many_fields_and_a_large_result_is_framed_exactly():
+    from jidocoder import wire
+    envelope = {f"k{i}": i for i in range(20)}  # past a fixmap's 15 entries
+    frame = wire.pack_reply(envelope, "x" * 70_000)
+    assert decode(frame[HEADER_SIZE:]) == {**envelope, "packed": encode("x" * 70_000)}
+
+
+def test_a_small_result_travels_the_same_way_in_one_buffer():
+    from jidocoder import wire
+    frame = wire.pack_reply({"id": 4, "events": []}, None)
+    link_reply = decode(frame[HEADER_SIZE:])
+    assert link_reply == {"id": 4, "events": [], "packed": encode(None)}
+    [buffer] = wire.reply_buffers("x", link_reply["packed"])
+    assert decode(buffer[HEADER_SIZE:]) == {"id": "x", "result": None}
+    assert struct.unpack(">I", buffer[:4])[0] == len(buffer) - HEADER_SIZE
+
+
+def test_a_refused_frame_whose_id_is_no_int_is_answered_with_none_and_nothing_built():
+    from jidocoder import wire
+    nested = [[[[]] * 15] * 15] * 15
+    for request_id in (nested, "7", 1.5, None, -3, 2**40):
+        body = encode({"id": request_id, "args": {"m": [[{}] * 1000] * 300}})
+        [refused] = FrameDecoder(64 * MiB, untrusted=True).feed(pack_frame(decode(body), 64 * MiB))
+        assert refused.request_id == (request_id if type(request_id) is int else None)
+
+
+def test_an_untrusted_decoder_drops_the_stream_on_an_undecodable_frame():
+    decoder = FrameDecoder(64 * MiB, untrusted=True)
+    deep = b"\x83\xa2id\x05\xa2op\xa1x\xa4args" + b"\x91" * 100_000 + b"\x80"  # nested too deep
+    with pytest.raises(ProtocolError):
+        decoder.feed(struct.pack(">I", len(deep)) + deep)
+    with pytest.raises(ProtocolError):
+        decoder.feed(pack_frame({"id": 6}, 100))
