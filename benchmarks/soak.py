@@ -37,7 +37,7 @@ import traceback
 from jidocoder import Client
 from jidocoder.errors import JidocoderError
 
-from .soak_fuzz import fuzz
+from .soak_fuzz import REPLY_WAIT, fuzz
 from .soak_load import (SoakDaemon, Writer, alive, check_histories, poll_until, rss_kib,
                         start_writers, wait_for_progress)
 
@@ -149,7 +149,7 @@ class Soak:
         sampler.start()
         try:
             outcome = fuzz(self.daemon.socket, self.sessions, count, self.seed,
-                           on_progress=lambda n: n % 20_000 < 2_200 and log(f"  {n} connections"))
+                           on_progress=lambda n: log(f"  {n} connections"))
         finally:
             done.set()
             sampler.join()
@@ -158,6 +158,8 @@ class Soak:
                             rss_before_kib=before, rss_peak_kib=peak[0],
                             rss_after_kib=rss_kib(self.daemon.pid) if alive_after else None,
                             rss_bound_kib=RSS_BOUND_KIB, daemon_alive=alive_after,
+                            fuzz_unanswered=sum(n for key, n in outcome.items()
+                                                if key.endswith(":silent") and not key.startswith("random_bytes")),
                             answers_list_sessions=alive_after and self.answers())
 
     def sample_rss(self, peak: list[int], done: threading.Event) -> None:
@@ -239,7 +241,8 @@ def table(figures: dict) -> str:
          f"restart to all served: p50 {restarts[len(restarts) // 2]:.2f} s, max {restarts[-1]:.2f} s"),
         ("orphans (alive 1 s after)", figures.get("orphans"),
          f"must be 0; slowest exit {figures.get('slowest_exit_s', 0):.3f} s"),
-        ("hostile connections", figures.get("fuzz_connections"), ""),
+        ("hostile connections", figures.get("fuzz_connections"),
+         f"{figures.get('fuzz_unanswered')} framed ones got no answer or close in {REPLY_WAIT} s (information)"),
         ("daemon alive / answers", f"{figures.get('daemon_alive')} / {figures.get('answers_list_sessions')}", ""),
         ("daemon RSS KiB before/peak/after", f"{figures.get('rss_before_kib')} / {figures.get('rss_peak_kib')}"
          f" / {figures.get('rss_after_kib')}", f"growth must be <= {RSS_BOUND_KIB} KiB"),

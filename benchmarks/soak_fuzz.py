@@ -30,7 +30,7 @@ import msgpack
 HEADER = struct.Struct(">I")
 MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024  # jidocoder.wire.DEFAULT_MAX_FRAME at the default limit
 REPLY_WAIT = 0.5      # how long a case that expects an answer (or EOF) waits for it
-BURST_EVERY = 2_000   # one burst of held connections per this many cases
+BURST_EVERY = 10_000  # one burst of held connections per this many cases
 BURST_SIZE = 200
 HARMLESS_OPS = ["hello", "list_sessions", "get_session_info", "get_session_pid", "daemon_status",
                 "get_file", "build_context", "get_conversation_history", "terminate_session",
