@@ -15,9 +15,9 @@ once, nothing refused or foreign. It prints a table, writes the figures with ``-
 exits 1 if an invariant fails (2 if the soak itself could not run). Whatever happens, every
 process it started is ended by pid (``finally``); SIGTERM unwinds like ^C.
 
-The daemon runs with ``max_restarts`` of a million, so that a thousand kills never reach the
-restart limit (which would end a session by design), and sessions hold every message
-(``max_history`` ten million).
+The daemon runs with ``max_restarts`` of a million in ``max_seconds`` of 1 (``SETTINGS``), so
+that no kill reaches the restart limit and the restart backoff stays short, and sessions hold
+every message (``max_history`` ten million).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import traceback
 from jidocoder import Client
 from jidocoder.errors import JidocoderError
 
-from .soak_fuzz import REPLY_WAIT, fuzz
+from .soak_fuzz import PROBE_WAIT, REPLY_WAIT, fuzz, unanswered_probes
 from .soak_load import (SoakDaemon, Writer, alive, check_histories, poll_until, rss_kib,
                         start_writers, wait_for_progress)
 
@@ -47,7 +47,10 @@ RSS_BOUND_KIB = 32 * 1024  # the daemon's RSS may grow by at most this over the 
 ORPHAN_WINDOW = 1.0        # docs/api.md §6: a dead daemon's session processes exit within 1 s
 PROGRESS_DEADLINE = 60.0   # writers must get acknowledgements again within this after a fault
 MAX_HISTORY = 10_000_000
-SETTINGS = dict(max_restarts=1_000_000)
+# A million restarts allowed, so that no kill reaches the limit (which ends a session by design);
+# counted over 1 s, which also keeps the restart backoff (0.05 s doubled per restart in the
+# window, at most 2 s) short, so kills come as fast as writers make progress between them.
+SETTINGS = dict(max_restarts=1_000_000, max_seconds=1.0)
 
 
 def log(message: str) -> None:
@@ -154,6 +157,8 @@ class Soak:
             done.set()
             sampler.join()
         alive_after = self.daemon.proc.poll() is None and alive(self.daemon.pid)
+        if alive_after:
+            self.figures["unanswered_probes"] = unanswered_probes(self.daemon.socket)
         self.figures.update(fuzz_connections=sum(outcome.values()), fuzz_outcomes=dict(sorted(outcome.items())),
                             rss_before_kib=before, rss_peak_kib=peak[0],
                             rss_after_kib=rss_kib(self.daemon.pid) if alive_after else None,
@@ -243,6 +248,8 @@ def table(figures: dict) -> str:
          f"must be 0; slowest exit {figures.get('slowest_exit_s', 0):.3f} s"),
         ("hostile connections", figures.get("fuzz_connections"),
          f"{figures.get('fuzz_unanswered')} framed ones got no answer or close in {REPLY_WAIT} s (information)"),
+        ("unanswered requests", len(figures.get("unanswered_probes") or []),
+         f"information: no answer in {PROBE_WAIT:g} s to {figures.get('unanswered_probes')}"),
         ("daemon alive / answers", f"{figures.get('daemon_alive')} / {figures.get('answers_list_sessions')}", ""),
         ("daemon RSS KiB before/peak/after", f"{figures.get('rss_before_kib')} / {figures.get('rss_peak_kib')}"
          f" / {figures.get('rss_after_kib')}", f"growth must be <= {RSS_BOUND_KIB} KiB"),

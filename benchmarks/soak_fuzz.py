@@ -152,6 +152,40 @@ CASES: list[Case] = [random_bytes, garbage_body, huge_length, truncated, half_he
                      abandoned]
 
 
+# -- one request at a time: each must be answered (an error frame or a close) ---------------------
+PROBE_WAIT = 5.0
+PROBES = {
+    "nil body": frame(None),
+    "nil body, then hello": frame(None) + request("hello"),
+    "empty body": raw_frame(b""),
+    "false body": frame(False),
+    "empty map": frame({}),
+    '{"op": 5}': frame({"op": 5}),
+    "unknown op": request("nonexistent"),
+    "array of 1,000,000 empty maps": raw_frame(b"\xdd" + struct.pack(">I", 1_000_000) + b"\x80" * 1_000_000),
+    "100,000 nested arrays": raw_frame(b"\x91" * 100_000 + b"\xc0"),
+    "declared length 2**32-1": HEADER.pack(2**32 - 1) + b"\x80",
+}
+
+
+def unanswered_probes(socket_path: str) -> list[str]:
+    """The names of the PROBES to which the daemon, otherwise idle, sent nothing and which it
+    did not close within PROBE_WAIT s: such a connection is wedged."""
+    silent = []
+    for name, payload in PROBES.items():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(PROBE_WAIT)
+            sock.connect(socket_path)
+            try:
+                sock.sendall(payload)
+                sock.recv(65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            except socket.timeout:
+                silent.append(name)
+    return silent
+
+
 # -- running them -------------------------------------------------------------------------------
 def one_connection(socket_path: str, payload: bytes, wait: bool) -> str:
     """Send ``payload`` and close; returns what the daemon did: ``answered`` (a frame or EOF
