@@ -263,49 +263,64 @@ def on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def main(argv: list[str] | None = None, counts: dict | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced counts (well under a minute)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     parser.add_argument("--seed", type=int, default=None, help="random seed (printed; default: random)")
     parser.add_argument("--dir", default="/tmp", help="where to make the soak's socket and state dir")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(soak: Soak) -> str | None:
+    """Run the soak; every process of it is ended whatever happens. Returns the traceback of a
+    soak that could not finish (None if it did); ^C and SIGTERM propagate after the cleanup."""
+    try:
+        soak.run()
+    except Exception:  # noqa: BLE001 - reported, and the processes still ended below
+        text = traceback.format_exc()
+        log(text)
+        return text
+    finally:
+        soak.stop_writers.set()
+        soak.figures["stop_exit_code"] = soak.daemon.stop()
+        for writer in soak.writers:
+            writer.join(15.0)
+    return None
+
+
+def report(figures: dict, failed: list[str], json_path: str | None) -> None:
+    print(table(figures))
+    verdict = "FAIL: " + ", ".join(failed) if failed else "PASS"
+    kept = f"; state kept in {figures['state_dir']}" if failed else ""
+    print(f"\n{verdict}; {figures['seconds']} s, seed {figures['seed']}{kept}")
+    for example in figures.get("examples", [])[:10]:
+        print(f"  {example}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(figures, f, indent=2, default=str)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
-    counts = counts or (QUICK if args.quick else FULL)
+    counts = QUICK if args.quick else FULL
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     root = tempfile.mkdtemp(prefix="jds-", dir=args.dir)
     log(f"soak seed {seed}, counts {counts}, state in {root}")
-    soak = Soak(counts, seed, root)
-    began = time.monotonic()
-    figures, crashed, interrupted = soak.figures, None, False
+    soak, began = Soak(counts, seed, root), time.monotonic()
     try:
-        soak.run()
+        crashed = run(soak)
     except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: stopping every process of the soak")
-    except Exception:  # noqa: BLE001 - reported, and the processes still ended below
-        crashed = traceback.format_exc()
-        log(crashed)
-    finally:
-        soak.stop_writers.set()
-        figures["stop_exit_code"] = soak.daemon.stop()
-        for writer in soak.writers:
-            writer.join(15.0)
-    figures["seconds"] = round(time.monotonic() - began, 1)
-    if interrupted:
+        log("interrupted: every process of the soak is stopped")
         shutil.rmtree(root, ignore_errors=True)
         return 130
+    figures = soak.figures
     failed = failures(figures) if crashed is None else ["soak did not finish"]
-    figures.update(failed=failed, error=crashed, state_dir=root if failed else None)
-    print(table(figures))
-    print(f"\n{'FAIL: ' + ', '.join(failed) if failed else 'PASS'}; {figures['seconds']} s, seed {seed}"
-          + (f"; state kept in {root}" if failed else ""))
-    for example in figures.get("examples", [])[:10]:
-        print(f"  {example}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2, default=str)
+    figures.update(seconds=round(time.monotonic() - began, 1), failed=failed, error=crashed,
+                   state_dir=root if failed else None)
+    report(figures, failed, args.json)
     if not failed:
         shutil.rmtree(root, ignore_errors=True)
     return 2 if crashed else (1 if failed else 0)
