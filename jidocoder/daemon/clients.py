@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import wire
 from ..errors import JidocoderError
@@ -94,11 +94,11 @@ class ClientConnection:
         return True
 
     # -- calls -------------------------------------------------------------------------------
-    def next_call(self) -> Any:
-        """The next request to dispatch, or None while throttled (or none is waiting)."""
-        if self.backlog and self.accepting_calls:
-            return self.backlog.popleft()
-        return None
+    def next_calls(self) -> Iterator[Any]:
+        """The requests to dispatch now, in order, until throttled or none is left. A request
+        may be any decoded object, ``None`` (msgpack nil) too: the caller answers each."""
+        while self.backlog and self.accepting_calls:
+            yield self.backlog.popleft()
 
     def begin_call(self) -> None:
         self.in_flight += 1

@@ -153,7 +153,7 @@ class Daemon:
 
     def _dispatch_backlog(self, conn: ClientConnection) -> None:
         conn.resume_scheduled = False
-        while (frame := conn.next_call()) is not None:
+        for frame in conn.next_calls():
             self.api.dispatch(conn, frame)
 
     def _on_client_writable(self, conn: ClientConnection) -> None:

@@ -548,3 +548,16 @@ def test_a_client_that_sends_but_does_not_read_is_throttled_and_gets_every_reply
         ids = [wire.read_frame(raw, 1 << 24)["id"] for _ in range(count)]
         sender.join(SHORT)
         assert ids == list(range(1, count + 1))
+
+
+def test_a_request_that_is_msgpack_nil_is_answered_and_the_connection_goes_on(daemon):
+    """Found by the soak's fuzz: a nil request once stopped its connection's dispatch for good."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(SHORT)
+        raw.connect(daemon.socket)
+        raw.sendall(b"\x00\x00\x00\x01\xc0")
+        wire.write_frame(raw, {"id": 7, "op": "hello", "args": {}}, 1 << 20)
+        refused = wire.read_frame(raw, 1 << 20)
+        assert refused["id"] is None and refused["error"]["code"] == "invalid_request"
+        hello = wire.read_frame(raw, 1 << 20)
+        assert hello["id"] == 7 and hello["result"]["pid"] == daemon.pid
