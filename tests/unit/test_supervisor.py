@@ -41,6 +41,7 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     yield sup
     registry.close()
     sup.table.close()
+    sup.loop.close()
 
 
 @pytest.fixture
