@@ -176,7 +176,6 @@ def status_writes_of_assignments(func: ast.FunctionDef) -> bool:
 
 
 def test_in_the_supervisor_only_change_status_assigns_a_records_state() -> None:
-    # _fail_creation ends a session that never served (never announced, slot released at once)
-    # without an event: the one known exception, named here so that no other can join it.
+    # A create that fails drops its record (never announced, slot released): no status change.
     tree = ast.parse((DAEMON / "supervisor.py").read_text())
-    assert record_state_writers(tree) == {"change_status", "_fail_creation"}
+    assert record_state_writers(tree) == {"change_status"}
