@@ -35,7 +35,7 @@ class FakeClient:
     def reply(self, request_id: Any, message: dict[str, Any]) -> None:
         self.replies.append((request_id, message))
 
-    def send_event(self, event: dict[str, Any]) -> None:
+    def send_event(self, event: dict[str, Any], frame: bytes | None = None) -> None:
         self.events.append(event)
 
 

@@ -28,7 +28,7 @@ class Listener:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def send_event(self, event: dict[str, Any]) -> None:
+    def send_event(self, event: dict[str, Any], frame: bytes | None = None) -> None:
         self.events.append(event)
 
 
