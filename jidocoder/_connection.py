@@ -29,6 +29,7 @@ small and free of the daemon's threads and state.
 from __future__ import annotations
 
 import itertools
+import os
 import select
 import socket
 import struct
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import wire
+from ._sockdir import check_socket_dir, is_default_socket_dir, peer_credentials
 from ._reader import RECV_SLICE, Reader, _remaining, _Slot
 from .config import MiB
 from .errors import (DaemonUnavailableError, InvalidArgumentError, LimitExceededError,
@@ -109,6 +111,11 @@ class Connection(Reader):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self) -> socket.socket:
+        """Connected, and only to a daemon we trust (API.md §8): in a default socket directory
+        that is ours alone, served by a process of our own user. Nothing is sent before."""
+        if is_default_socket_dir(self.socket_path) and \
+                (why := check_socket_dir(os.path.dirname(self.socket_path))):
+            raise DaemonUnavailableError(why, details={"socket": self.socket_path})
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)  # a full listen backlog must not block forever
@@ -124,6 +131,13 @@ class Connection(Reader):
                 f"no jidocoder daemon answers on {self.socket_path} ({reason}); "
                 "start one with `jidocoder daemon start`",
                 details={"socket": self.socket_path}) from e
+        _, uid, _ = peer_credentials(sock)
+        if uid != os.getuid():
+            sock.close()
+            raise DaemonUnavailableError(
+                f"the socket {self.socket_path} is served by a process of uid {uid}, not by you "
+                f"(uid {os.getuid()}): nothing was sent to it; use a socket of your own",
+                details={"socket": self.socket_path, "peer_uid": uid})
         return sock
 
     def _hello(self) -> None:

@@ -15,11 +15,22 @@ Standard library only: the Client imports this and never imports ``jidocoder.dae
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import struct
 from pathlib import Path
 from typing import Mapping
 
 SOCKET_NAME = "daemon.sock"
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of a connected Unix socket, as the
+    kernel recorded them (SO_PEERCRED): the daemon checks its clients, the Client its daemon."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
 
 
 def default_socket_dir(env: Mapping[str, str] | None = None) -> str:

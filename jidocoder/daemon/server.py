@@ -14,11 +14,11 @@ import logging
 import os
 import signal
 import socket
-import struct
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .._sockdir import peer_credentials
 from ..config import Settings
 from . import store
 from .api import Api
@@ -34,7 +34,6 @@ from .watchdog import MEMORY_CHECK_INTERVAL, check_interval
 log = logging.getLogger("jidocoder.daemon")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
-PEERCRED = struct.Struct("3i")
 ACCEPT_PAUSE = 0.1  # after accept() fails (out of fds): time for connections to close
 
 
@@ -123,8 +122,7 @@ class Daemon:
                 self.loop.unwatch(self.listener)  # it or epoll would spin on it at full CPU
                 self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 return
-            pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                             PEERCRED.size))
+            pid, uid, _gid = peer_credentials(sock)
             if uid != os.getuid():
                 log.warning("refused a connection from uid %d (pid %d): not the daemon's user", uid, pid)
                 sock.close()
