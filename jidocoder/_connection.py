@@ -155,7 +155,10 @@ class Connection(Reader):
         """Send one request and return its result, or raise the error the daemon answered."""
         deadline = time.monotonic() + self.timeout
         request_id = next(self._ids)  # itertools.count is atomic under the GIL
-        frame = self._pack(op, {"id": request_id, "op": op, "args": args})
+        request = {"id": request_id, "op": op, "args": args}
+        if op != "hello":  # the daemon's own handshake never reaches a session
+            request["deadline"] = deadline  # reaching its session later, it is refused (API.md §10)
+        frame = self._pack(op, request)
         slot = self._register(request_id)
         try:
             self._send(op, frame, deadline)
