@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from jidocoder import Client
-from jidocoder.errors import SessionNotFoundError, StorageError
+from jidocoder.errors import (JidocoderError, LimitExceededError, RequestTimeoutError, SessionNotFoundError,
+                              StorageError)
 from tests.integration.test_crashes import EventLog, debug, kill_new_pid, subset
 from tests.integration.test_durability import traces_of
-from tests.support import LONG, SHORT, DaemonProcess, children_of, contents, info_of, process_name, wait_until
+from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, cpu_seconds, info_of, process_name,
+                           wait_until)
 
 if shutil.which("strace") is None:  # pragma: no cover - the environment's fault, said plainly
     pytest.fail("these tests inject faults with strace: apt-get install strace", pytrace=False)
@@ -255,3 +257,67 @@ def test_the_template_has_one_thread_and_no_store_open(daemon_factory):
             except FileNotFoundError:
                 pass
         assert [t for t in targets if t.endswith((".db", "-wal", "-shm"))] == []
+
+
+# -- 4. process limits --------------------------------------------------------------------------
+def test_a_fork_that_fails_is_a_limit_and_a_restart_that_cannot_fork_is_retried_uncounted(daemon_factory):
+    daemon = daemon_factory(max_restarts=1, spare_processes=0)
+    with daemon.client() as client, daemon.client() as watcher:
+        session = client.create_session()
+        fill(client, session, ["k"])
+        before = snapshot(client, session)
+        watcher.subscribe_to_session(session)
+        events = EventLog(watcher)
+        template = template_pid(daemon)
+        with Inject(template, "clone,clone3,fork,vfork", "EAGAIN"):
+            with pytest.raises(LimitExceededError):
+                client.create_session()
+            kill_new_pid(client, session, None)
+            crashed = events.wait_type("session_crashed", session)
+            assert crashed.payload["will_restart"] is True
+            # ~3 s of failing forks: three max_restarts windows' worth of retries, none counted
+            with pytest.raises(AssertionError):
+                events.wait_for(lambda e: e.session_id == session and e.type in (
+                    "session_crashed", "session_terminated"), 3.0, "no second crash")
+        events.wait_type("session_restarted", session, timeout=LONG)
+        wait_until(lambda: info_of(client, session).status == "active", SHORT, "it to serve")
+        assert snapshot(client, session) == before
+        assert info_of(client, session).restarts == 1
+        assert [e for e in events.seen if e.payload.get("will_restart") is False] == []
+
+
+# -- 7. deadlines (§10) -------------------------------------------------------------------------
+def test_a_message_whose_call_timed_out_on_a_hung_session_is_not_applied(daemon_factory):
+    daemon = daemon_factory(hang_timeout=2)
+    with daemon.client() as client, daemon.client() as watcher:
+        session = client.create_session()
+        client.send_message(session, "user", "before")
+        watcher.subscribe_to_session(session)
+        events = EventLog(watcher)
+        outcome: list = []
+
+        def hang() -> None:
+            with daemon.client(timeout=LONG) as own:
+                try:
+                    debug(own, "debug_hang", session, seconds=5)
+                    outcome.append("returned")
+                except JidocoderError as exc:
+                    outcome.append(exc.code)
+        pid = client.get_session_pid(session)
+        spent = cpu_seconds(pid)
+        hanger = threading.Thread(target=hang)
+        hanger.start()
+        try:
+            # debug_hang busy-loops: its process burning CPU says the hang has begun
+            wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to hang")
+            with daemon.client(timeout=0.5) as impatient:
+                with pytest.raises(RequestTimeoutError):
+                    impatient.send_message(session, "user", "late")
+            crashed = events.wait_type("session_crashed", session, timeout=LONG)
+            assert crashed.payload["reason"] == "hung"
+            events.wait_type("session_restarted", session, timeout=LONG)
+        finally:
+            hanger.join(LONG)
+        assert outcome != ["returned"]
+        wait_until(lambda: info_of(client, session).status == "active", SHORT, "it to serve")
+        assert contents(client, session) == ["before"]
