@@ -81,11 +81,11 @@ def test_a_session_given_up_keeps_its_data_is_listed_as_failed_and_is_recovered(
         watcher.subscribe_to_session(session)
         events = EventLog(watcher)
         pid = None
-        for _ in range(3):
+        for n, restarts in enumerate((True, True, False)):
             pid = kill_new_pid(client, session, pid)
             crashed = events.wait_type("session_crashed", session)
-        assert subset(crashed.payload, {"reason": 1, "will_restart": 1}) == {
-            "reason": "killed by SIGKILL", "will_restart": False}
+            assert subset(crashed.payload, {"reason": 1, "restarts": 1, "will_restart": 1}) == {
+                "reason": "killed by SIGKILL", "restarts": n, "will_restart": restarts}
         assert events.wait_type("session_status", session).payload["status"] == "terminating"
         assert events.wait_type("session_status", session).payload["status"] == "terminated"
         events.wait_type("session_terminated", session)
