@@ -74,7 +74,8 @@ _request_ids = itertools.count(1)
 
 class SessionLink:
     def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
-                 on_writable_change: Callable[["SessionLink", bool], None]) -> None:
+                 on_writable_change: Callable[["SessionLink", bool], None],
+                 max_reply: int = wire.MAX_FRAME) -> None:
         self.pid = pid
         self.sock = sock
         self.incarnation = incarnation
@@ -85,7 +86,9 @@ class SessionLink:
         self.stopping = False  # the daemon asked it to stop: its exit is no crash
         self.last_word: str | None = None  # why its store is unusable, as it said before exiting
         self.broken: str | None = None  # it broke framing: what the decoder said
-        self.decoder = wire.FrameDecoder(wire.MAX_FRAME)  # replies: no limit but the header's
+        # Replies have no limit of their own; a frame larger than the process may hold
+        # (``max_reply``: its memory limit) cannot be a reply, only broken framing.
+        self.decoder = wire.FrameDecoder(max_reply)
         self.max_frame = max_frame  # what a request frame to the session may be
         self.in_flight: dict[int, Call] = {}
         self._out: deque[bytes | memoryview] = deque()

@@ -225,7 +225,8 @@ class Supervisor:
     def _start_in(self, record: SessionRecord, spare: Spare) -> None:
         incarnation = (record.link.incarnation + 1) if record.link else 1
         spec = self._spec(record.session_id, record.state.config, record.slot)
-        link = SessionLink(spare.pid, spare.sock, incarnation, self.max_frame, self._want_write)
+        link = SessionLink(spare.pid, spare.sock, incarnation, self.max_frame, self._want_write,
+                           max_reply=min(wire.MAX_FRAME, self.settings.memory_limit_mb * 1024 * 1024))
         record.link = link
         record.spawned_at = time.monotonic()
         self.by_pid[spare.pid] = (record, link)
