@@ -1,6 +1,6 @@
 """jidocoder: a session supervisor for a coding assistant, one OS process per work-session.
 
-The public surface is exactly ``__all__`` (API.md): the ``Client``, the models and the errors.
+The public surface is exactly ``__all__`` (docs/api.md): the ``Client``, the models and the errors.
 Everything else (``wire``, ``daemon``, ``cli``) is internal. Importing ``jidocoder`` stays light:
 it never imports the daemon, and the ``Client`` and the models are imported on first use
 (PEP 562). That keeps the daemon, started as ``python -m jidocoder.cli``, free of the client's

@@ -96,7 +96,7 @@ class Connection(Reader):
         self._sock = self._connect()
         self._finalizer = weakref.finalize(self, _collected, self._sock, self._drain_stop,
                                            self._drain_started)
-        # Replies and events have no size limit (API.md §9) but what a header can say; they
+        # Replies and events have no size limit (docs/api.md §9) but what a header can say; they
         # come from our own daemon, behind a 0600 socket, so they are decoded without a budget.
         self._decoder = wire.FrameDecoder(wire.MAX_FRAME)
         self._buffer = memoryview(bytearray(wire.RECV_CHUNK))  # one recv buffer per client
@@ -111,7 +111,7 @@ class Connection(Reader):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self) -> socket.socket:
-        """Connected, and only to a daemon we trust (API.md §8): in a default socket directory
+        """Connected, and only to a daemon we trust (docs/api.md §8): in a default socket directory
         that is ours alone, served by a process of our own user. Nothing is sent before."""
         if is_default_socket_dir(self.socket_path) and \
                 (why := check_socket_dir(os.path.dirname(self.socket_path))):
@@ -153,7 +153,7 @@ class Connection(Reader):
             if self._closed:
                 return
             self._closed = True
-            self._events.clear()  # no buffer of a Client outlives close() (API.md §9)
+            self._events.clear()  # no buffer of a Client outlives close() (docs/api.md §9)
             self._gaps.clear()
             _shutdown(self._sock)  # wakes every poll on it (role holder, drain) and any sender
             self._drain_stop.set()

@@ -40,7 +40,7 @@ its finalizer shuts the socket down, and the drain, woken by that, closes the fd
 
 The event buffer holds at most ``event_buffer`` events not taken yet: past that the oldest is
 dropped and remembered per topic as a gap, and the next event taken is an ``events_gap``
-(API.md §10: ``{"topic", "first_missing", "next_seq"}``), so a consumer never misses a silent
+(docs/api.md §10: ``{"topic", "first_missing", "next_seq"}``), so a consumer never misses a silent
 hole. A ``{"closing": {code, message}}`` frame from the daemon (it fell behind) becomes the
 reason every later call gives.
 
@@ -80,7 +80,7 @@ RECV_SLICE = 0.05
 # (and routes events) meanwhile, so this only bounds how often the drain looks, never how soon
 # a frame is read. 5 ms of a flood is far less than the kernel and daemon buffers hold.
 _DRAIN_BACKOFF = 0.005
-# API.md §4: a session's topic is this prefix and its id (the global topic has no session).
+# docs/api.md §4: a session's topic is this prefix and its id (the global topic has no session).
 _SESSION_TOPIC_PREFIX = "client.session."
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -388,7 +388,7 @@ def _drain_loop(ref: "weakref.ref[Reader]", sock: socket.socket, stop: threading
 
 
 def _gap_event(topic: str, first_missing: int, next_seq: int) -> Event:
-    """What the Client dropped of ``topic`` (API.md §10); its seq is the last one missing, so
+    """What the Client dropped of ``topic`` (docs/api.md §10); its seq is the last one missing, so
     the next event of the topic follows it."""
     session_id = topic[len(_SESSION_TOPIC_PREFIX):] if topic.startswith(_SESSION_TOPIC_PREFIX) else None
     return Event(type="events_gap", topic=topic, session_id=session_id,

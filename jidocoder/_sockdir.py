@@ -1,4 +1,4 @@
-"""Whether the default socket directory may be trusted (API.md §8); the daemon and the Client
+"""Whether the default socket directory may be trusted (docs/api.md §8); the daemon and the Client
 both ask here, so that they refuse the same directories for the same reasons.
 
 The default directory (``$XDG_RUNTIME_DIR/jidocoder``, else ``/tmp/jidocoder-<uid>``) sits

@@ -123,7 +123,7 @@ def start_foreground(settings: Settings, ready_fd: int | None) -> int:
     from .daemon.process import set_process_name
     from .daemon.server import run_daemon
     from .daemon.startup import StartError
-    # Every file and directory the daemon makes is private whatever the caller's umask (API.md
+    # Every file and directory the daemon makes is private whatever the caller's umask (docs/api.md
     # §8): the store, daemon.log and its rotations, sessions/, the socket dir. Set before any.
     os.umask(0o077)
     set_process_name("jidocoder-daemon")

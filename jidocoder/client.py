@@ -1,6 +1,6 @@
 """``Client``: the public, thread-safe handle on a running jidocoder daemon.
 
-Each method is one request (docs/protocol.md, API.md) whose result comes back as a model. The
+Each method is one request (docs/protocol.md, docs/api.md) whose result comes back as a model. The
 connection under it (one socket for replies and events, read by whichever thread needs a frame,
 and a drain thread only once the client subscribes) is ``Connection``, in ``_connection.py``,
 and its mixin ``Reader``, in ``_reader.py``, whose docstrings explain the design and the hazards
@@ -26,7 +26,7 @@ __all__ = ["Client", "DEFAULT_MAX_REQUEST_BYTES", "DRAIN_THREAD_NAME"]
 
 
 class Client(Connection):
-    """A connection to the jidocoder daemon; safe to share between threads (API.md §2)."""
+    """A connection to the jidocoder daemon; safe to share between threads (docs/api.md §2)."""
 
     def __init__(self, socket_path: str | None = None, *, timeout: float = 10.0,
                  event_buffer: int = 10_000) -> None:
@@ -67,7 +67,7 @@ class Client(Connection):
         return self._call("get_session_pid", {"session_id": session_id})
 
     def list_failed_sessions(self) -> list[SessionInfo]:
-        """Sessions given up after crashes, their data kept; ``error`` says why (API.md §7)."""
+        """Sessions given up after crashes, their data kept; ``error`` says why (docs/api.md §7)."""
         return [to_model(SessionInfo, item) for item in self._call("list_failed_sessions", {})]
 
     def recover_session(self, session_id: str) -> None:

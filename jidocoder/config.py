@@ -4,7 +4,7 @@ A setting ``max_sessions`` is read, in rising precedence, from its default, from
 ``JIDOCODER_MAX_SESSIONS`` and from ``jidocoder daemon start --max-sessions``. The README's
 settings table is generated from this model (``python -m jidocoder.config``), so it cannot drift.
 
-A setting in ``FLAG_ONLY`` is read from the command line only (API.md §8: an inherited
+A setting in ``FLAG_ONLY`` is read from the command line only (docs/api.md §8: an inherited
 environment variable must not turn the ``debug_*`` operations on). A background daemon inherits
 the other settings as environment variables (``to_env``) and these as flags (``to_flags``).
 """

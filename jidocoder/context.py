@@ -1,7 +1,7 @@
 """One session's context: conversation, active files and file index, as a plain object.
 
 ``SessionContext`` does no I/O. Every mutating method returns the events it caused as
-``(type, payload)`` pairs, payloads exactly as API.md §4, and the session process around it
+``(type, payload)`` pairs, payloads exactly as docs/api.md §4, and the session process around it
 persists, emits and serializes. Keeping it pure lets the limits and event rules be tested
 without a process, and lets a restarted process rebuild it from stored data (``restore``).
 

@@ -133,11 +133,11 @@ class DamagedStoreError(JidocoderError):
     code = "store_damaged"
 
 
-# Every rule code an InvalidArgumentError is raised with: API.md §3's, the other explicit ones
+# Every rule code an InvalidArgumentError is raised with: docs/api.md §3's, the other explicit ones
 # in the package, and the "invalid_<field>" that models._translate derives from a model field.
 # tests/unit/test_errors.py checks the package's sources and models against this set.
 VALIDATION_CODES = frozenset({
-    # API.md §3
+    # docs/api.md §3
     "invalid_session_id", "empty_field", "invalid_status", "invalid_timestamps",
     "invalid_counts", "missing_field", "missing_datetime", "invalid_datetime_format",
     "invalid_role",

@@ -2,7 +2,7 @@
 
 One ``FileCache`` lives in each session process, so sessions are isolated by the process
 boundary, not by composite keys. It is never persisted: a restarted session starts empty
-(API.md §6). The bound is on content bytes (UTF-8 length for ``str``), the figure a caller
+(docs/api.md §6). The bound is on content bytes (UTF-8 length for ``str``), the figure a caller
 can reason about; Python's per-object overhead is left to the process's memory limit.
 """
 

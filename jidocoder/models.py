@@ -125,7 +125,7 @@ class _SessionFields(_Frozen):
         return {name: getattr(self, name) for name in type(self).model_fields}
 
 
-# Rule codes of API.md §3 by field; a field not named here fails as "invalid_<field>".
+# Rule codes of docs/api.md §3 by field; a field not named here fails as "invalid_<field>".
 _FIELD_CODES = {
     "session_id": "invalid_session_id",
     "created_at": "invalid_timestamps",

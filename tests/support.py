@@ -132,7 +132,7 @@ class DaemonProcess:
 
     def flags(self) -> list[str]:
         """The settings as flags; the debug_* operations are on unless ``debug_ops=False``
-        (only the flag turns them on: API.md §8)."""
+        (only the flag turns them on: docs/api.md §8)."""
         flags = []
         for name, value in {"debug_ops": True, **self.settings}.items():
             flags += ["--" + name.replace("_", "-"), str(value)]

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from . import exits
 
-MAX_BACKOFF = 2.0  # API.md §4: any backoff is at most 2 s
+MAX_BACKOFF = 2.0  # docs/api.md §4: any backoff is at most 2 s
 CRASH_BACKOFF_FIRST = 0.1
 RETRY_BACKOFF_FIRST = 0.05
 STACK_DUMP_GRACE = 0.2  # time for faulthandler to write before SIGTERM lands
@@ -78,7 +78,7 @@ def judge_exit(status: int, kill_reason: str | None, last_word: str | None) -> J
 
 
 def describe_exit(status: int) -> str:
-    """As API.md §4 words a crash: ``killed by SIGKILL``, ``exit code 3``."""
+    """As docs/api.md §4 words a crash: ``killed by SIGKILL``, ``exit code 3``."""
     if os.WIFSIGNALED(status):
         try:
             return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"

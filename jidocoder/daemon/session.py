@@ -9,7 +9,7 @@ The loop waits on its socket with a timeout and beats a heartbeat into its table
 turn. A request is handled to the end (state changed, store committed) before its reply goes
 out; requests that arrive together (one read) share one commit and one write of their replies.
 
-What a failure of the store means (API.md §7): a write the state dir cannot take (disk full,
+What a failure of the store means (docs/api.md §7): a write the state dir cannot take (disk full,
 read-only, I/O error) is the caller's ``StorageError``, and nothing of the call stays: the
 transaction is rolled back and the context is read back from the store, which holds exactly
 what was acknowledged. The process keeps serving. A store it cannot open or read at start ends

@@ -10,7 +10,7 @@ Layout under the state dir::
 Every file and directory made here is 0600 / 0700 whatever the umask (a database file is made
 before SQLite opens it; SQLite gives its -wal, -shm and -journal the file's mode).
 
-What the store keeps (API.md §7): nothing here deletes a session's data unless told to.
+What the store keeps (docs/api.md §7): nothing here deletes a session's data unless told to.
 
 - **Faults of the state dir are StorageError.** Any sqlite3 error whose primary code says the
   disk cannot take a write (FULL, IOERR, READONLY, CANTOPEN, PERM, NOLFS), and ENOSPC, EDQUOT,
@@ -32,7 +32,7 @@ What the store keeps (API.md §7): nothing here deletes a session's data unless 
   one as failed), lone logs (a -wal with no database and no row: left alone, not adoptable),
   and stray entries (any other name, a directory: ignored, never an error).
 
-Why this shape (API.md §6, Durability):
+Why this shape (docs/api.md §6, Durability):
 
 - **One database per session.** It is opened only by the session's own process, after fork, so
   session processes never wait on each other's write lock, and ending a session is "unlink the
@@ -147,7 +147,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
 _USER_VERSION_AT = slice(60, 64)
 _DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-# The state dir cannot take a write: StorageError (API.md §7), not damage and not a crash.
+# The state dir cannot take a write: StorageError (docs/api.md §7), not damage and not a crash.
 _STORAGE_CODES = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
                   sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_NOLFS}
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
@@ -168,7 +168,7 @@ _CONFIG_FIELDS = frozenset(SessionConfig.model_fields)
 # scrub_pending holds a row from a delete's commit until its scrub is done: a registry opened
 # with the row set finishes the scrub. Added after version 1 shipped, hence "IF NOT EXISTS".
 _SCRUB_MARKER_TABLE = "CREATE TABLE IF NOT EXISTS scrub_pending (pending INTEGER PRIMARY KEY)"
-# failed holds the sessions given up after crashes (API.md §7), rows as in sessions. Added
+# failed holds the sessions given up after crashes (docs/api.md §7), rows as in sessions. Added
 # after version 1 shipped: made on open by any version that knows it; an older jidocoder
 # ignores it (and so does not list failed sessions), which keeps SCHEMA_VERSION at 1.
 _FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS failed (session_id TEXT PRIMARY KEY, "
@@ -445,7 +445,7 @@ class _Database:
 class Registry(_Database):
     """The daemon's table of persisted sessions, ``<state_dir>/registry.db``.
 
-    ``sessions`` holds live sessions, ``failed`` those given up after crashes (API.md §7): their
+    ``sessions`` holds live sessions, ``failed`` those given up after crashes (docs/api.md §7): their
     data is kept, their database stays in ``sessions/``, and ``recover_failed`` makes one live
     again. A row's keys this version does not know are kept (``_extras``) and written back.
     """

@@ -110,7 +110,7 @@ class Supervisor:
         self.spawn_session(record)
 
     def recover_session(self, session_id: Any, pending: Pending) -> None:
-        """Bring a failed session back as on create, with all its stored data (API.md §7)."""
+        """Bring a failed session back as on create, with all its stored data (docs/api.md §7)."""
         failed = self.failed.get(session_id) if isinstance(session_id, str) else None
         if failed is None:
             raise SessionNotFoundError(f"no failed session {session_id!r}", field="session_id")
@@ -172,7 +172,7 @@ class Supervisor:
         return record
 
     def _sort_session_files(self) -> None:
-        """A start deletes only what a terminate asked for (API.md §7): files of sessions whose
+        """A start deletes only what a terminate asked for (docs/api.md §7): files of sessions whose
         row says ``terminating``. Files no row names (a lost registry.db) are kept as failed
         sessions a person can recover; stray files are left alone."""
         files = store.classify_session_files(self.state_dir, self.registry)
@@ -244,7 +244,7 @@ class Supervisor:
 
     def _spawn_failed(self, reason: str) -> None:
         """No process could be made for the first session waiting for one: a create fails with
-        LimitExceededError; anything else is tried again later, uncounted (API.md §7)."""
+        LimitExceededError; anything else is tried again later, uncounted (docs/api.md §7)."""
         while self._awaiting_spare:
             record = self._awaiting_spare.popleft()
             if self.records.get(record.session_id) is not record:
@@ -590,7 +590,7 @@ class Supervisor:
             self.spawn_session(record)
 
     def give_up(self, record: SessionRecord, reason: str) -> None:
-        """End the session as on terminate, but keep its data as a failed session (API.md §7);
+        """End the session as on terminate, but keep its data as a failed session (docs/api.md §7);
         if even that cannot be recorded, its live row stays and the next start restores it."""
         self.change_status(record, SessionStatus.TERMINATING, persist=False, error=reason)
         self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))

@@ -1,4 +1,4 @@
-"""API.md §1 through the real ``jidocoder`` command: ``daemon start|stop|status``, ``sessions``.
+"""docs/api.md §1 through the real ``jidocoder`` command: ``daemon start|stop|status``, ``sessions``.
 
 Every command runs as ``python -m jidocoder.cli`` in a subprocess with a timeout, its socket and
 state dir in a short temporary directory. A background daemon is not our child: its pid comes
@@ -288,7 +288,7 @@ def test_a_connection_from_another_uid_is_refused(cli):
         assert client.list_sessions() == []
 
 
-# -- who may connect (API.md §8) ---------------------------------------------------------------
+# -- who may connect (docs/api.md §8) ---------------------------------------------------------------
 # The default socket dir is exercised through $XDG_RUNTIME_DIR pointing into the test's own
 # directory, never through the real /tmp/jidocoder-<uid>.
 

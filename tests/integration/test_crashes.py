@@ -1,4 +1,4 @@
-"""Crashes (issue 6; API.md §2 "calls during a restart", §4 "Crashes"): a killed, failing, hung
+"""Crashes (issue 6; docs/api.md §2 "calls during a restart", §4 "Crashes"): a killed, failing, hung
 or bloated session process is detected, reported, restarted from its stored state, and no other
 session notices. Real daemon, real Client, real signals.
 """
@@ -73,7 +73,7 @@ class EventLog:
 
 
 def subset(payload: dict, expected: dict) -> dict:
-    """The keys API.md §4 lists for an event, taken from its payload (more keys may be added)."""
+    """The keys docs/api.md §4 lists for an event, taken from its payload (more keys may be added)."""
     return {key: payload.get(key) for key in expected}
 
 

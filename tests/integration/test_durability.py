@@ -1,4 +1,4 @@
-"""Durability (API.md §6): persisted sessions survive daemon stops and kills with all their data,
+"""Durability (docs/api.md §6): persisted sessions survive daemon stops and kills with all their data,
 terminated and non-persistent ones leave no trace, and damaged or newer stores are handled."""
 
 from __future__ import annotations

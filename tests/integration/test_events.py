@@ -1,4 +1,4 @@
-"""Events through the real daemon (API.md §4): order, payloads, topics, seq, subscription
+"""Events through the real daemon (docs/api.md §4): order, payloads, topics, seq, subscription
 changes, the events() iterator, and a subscriber that never reads."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Faults injected from outside the daemon (API.md §2, §4, §6, §7, §10): sessions given up and
+"""Faults injected from outside the daemon (docs/api.md §2, §4, §6, §7, §10): sessions given up and
 recovered, storage failures that are not crashes, failed registry writes, a broken framing,
 spawning by fork, a clone-safe template. Real daemon, real Client, real signals, strace.
 """

@@ -1,4 +1,4 @@
-"""Idleness (API.md §2): a session with no call for config.timeout_minutes goes active → idle,
+"""Idleness (docs/api.md §2): a session with no call for config.timeout_minutes goes active → idle,
 its next call makes it active again, both with session_status events; idle sessions are kept."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sessions through the real daemon and the real Client (API.md §2): creation under concurrency,
+"""Sessions through the real daemon and the real Client (docs/api.md §2): creation under concurrency,
 listing, isolation, limits, termination, bad input, descriptors, and hung sessions."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sizes (API.md §9): replies of any size, paging, events that always fit an empty backlog, a
+"""Sizes (docs/api.md §9): replies of any size, paging, events that always fit an empty backlog, a
 client that falls behind told why, a bounded Client event buffer, bounded decoding."""
 
 from __future__ import annotations

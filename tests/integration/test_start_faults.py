@@ -1,4 +1,4 @@
-"""What a start finds in the state dir (API.md §6, §7): a session store from a newer jidocoder is
+"""What a start finds in the state dir (docs/api.md §6, §7): a session store from a newer jidocoder is
 kept, unchanged, as a failed session; files written there by hand stay, byte for byte; a registry
 row with a field this version does not know is restored and keeps that field.
 """

@@ -1,4 +1,4 @@
-"""Whom the Client trusts (API.md §8): only a daemon of its own user, in a socket directory
+"""Whom the Client trusts (docs/api.md §8): only a daemon of its own user, in a socket directory
 that is its user's alone. Faults are real: another uid's process (root can setuid), a directory
 chowned to another uid."""
 

@@ -494,7 +494,7 @@ def test_registry_put_replaces_the_state(tmp_path):
         assert registry.load_all() == ([changed], [])
 
 
-def test_registry_delete_leaves_no_byte_of_the_id_in_any_file(tmp_path):  # API.md §6
+def test_registry_delete_leaves_no_byte_of_the_id_in_any_file(tmp_path):  # docs/api.md §6
     survivors = [f"session_{n:08d}-keep-{'k' * 40}" for n in range(40)]
     registry = Registry(tmp_path)
     for round_ in range(3):  # several puts and updates of the id and of others

@@ -1,4 +1,4 @@
-"""The store's part in keeping data (API.md §7): unknown row keys kept, failed sessions kept and
+"""The store's part in keeping data (docs/api.md §7): unknown row keys kept, failed sessions kept and
 recovered, orphan and stray files sorted (never deleted), damaged rows moved out with a reason,
 the order of a destroy's unlinks, and private modes whatever the umask."""
 
