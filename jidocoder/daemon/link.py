@@ -42,6 +42,10 @@ class Pending:
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
 
+    def abandoned(self) -> bool:
+        """Its client closed or lost the connection: nobody waits for the call any more."""
+        return getattr(self.client, "closed", False) is True
+
     def reply(self, message: dict[str, Any]) -> None:
         """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""
         self.client.reply(self.request_id, message)

@@ -343,6 +343,8 @@ class Supervisor:
         self.touch(record)
         if not record.serving:
             record.waiting.append((pending, lambda: self.route(record, op, args, pending)))
+        elif pending.abandoned():  # its client closed or lost its connection while it waited
+            pending.reply({"error": RequestTimeoutError(f"{op} not sent: its client is gone").to_wire()})
         elif pending.expired(time.monotonic()):  # it waited for a restart longer than its client
             pending.reply({"error": RequestTimeoutError(
                 f"{op} waited for its session's process past its client's deadline: not sent",

@@ -9,11 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
+import socket
 import threading
 from pathlib import Path
 
 import pytest
 
+from jidocoder import wire
 from jidocoder import Client
 from jidocoder.errors import (JidocoderError, LimitExceededError, RequestTimeoutError, SessionNotFoundError,
                               StorageError)
@@ -321,3 +323,39 @@ def test_a_message_whose_call_timed_out_on_a_hung_session_is_not_applied(daemon_
         assert outcome != ["returned"]
         wait_until(lambda: info_of(client, session).status == "active", SHORT, "it to serve")
         assert contents(client, session) == ["before"]
+
+
+def test_a_message_whose_client_closed_while_its_session_hung_is_not_applied(daemon_factory):
+    """API.md §10: a call its client gave up on by closing is never applied afterwards. The
+    call (sent whole, with no deadline, so that only the closing can stop it) waits in the hung
+    process's socket; the hang kill hands it back to the daemon, which finds its client gone."""
+    daemon = daemon_factory(hang_timeout=2)
+    with daemon.client() as client, daemon.client() as watcher:
+        session = client.create_session()
+        client.send_message(session, "user", "before")
+        watcher.subscribe_to_session(session)
+        events = EventLog(watcher)
+        pid = client.get_session_pid(session)
+        spent = cpu_seconds(pid)
+        hanger = threading.Thread(target=lambda: _call_and_forget(daemon, "debug_hang", session))
+        hanger.start()
+        try:
+            wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to hang")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+                raw.connect(daemon.socket)
+                wire.write_frame(raw, {"id": 1, "op": "send_message", "args": {
+                    "session_id": session, "role": "user", "content": "late"}}, 1 << 20)
+            events.wait_type("session_crashed", session, timeout=LONG)
+            events.wait_type("session_restarted", session, timeout=LONG)
+        finally:
+            hanger.join(LONG)
+        wait_until(lambda: info_of(client, session).status == "active", SHORT, "it to serve")
+        assert contents(client, session) == ["before"]
+
+
+def _call_and_forget(daemon, op: str, session: str) -> None:
+    with daemon.client(timeout=LONG) as own:
+        try:
+            debug(own, op, session, seconds=5)
+        except JidocoderError:
+            pass
