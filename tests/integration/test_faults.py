@@ -8,15 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from jidocoder import wire
-from jidocoder import Client
+from jidocoder import Client, wire
 from jidocoder.errors import (JidocoderError, LimitExceededError, RequestTimeoutError, SessionNotFoundError,
                               StorageError)
 from tests.integration.test_crashes import EventLog, debug, kill_new_pid, subset
