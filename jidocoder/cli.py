@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.action](args)
     except JidocoderError as exc:
         print(f"jidocoder: {exc.message}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_FAILED)
+        return exc.exit_code
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -122,7 +122,6 @@ def read_word(fd: int, timeout: float) -> str:
 def start_foreground(settings: Settings, ready_fd: int | None) -> int:
     from .daemon.process import set_process_name
     from .daemon.server import run_daemon
-    from .daemon.startup import StartError
     # Every file and directory the daemon makes is private whatever the caller's umask (docs/api.md
     # §8): the store, daemon.log and its rotations, sessions/, the socket dir. Set before any.
     os.umask(0o077)
@@ -138,7 +137,7 @@ def start_foreground(settings: Settings, ready_fd: int | None) -> int:
     try:
         return run_daemon(settings, on_ready)
     except JidocoderError as exc:
-        code = exc.exit_code if isinstance(exc, StartError) else EXIT_FAILED
+        code = exc.exit_code
         if ready_fd is not None:
             say(ready_fd, f"error {code} {exc.message}")
         else:

@@ -12,7 +12,12 @@
     ├── StorageError                  storage_unavailable
     ├── StoreBusyError                store_busy
     ├── StoreVersionError             store_version
-    └── DamagedStoreError             store_damaged
+    ├── DamagedStoreError             store_damaged
+    └── StartError                    start_failed       (the daemon cannot start)
+        └── AlreadyRunning            start_failed       (one runs on that socket: exit 0)
+
+``exit_code`` is what the ``jidocoder`` command exits with when the error ends it: 1, or 0 for
+``AlreadyRunning``.
 
 Errors cross the socket as ``{code, message, field, details}`` (``to_wire``) and are rebuilt
 into the same class by ``from_wire``: ``InvalidArgumentError`` owns exactly the validation rule
@@ -30,6 +35,7 @@ class JidocoderError(Exception):
     """Base of every error jidocoder raises on purpose."""
 
     code: str = "error"
+    exit_code: int = 1  # the jidocoder command's exit status when this error ends it
 
     def __init__(
         self,
@@ -133,6 +139,19 @@ class DamagedStoreError(JidocoderError):
     code = "store_damaged"
 
 
+class StartError(JidocoderError):
+    """The daemon cannot start (a lock held, a socket path too long or untrusted, a newer store):
+    the message says why and what to do."""
+
+    code = "start_failed"
+
+
+class AlreadyRunning(StartError):
+    """A daemon already serves that socket: ``daemon start`` says so and succeeds."""
+
+    exit_code = 0
+
+
 # Every rule code an InvalidArgumentError is raised with: docs/api.md §3's, the other explicit ones
 # in the package, and the "invalid_<field>" that models._translate derives from a model field.
 # tests/unit/test_errors.py checks the package's sources and models against this set.
@@ -157,7 +176,7 @@ _BY_CODE: dict[str, type[JidocoderError]] = {
     for cls in (JidocoderError, SessionNotFoundError, InvalidTransitionError, InvalidArgumentError,
                 LimitExceededError, DaemonUnavailableError, ProtocolError, RequestTimeoutError,
                 SessionCrashedError, StorageError, StoreBusyError, StoreVersionError,
-                DamagedStoreError)
+                DamagedStoreError, StartError)
 }
 _BY_CODE.update(dict.fromkeys(VALIDATION_CODES, InvalidArgumentError))
 

@@ -20,13 +20,14 @@ from typing import Any, Callable
 
 from .._sockdir import peer_credentials
 from ..config import Settings
+from ..errors import StartError
 from . import store
 from .api import Api
 from .clients import ClientConnection
 from .events import EventBus
 from .logs import setup_daemon_logging
 from .loop import Loop
-from .startup import (StartError, bind_socket, check_socket_path, lock_socket, lock_state_dir,
+from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
 from .supervisor import Supervisor
 from .watchdog import MEMORY_CHECK_INTERVAL, check_interval

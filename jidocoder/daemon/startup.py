@@ -18,25 +18,10 @@ import stat
 from pathlib import Path
 
 from .._sockdir import check_socket_dir, is_default_socket_dir
-from ..errors import JidocoderError
+from ..errors import AlreadyRunning, StartError
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 STATE_LOCK = "daemon.lock"
-
-
-class StartError(JidocoderError):
-    """The daemon cannot start; ``exit_code`` is what ``daemon start`` exits with."""
-
-    code = "start_failed"
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class AlreadyRunning(StartError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, exit_code=0)
 
 
 def check_socket_path(path: str) -> None:
