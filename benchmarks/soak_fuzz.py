@@ -19,7 +19,6 @@ import random
 import socket
 import struct
 import threading
-import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor

@@ -32,7 +32,6 @@ import itertools
 import os
 import select
 import socket
-import struct
 import threading
 import time
 import weakref
@@ -121,9 +120,7 @@ class Connection(Reader):
             sock.settimeout(self.timeout)  # a full listen backlog must not block forever
             sock.connect(self.socket_path)
             sock.settimeout(None)  # reads bring their own deadline (RECV_SLICE), so do sends
-            whole = int(RECV_SLICE)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                            struct.pack("ll", whole, int((RECV_SLICE - whole) * 1_000_000)))
+            wire.set_receive_timeout(sock, RECV_SLICE)
         except OSError as e:
             sock.close()
             reason = e.strerror or str(e) or type(e).__name__

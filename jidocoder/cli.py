@@ -16,7 +16,7 @@ from . import _no_plugins  # noqa: F401  first, before any model is built (see i
 from .config import Settings, flag_name
 from .errors import DaemonUnavailableError, JidocoderError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 1, 2, 3
+EXIT_FAILED, EXIT_NOT_RUNNING = 1, 3  # 2, bad usage, is argparse's own
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 

@@ -16,11 +16,11 @@ import copy
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from .errors import InvalidArgumentError
-from .models import ROLES, ActiveFile, Message, SessionConfig, check_path, utc_now
+from .models import ROLES, ActiveFile, Message, SessionConfig, check_path, to_utc, utc_now
 
 Events = list[tuple[str, dict[str, Any]]]
 Clock = Callable[[], datetime]
@@ -171,7 +171,7 @@ class SessionContext:
         now = self._clock()
         if now.tzinfo is None:  # astimezone would read a naive time as local: refuse instead
             raise ValueError("the clock must return timezone-aware datetimes")
-        return now.astimezone(timezone.utc)
+        return to_utc(now)
 
 
 

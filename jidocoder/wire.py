@@ -580,6 +580,14 @@ def write_frame(sock: socket.socket, obj: object, max_size: int) -> None:
     sock.sendall(pack_frame(obj, max_size))
 
 
+def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """A blocking ``recv`` on ``sock`` raises ``BlockingIOError`` (EAGAIN) after ``seconds`` with
+    nothing to read (SO_RCVTIMEO): one syscall per wait, where a poll first would cost two."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+
+
 def send_buffers(sock: socket.socket, buffers: deque[bytes | memoryview]) -> int:
     """One send of the queued ``buffers`` (at most ``_IOV_MAX`` of them, gathered by the
     kernel: several frames leave in one syscall); the bytes it took. Non-blocking sockets raise

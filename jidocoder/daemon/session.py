@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import sqlite3
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,13 +160,6 @@ def begin_session(spec: SessionSpec, log_fd: int) -> None:
         dump_stack_on_sigusr1(spec.state_dir)
 
 
-def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
-    """A blocking ``recv`` on ``sock`` raises ``BlockingIOError`` after ``seconds`` idle."""
-    whole = int(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                    struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
-
-
 def send_blocking(sock: socket.socket, frame: dict[str, Any], max_frame: int) -> None:
     sock.sendall(wire.pack_frame(frame, max_frame))
 
@@ -198,7 +190,7 @@ class SessionProcess:
         decoder = wire.FrameDecoder(self.spec.max_frame, untrusted=True)  # a client's request
         # The socket's own receive timeout (SO_RCVTIMEO) is the heartbeat's clock: waiting in
         # recv itself costs one syscall per request where a selector cost two, plus its Python.
-        set_receive_timeout(self.sock, self.beat_interval)
+        wire.set_receive_timeout(self.sock, self.beat_interval)
         recv = self.sock.recv
         while True:
             table.beat(slot)

@@ -145,8 +145,9 @@ class SparePool:
             except OSError as exc:
                 ours.close()
                 theirs.close()
-                log.error("cannot fork a session process: %s", exc.strerror)
-                self.loop.call_later(0, lambda: self._on_failure(exc.strerror or str(exc)))
+                reason = exc.strerror or str(exc)  # exc is unbound once the except ends
+                log.error("cannot fork a session process: %s", reason)
+                self.loop.call_later(0, lambda: self._on_failure(reason))
                 break
             if pid == 0:
                 ours.close()

@@ -133,7 +133,7 @@ from urllib.parse import quote
 from .. import wire
 from ..errors import (DamagedStoreError, InvalidArgumentError, JidocoderError, StorageError,
                       StoreBusyError, StoreVersionError)
-from ..models import ActiveFile, Message, SessionConfig, SessionState
+from ..models import ActiveFile, Message, SessionConfig, SessionState, utc_now
 from ..states import SessionStatus
 
 SCHEMA_VERSION = 1
@@ -1058,7 +1058,7 @@ def _free_name(directory: Path, name: str, suffixes: tuple[str, ...]) -> Path:
 
 
 def _write_reason(target: Path, original: Path, reason: str) -> None:
-    moved_at = datetime.now(timezone.utc).isoformat()
+    moved_at = utc_now().isoformat()
     text = f"{reason}\nmoved from {original} at {moved_at}\n"
     _write_synced(target.with_name(target.name + ".reason"), text.encode())
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -261,16 +259,19 @@ def test_the_template_has_one_thread_and_no_store_open(daemon_factory):
 
 
 # -- 4. process limits --------------------------------------------------------------------------
-def test_a_fork_that_fails_is_a_limit_and_a_restart_that_cannot_fork_is_retried_uncounted(daemon_factory):
-    daemon = daemon_factory(max_restarts=1, spare_processes=0)
+@pytest.mark.parametrize("spawn", ["clone", "fork"])
+def test_a_fork_that_fails_is_a_limit_and_a_restart_that_cannot_fork_is_retried_uncounted(
+        daemon_factory, spawn):
+    """With spawn=clone the template's clone fails; with spawn=fork, the daemon's own fork."""
+    daemon = daemon_factory(max_restarts=1, spare_processes=0, spawn=spawn)
     with daemon.client() as client, daemon.client() as watcher:
         session = client.create_session()
         fill(client, session, ["k"])
         before = snapshot(client, session)
         watcher.subscribe_to_session(session)
         events = EventLog(watcher)
-        template = template_pid(daemon)
-        with Inject(template, "clone,clone3,fork,vfork", "EAGAIN"):
+        forker = template_pid(daemon) if spawn == "clone" else daemon.pid
+        with Inject(forker, "clone,clone3,fork,vfork", "EAGAIN"):
             with pytest.raises(LimitExceededError):
                 client.create_session()
             kill_new_pid(client, session, None)

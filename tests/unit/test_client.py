@@ -4,7 +4,6 @@ speaks the protocol with jidocoder.wire (no daemon, no processes)."""
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import socket
 import subprocess
@@ -541,7 +540,7 @@ def test_event_buffer_must_be_a_positive_int(serve):
 
 def test_a_closing_frame_becomes_the_reason_every_later_call_gives(serve):
     def script(peer: Peer) -> None:
-        request = peer.recv()
+        peer.recv()
         peer.push(event(1))
         wire.write_frame(peer.conn, {"closing": {"code": "fell_behind", "message": "fell 9 bytes "
                                                  "behind (client_buffer_bytes=8)"}}, 1024)

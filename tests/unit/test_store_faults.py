@@ -5,7 +5,6 @@ holding a session's lock. Each test ends by reading back exactly what was acknow
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -17,8 +16,7 @@ import pytest
 
 from jidocoder.daemon import store as store_module
 from jidocoder.daemon.store import Registry, SessionStore
-from jidocoder.errors import StorageError, StoreBusyError
-from jidocoder.models import Message, SessionState
+from jidocoder.errors import StoreBusyError
 from tests.support import SHORT
 
 from .test_store import SID, message

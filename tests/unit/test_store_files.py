@@ -16,8 +16,6 @@ from jidocoder.daemon import store as store_module
 from jidocoder.daemon.store import (ORPHAN_ERROR, Registry, SessionFiles, SessionStore,
                                     classify_session_files, destroy_session_files, quarantine)
 from jidocoder.errors import StorageError
-from jidocoder.models import SessionState
-from jidocoder.states import SessionStatus
 
 from .test_store import OTHER, SID, message, state
 

@@ -522,7 +522,6 @@ def test_a_small_result_travels_the_same_way_in_one_buffer():
 
 
 def test_a_refused_frame_whose_id_is_no_int_is_answered_with_none_and_nothing_built():
-    from jidocoder import wire
     nested = [[[[]] * 15] * 15] * 15
     for request_id in (nested, "7", 1.5, None, -3, 2**40):
         body = encode({"id": request_id, "args": {"m": [[{}] * 1000] * 300}})
