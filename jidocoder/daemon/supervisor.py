@@ -19,6 +19,7 @@ as spares arrive.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 from .. import wire
 from ..config import Settings
@@ -41,10 +42,10 @@ from .logs import write_session_record
 from .loop import Loop
 from .records import SessionRecord, failed_info, session_info
 from .restarts import RestartPolicy, Verdict
-from .session import SessionSpec, run_spare
+from .session import SessionSpec
 from .spares import Spare, SparePool
 from .table import SessionTable
-from .template import can_clone, prepare, run_template
+from .template import can_clone, run_forked_spare, run_template
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -71,28 +72,16 @@ class Supervisor:
         self._unerased: set[str] = set()  # ended sessions whose registry row is still to delete
         self.daemon_pid = os.getpid()
         use_template = settings.spawn == "clone" or (settings.spawn == "auto" and can_clone())
-        self.spares = SparePool(loop, settings.spare_processes, self._run_template, self._fork_spare,
+        warm = self._spec("warm-up", SessionConfig(), slot=0)  # a throwaway with our settings
+        self.spares = SparePool(loop, settings.spare_processes,
+                                functools.partial(run_template, warm=warm, table=self.table),
+                                functools.partial(run_forked_spare, warm=warm, table=self.table),
                                 use_template, on_spare=self._hand_out_spares,
                                 on_failure=self._spawn_failed)
 
     def start_spares(self) -> None:
         """After the daemon's imports and ``gc.freeze()``, before any session."""
         self.spares.start()
-
-    def _warm_spec(self) -> SessionSpec:
-        return self._spec("warm-up", SessionConfig(), slot=0)
-
-    def _run_template(self, ctrl: Any) -> NoReturn:
-        run_template(ctrl, self._warm_spec(), self.table)
-
-    def _fork_spare(self, sock: Any, warm_first: bool) -> NoReturn:
-        """In a spare forked by the daemon itself (no template): prepare as the template would."""
-        try:
-            warm = self._warm_spec()
-            log_fd = prepare(sock.fileno(), warm, warm_up_now=False)
-            run_spare(sock, self.table, warm, log_fd, warm_first)
-        finally:
-            os._exit(exits.EXIT_BOOT_ERROR)
 
     # -- creating, restoring, recovering -------------------------------------------------------
     def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:

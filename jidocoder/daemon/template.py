@@ -55,13 +55,23 @@ def can_clone() -> bool:
     return platform.machine() in _SYS_CLONE
 
 
-def run_template(ctrl: socket.socket, warm: SessionSpec, table: SessionTable) -> NoReturn:
+def run_template(ctrl: socket.socket, *, warm: SessionSpec, table: SessionTable) -> NoReturn:
     """In the template, just forked from the daemon: prepare once, then a spare per request
     until the daemon hangs up. ``warm`` is a throwaway spec with the daemon's settings."""
     try:
         log_fd = prepare(ctrl.fileno(), warm)
         set_process_name(TEMPLATE_NAME)
         serve(ctrl, lambda sock, warm_first: run_spare(sock, table, warm, log_fd, warm_first))
+    finally:
+        os._exit(exits.EXIT_BOOT_ERROR)
+
+
+def run_forked_spare(sock: socket.socket, warm_first: bool, *, warm: SessionSpec,
+                     table: SessionTable) -> NoReturn:
+    """In a spare the daemon forked itself (no template): prepared as the template would be."""
+    try:
+        log_fd = prepare(sock.fileno(), warm, warm_up_now=False)
+        run_spare(sock, table, warm, log_fd, warm_first)
     finally:
         os._exit(exits.EXIT_BOOT_ERROR)
 
