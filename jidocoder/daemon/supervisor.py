@@ -35,7 +35,7 @@ from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
                       RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
 from ..models import SessionConfig, SessionState
 from ..states import LIVE, SERVING, SessionStatus
-from . import exits, restarts, store, watchdog
+from . import exits, ondisk, restarts, store, watchdog
 from .events import EventBus, session_topic
 from .link import Pending, SessionLink
 from .logs import write_session_record
@@ -114,19 +114,12 @@ class Supervisor:
         return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
 
     def restore_sessions(self) -> int:
-        """Bring back every persisted session (finishing off half-terminated ones); how many."""
-        states, damaged = self.registry.load_all()
-        for session_id, reason in damaged:
-            log.error("session %s not restored: its registry row is damaged (%s); kept in damaged/",
-                      session_id, reason)
-        for state in self.registry.load_failed():
-            self.failed[state.session_id] = state
-        for state in states:
-            if state.status in SERVING:
-                self._restore(state)
-            elif state.status is SessionStatus.INITIALIZING:  # never acknowledged (older versions)
-                self._forget_row(state.session_id)
-        self._sort_session_files()
+        """Bring back every persisted session (``ondisk``: what a start may do); how many."""
+        found = ondisk.take_stock(self.state_dir, self.registry)
+        self.failed.update(found.failed)
+        self._unerased |= found.unerased
+        for state in found.live:
+            self._restore(state)
         self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
@@ -159,38 +152,6 @@ class Supervisor:
         self.records[state.session_id] = record
         self._write_slot(record)
         return record
-
-    def _sort_session_files(self) -> None:
-        """A start deletes only what a terminate asked for (docs/api.md §7): files of sessions whose
-        row says ``terminating``. Files no row names (a lost registry.db) are kept as failed
-        sessions a person can recover; stray files are left alone."""
-        files = store.classify_session_files(self.state_dir, self.registry)
-        for session_id in files.erase:
-            log.info("session %s was terminating when the daemon stopped: erased", session_id)
-            self._erase(session_id)
-        for session_id in files.orphans:
-            self._adopt(session_id)
-        for path in files.stray:
-            log.warning("%s is no session's file: left alone", path)
-        for session_id in files.lone_logs:
-            log.warning("session %s has a log file but no database and no record: left alone",
-                        session_id)
-
-    def _adopt(self, session_id: str) -> None:
-        state = SessionState.new(session_id)
-        for status in (SessionStatus.ACTIVE, SessionStatus.TERMINATING, SessionStatus.TERMINATED):
-            state = state.transition(status)
-        state = state.update(error=store.ORPHAN_ERROR)
-        try:
-            adopted = self.registry.adopt_orphan(state)
-        except StorageError as exc:
-            log.error("session %s has files but no registry record, and cannot be recorded as "
-                      "failed (%s): left alone", session_id, exc)
-            return
-        if adopted:
-            self.failed[session_id] = state
-            log.error("session %s has files but no registry record: kept as a failed session",
-                      session_id)
 
     # -- processes ----------------------------------------------------------------------------
     def spawn_session(self, record: SessionRecord) -> None:
@@ -445,26 +406,14 @@ class Supervisor:
         record.terminate_waiters.clear()
 
     def _erase(self, session_id: str) -> StorageError | None:
-        """Its files, then its row (which says "terminated by request" until then). A row the
-        registry cannot delete now is tried again by ``check_sessions``."""
-        store.destroy_session_files(self.state_dir, session_id)
-        try:
-            self.registry.delete(session_id)
-        except StorageError as exc:
+        """``ondisk.erase``; a row the registry cannot delete now is tried again by
+        ``check_sessions``."""
+        error = ondisk.erase(self.state_dir, self.registry, session_id)
+        if error is None:
+            self._unerased.discard(session_id)
+        else:
             self._unerased.add(session_id)
-            log.error("session %s ended and its files are removed, but its registry record "
-                      "cannot be deleted yet (%s): retrying", session_id, exc)
-            return StorageError(f"session {session_id} ended and its files are removed, but its "
-                                f"registry record could not be deleted yet ({exc.message}); the "
-                                "daemon retries until it can")
-        self._unerased.discard(session_id)
-        return None
-
-    def _forget_row(self, session_id: str) -> None:
-        try:
-            self.registry.delete(session_id)
-        except StorageError as exc:
-            log.error("registry row of %s kept: %s", session_id, exc)
+        return error
 
     def _drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
         waiting, record.waiting = record.waiting, []
