@@ -32,6 +32,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
+from benchmarks.common import alive
 from jidocoder import Client
 from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, JidocoderError,
                               LimitExceededError, ProtocolError, SessionNotFoundError)
@@ -55,15 +56,6 @@ def poll_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
 
 
 # -- processes ----------------------------------------------------------------------------------
-def alive(pid: int) -> bool:
-    """True for a live process; a zombie counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
 def processes_with_env(marker: bytes) -> set[int]:
     """Live processes whose initial environment holds ``marker`` (``JIDOCODER_SOCKET=<ours>``).
 
