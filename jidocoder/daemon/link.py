@@ -20,6 +20,8 @@ from ..errors import JidocoderError
 
 
 class Replier(Protocol):
+    closed: bool  # the client's connection is gone: nobody waits for an answer
+
     def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
 
     def reply_packed(self, request_id: Any, packed: bytes) -> None: ...
@@ -44,7 +46,7 @@ class Pending:
 
     def abandoned(self) -> bool:
         """Its client closed or lost the connection: nobody waits for the call any more."""
-        return getattr(self.client, "closed", False) is True
+        return self.client.closed
 
     def reply(self, message: dict[str, Any]) -> None:
         """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""

@@ -25,6 +25,7 @@ class FakeClient:
     """A test double of the client side: what the daemon sends it, in order."""
 
     def __init__(self) -> None:
+        self.closed = False
         self.calls = 0
         self.replies: list[tuple[Any, dict[str, Any]]] = []
         self.events: list[dict[str, Any]] = []
