@@ -24,7 +24,11 @@ Sizes, written here only: a request frame is at most ``request_limit(max_request
 stops once the objects it builds pass a budget (``FrameDecoder(untrusted=True)`` turns that
 into a ``Refused`` frame, answered with the request's id, the stream still in step). A result
 crosses the daemon undecoded: the session encodes it on its own (``pack_reply``) and the daemon
-frames those bytes for the client (``reply_buffers``).
+frames those bytes for the client (``reply_buffers``). A request crosses it the same way: the
+daemon splits a client's request (``split_request``: id, op, deadline and args.session_id read,
+the args kept as bytes) and frames the session's request around those bytes
+(``request_buffers``); it decodes only its own operations' args, at most ``DAEMON_ARGS_BYTES``
+(``decode_args``).
 
 Encoding (``encode``/``decode``, which the store calls too): msgpack with ``str`` and ``bytes``
 kept distinct. Packed natively: None, bool, int (-2**63 .. 2**64-1), float, str, bytes, list,
@@ -41,6 +45,7 @@ and the ``default`` hook lets another thread run in the middle of a pack).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import socket
 import struct
@@ -77,6 +82,11 @@ OPEN_LEAVES_RATIO = 2  # of the 8: what the leaves of a container not yet closed
 # A session's ``metadata`` and ``llm_config`` (create_session), each encoded: they are kept in
 # the daemon for the session's life, in every SessionInfo and session_created event.
 MAX_SESSION_DICT_BYTES = 1024 * 1024
+# The encoded ``args`` of one of the daemon's own operations, refused past this before a byte of
+# it is decoded: the largest it needs is create_session's, metadata and llm_config (each at most
+# MAX_SESSION_DICT_BYTES) plus a SessionConfig and the names, a few hundred bytes (the 64 KiB
+# is room for those). Session operations' args are never decoded by the daemon (split_request).
+DAEMON_ARGS_BYTES = 2 * MAX_SESSION_DICT_BYTES + 64 * 1024
 
 
 def check_encoded_size(value: object, limit: int, field: str) -> None:
@@ -150,7 +160,8 @@ def decode_bounded(data: bytes | bytearray | memoryview, budget: int | None = No
     Known limit: leaves held by the *ancestors* of the container being built (a list of leaves
     whose last item is a list of leaves, 32 deep) are charged only as those close: a 16 MB frame
     of that shape peaked at 596 MiB before it was refused. Forwarding a session call's args
-    undecoded (as results are) would leave only the daemon's own small calls to decode. A frame too small to exceed the budget even at msgpack's
+    undecoded (as results are: ``split_request``) leaves only the daemon's own small calls
+    (``DAEMON_ARGS_BYTES``) to decode. A frame too small to exceed the budget even at msgpack's
     worst expansion is decoded without hooks (the hooks cost 4 us on a 150-byte request).
     """
     size = len(data)
@@ -373,9 +384,15 @@ _UNPACK_OPTIONS: dict[str, Any] = {
 }
 
 
-_ID_KEY, _RESULT_KEY, _PACKED_KEY = (msgpack.packb(key) for key in ("id", "result", "packed"))
+_ID_KEY, _RESULT_KEY, _PACKED_KEY, _ARGS_KEY = (msgpack.packb(key)
+                                                for key in ("id", "result", "packed", "args"))
 _UINT32 = struct.Struct(">BI")  # msgpack uint 32 (any decoder takes it for a smaller value)
 _REPLY_HEAD = b"\x82" + _ID_KEY  # a map of two entries, the first key "id"
+_OP_KEY, _DEADLINE_KEY = msgpack.packb("op"), msgpack.packb("deadline")
+_REQUEST_HEAD = b"\x83" + _ID_KEY  # {"id", "op", "args"}
+_REQUEST_HEAD_DEADLINE = b"\x84" + _ID_KEY  # {"id", "op", "deadline", "args"}
+_FLOAT64 = struct.Struct(">Bd")
+_packed_op = functools.lru_cache(maxsize=128)(encode)  # a session op: one of a few names
 
 
 def _packed_id(request_id: object) -> bytes:
@@ -447,6 +464,207 @@ def _peek_id(body: bytes | bytearray | memoryview) -> object:
     return None
 
 
+# --- requests: split, not decoded -----------------------------------------------------------
+
+class Request:
+    """A client's request as the daemon reads it (``split_request``): ``id``, ``op`` and
+    ``deadline`` decoded, ``args`` the encoded map exactly as it came, and the one value the
+    daemon needs inside it, ``session_id`` (None if absent or not a str)."""
+
+    __slots__ = ("id", "op", "deadline", "args", "session_id")
+
+    def __init__(self, request_id: object, op: str, deadline: float | None, args: bytes,
+                 session_id: str | None) -> None:
+        self.id = request_id
+        self.op = op
+        self.deadline = deadline
+        self.args = args
+        self.session_id = session_id
+
+    def __repr__(self) -> str:
+        return f"<Request id={self.id!r} op={self.op!r} args={len(self.args)} bytes>"
+
+
+def bad_request() -> InvalidArgumentError:
+    """What a frame that is not ``{id, op, args}`` with ``op`` a string is, on every side."""
+    return InvalidArgumentError("a request is {id, op, args} with op a string",
+                                code="invalid_request")
+
+
+def bad_args() -> InvalidArgumentError:
+    """What ``args`` that are not a map of str names are, on every side."""
+    return InvalidArgumentError("'args' must be a mapping of names", code="invalid_request",
+                                field="args")
+
+
+def split_request(body: bytes | bytearray | memoryview) -> Request | Refused:
+    """A request frame's body read without building what it carries: its ``args`` stay bytes
+    (to be forwarded as they are, ``request_buffers``), every value but ``id``, ``op``,
+    ``deadline`` and ``args.session_id`` skipped in place, so no shape of args can make the
+    daemon hold more than the frame's bytes a few times over. A malformed request (not a map,
+    ``op`` not a str, ``args`` not a map of str names, a key twice) is a ``Refused`` frame
+    carrying ``invalid_request``; bytes that are not one msgpack object are a ``ProtocolError``.
+    """
+    size = len(body)
+    unpacker = msgpack.Unpacker(max_buffer_size=max(size, 1), **_UNPACK_OPTIONS)
+    unpacker.feed(body)
+    try:
+        if not _is_map_type(body[0]):
+            unpacker.skip()
+            _check_whole(unpacker, size)
+            return Refused(None, bad_request())
+        found: dict[str, Any] = {}
+        error: InvalidArgumentError | None = None
+        for _ in range(unpacker.read_map_header()):
+            key = _read_key(unpacker, body)
+            reader = _ENVELOPE_READERS.get(key)  # type: ignore[arg-type]
+            if reader is None:
+                unpacker.skip()
+                continue
+            if key in found:
+                error = error or InvalidArgumentError(
+                    f"a request holds {key!r} twice", code="invalid_request", field=key)
+            found[key] = reader(unpacker, body)
+        _check_whole(unpacker, size)
+    except (ValueError, TypeError, IndexError, OverflowError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"undecodable message of {size} bytes: {exc}",
+                            details={"size": size}) from exc
+    request_id = found.get("id")
+    if type(request_id) is Refused:  # an id over its own decoding budget: answered as null
+        return request_id
+    op = found.get("op")
+    args = found.get("args", _NO_ARGS)
+    if error is None and type(op) is not str:
+        error = bad_request()
+    if error is None and type(args) is not tuple:
+        error = args
+    if error is not None:
+        return Refused(request_id, error)
+    return Request(request_id, op, found.get("deadline"), *args)  # type: ignore[arg-type]
+
+
+_EMPTY_MAP = b"\x80"
+_NO_ARGS = (_EMPTY_MAP, None)
+_NOT_OURS = ""  # a key that is not one we read (too long, or not a str): no reader has it
+_MAX_KEY_BYTES = 16  # longer than every key read here: skipped, not decoded
+
+
+def _is_map_type(first_byte: int) -> bool:
+    return 0x80 <= first_byte <= 0x8f or first_byte in (0xde, 0xdf)
+
+
+def _is_str_type(first_byte: int) -> bool:
+    return 0xa0 <= first_byte <= 0xbf or 0xd9 <= first_byte <= 0xdb
+
+
+def _check_whole(unpacker: msgpack.Unpacker, size: int) -> None:
+    if unpacker.tell() != size:
+        raise ValueError(f"{size - unpacker.tell()} bytes after the message")
+
+
+def _read_key(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) -> str | None:
+    """The key at the unpacker's position if it is a str (``_NOT_OURS`` if longer than any
+    read here), None if it is not a str; skipped either way."""
+    first = body[unpacker.tell()]
+    if 0xa0 <= first <= 0xbf:  # a fixstr, at most 31 bytes: what every encoder writes here
+        return unpacker.unpack()
+    start = unpacker.tell()
+    unpacker.skip()
+    if not _is_str_type(first):
+        return None
+    end = unpacker.tell()
+    return decode(body[start:end]) if end - start <= _MAX_KEY_BYTES + 2 else _NOT_OURS
+
+
+def _read_id(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) -> object:
+    # Any object (echoed in the reply); an int nearly always, read without a slice.
+    if _is_int_type(body[unpacker.tell()]):
+        return unpacker.unpack()
+    start = unpacker.tell()
+    unpacker.skip()
+    try:
+        return decode_bounded(body[start:unpacker.tell()])
+    except LimitExceededError as exc:
+        return Refused(None, exc)
+
+
+def _read_str(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) -> str | None:
+    if _is_str_type(body[unpacker.tell()]):
+        return unpacker.unpack()
+    unpacker.skip()
+    return None
+
+
+def _read_deadline(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview
+                   ) -> float | None:
+    first = body[unpacker.tell()]
+    if first in (0xca, 0xcb) or _is_int_type(first):  # a number; anything else: no deadline
+        return float(unpacker.unpack())
+    unpacker.skip()
+    return None
+
+
+def _read_args(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview
+               ) -> tuple[bytes, str | None] | InvalidArgumentError:
+    """``(the map's bytes, its session_id if a str)``, nil being the empty map; the error if
+    it is not a map of str names, or names ``session_id`` twice (the daemon would route by one
+    and the session could read the other)."""
+    start = unpacker.tell()
+    first = body[start]
+    if first == 0xc0:
+        unpacker.skip()
+        return _NO_ARGS
+    if not _is_map_type(first):
+        unpacker.skip()
+        return bad_args()
+    session_id, error, seen = None, None, False
+    for _ in range(unpacker.read_map_header()):
+        key = _read_key(unpacker, body)
+        if key is None:
+            error = error or bad_args()
+        if key != "session_id":
+            unpacker.skip()
+            continue
+        if seen:
+            error = error or InvalidArgumentError("'args' holds 'session_id' twice",
+                                                  code="invalid_request", field="args")
+        seen = True
+        session_id = _read_str(unpacker, body)  # a str, or None (skipped)
+    return error or (bytes(body[start:unpacker.tell()]), session_id)
+
+
+_ENVELOPE_READERS = {"id": _read_id, "op": _read_str, "deadline": _read_deadline,
+                     "args": _read_args}
+
+
+def decode_args(args: bytes, limit: int = DAEMON_ARGS_BYTES) -> dict[str, Any]:
+    """The daemon's own operation's ``args`` (a map of names, as ``split_request`` checked),
+    decoded within the budget; ``LimitExceededError`` before any decoding if over ``limit``."""
+    if len(args) > limit:
+        raise LimitExceededError(
+            f"the args of a daemon operation are {len(args)} bytes encoded, more than the "
+            f"{limit} allowed", field="args", details={"size": len(args), "limit": limit})
+    return decode_bounded(args)  # type: ignore[return-value]
+
+
+def request_buffers(link_id: int, op: str, args: bytes, deadline: float | None,
+                    max_size: int) -> list[bytes]:
+    """The session's request frame ``{"id", "op", "deadline"?, "args"}`` built around ``args``
+    as the client sent them (never decoded nor encoded again), as buffers to send in order;
+    ``LimitExceededError`` past ``max_size``."""
+    if deadline is None:
+        prefix = b"".join((_REQUEST_HEAD, _packed_id(link_id), _OP_KEY, _packed_op(op), _ARGS_KEY))
+    else:
+        prefix = b"".join((_REQUEST_HEAD_DEADLINE, _packed_id(link_id), _OP_KEY, _packed_op(op),
+                           _DEADLINE_KEY, _FLOAT64.pack(0xcb, deadline), _ARGS_KEY))
+    size = len(prefix) + len(args)
+    if size > max_size or size > _MAX_BODY:
+        raise _too_large(size, max_size)
+    if len(args) < _JOIN_BELOW:
+        return [b"".join((_HEADER.pack(size), prefix, args))]
+    return [_HEADER.pack(size) + prefix, args]
+
+
 class FrameDecoder:
     """Turns bytes from a non-blocking socket, in pieces of any size, into decoded objects.
 
@@ -455,14 +673,24 @@ class FrameDecoder:
     ``feed`` raises ``ProtocolError``. Feeding one large frame in small pieces is linear.
     """
 
-    def __init__(self, max_size: int = DEFAULT_MAX_FRAME, *, untrusted: bool = False) -> None:
+    def __init__(self, max_size: int = DEFAULT_MAX_FRAME, *, untrusted: bool = False,
+                 requests: bool = False, relayed: bool = False) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
             raise InvalidArgumentError(f"max_size must be an int >= 0, not {max_size!r}",
                                        field="max_size")
         self._max_size = max_size
         # Frames from a peer that may be hostile (a client; a request relayed to a session) are
         # decoded within a memory budget; our own replies and events are not.
-        self._decode = self._decode_untrusted if untrusted else decode
+        # A client's requests reach the daemon split, not decoded (``requests``: the daemon
+        # only routes them); a session decodes what the daemon relayed within the budget, and a
+        # body it cannot decode is the client's bad args, answered (``relayed``): the daemon
+        # never looked inside them, and the frame around them is whole and in step.
+        if requests:
+            self._decode = split_request
+        elif relayed:
+            self._decode = self._decode_relayed
+        else:
+            self._decode = self._decode_untrusted if untrusted else decode
         self._buf = bytearray()
         self._failure: JidocoderError | None = None
 
@@ -514,6 +742,15 @@ class FrameDecoder:
         except LimitExceededError as error:  # the frame was whole: the stream is in step
             # A new error: the raised one's traceback holds a view of the decoder's buffer.
             return Refused(_peek_id(body), LimitExceededError(error.message, details=error.details))
+
+    @classmethod
+    def _decode_relayed(cls, body: memoryview) -> object:
+        try:
+            return cls._decode_untrusted(body)
+        except ProtocolError as error:
+            return Refused(_peek_id(body), InvalidArgumentError(
+                f"the request's args cannot be decoded: {error.message}", code="invalid_request",
+                field="args", details=error.details))
 
     def close(self) -> None:
         """The peer's EOF: ``ProtocolError`` if it cut a frame short, else nothing."""
@@ -623,6 +860,8 @@ __all__ = [
     "HEADER_SIZE", "MAX_FRAME", "ENVELOPE_BYTES", "CONTROL_FRAME_BYTES", "RECV_CHUNK",
     "DECODE_RATIO", "DECODE_FLOOR", "request_limit", "decode_bounded", "pack_reply",
     "reply_buffers", "Refused", "MAX_SESSION_DICT_BYTES", "check_encoded_size",
+    "DAEMON_ARGS_BYTES", "Request", "split_request", "decode_args", "request_buffers",
+    "bad_request", "bad_args",
     "DEFAULT_MAX_FRAME", "EXT_SESSION_STATUS", "encode", "decode", "pack_frame",
     "FrameDecoder", "read_frame", "write_frame", "send_buffers", "drop_sent",
 ]

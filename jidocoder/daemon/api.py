@@ -15,10 +15,10 @@ from typing import Any, Callable
 from .. import __version__, wire
 from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
-from .calls import call_handler, internal_error, parse_request
+from .calls import call_handler, internal_error
 from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, EventBus, session_topic
-from .link import Pending, request_deadline
+from .link import Pending
 from .ops import DEBUG_HANDLERS, SESSION_OPS
 from .supervisor import Supervisor
 
@@ -42,14 +42,11 @@ class Api:
         self.handlers = {name[len("handle_"):]: getattr(self, name)
                          for name in dir(self) if name.startswith("handle_")}
 
-    def dispatch(self, conn: ClientConnection, frame: Any) -> None:
-        request_id = frame.get("id") if isinstance(frame, dict) else None
+    def dispatch(self, conn: ClientConnection, request: wire.Request) -> None:
         conn.begin_call()
-        pending = Pending(conn, request_id, frame.get("op", "") if isinstance(frame, dict) else "",
-                          request_deadline(frame))
+        pending = Pending(conn, request.id, request.op, request.deadline)
         try:
-            op, args = parse_request(frame)
-            result = self.call(conn, op, args, pending)
+            result = self.call(conn, request, pending)
         except JidocoderError as exc:
             pending.reply({"error": exc.to_wire()})
             return
@@ -59,13 +56,16 @@ class Api:
         if result is not DEFERRED:
             pending.reply({"result": result})
 
-    def call(self, conn: ClientConnection, op: str, args: dict[str, Any], pending: Pending) -> Any:
+    def call(self, conn: ClientConnection, request: wire.Request, pending: Pending) -> Any:
+        """The daemon's own operations decode their (small, bounded) args; a session operation's
+        args go to the session as the bytes they came as, only ``session_id`` read."""
+        op = request.op
         handler = self.handlers.get(op)
         if handler is not None:
-            return call_handler(handler, op, conn, pending, **args)
+            return call_handler(handler, op, conn, pending, **wire.decode_args(request.args))
         if op in self.session_ops:
-            record = self.supervisor.find(args.get("session_id"))
-            self.supervisor.route(record, op, args, pending)
+            record = self.supervisor.find(request.session_id)
+            self.supervisor.route(record, op, request.args, pending)
             return DEFERRED
         raise InvalidArgumentError(f"unknown operation {op!r}", code="unknown_op", field="op")
 

@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from .. import wire
 from ..errors import InvalidArgumentError
 
 Handler = Callable[..., Any]
 
 
 def parse_request(frame: Any) -> tuple[str, dict[str, Any]]:
-    """``(op, args)`` of a request ``{id, op, args}``; InvalidArgumentError if it is not one."""
+    """``(op, args)`` of a decoded request ``{id, op, args}`` (a session's: the daemon reads
+    its clients' requests with ``wire.split_request``, by the same rules); InvalidArgumentError
+    if it is not one."""
     if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
-        raise InvalidArgumentError("a request is {id, op, args} with op a string", code="invalid_request")
+        raise wire.bad_request()
     args = frame.get("args")
     if args is None:
         args = {}
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-        raise InvalidArgumentError("'args' must be a mapping of names", code="invalid_request", field="args")
+        raise wire.bad_args()
     return frame["op"], args
 
 

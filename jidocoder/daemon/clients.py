@@ -1,9 +1,11 @@
 """One client connection as the daemon's loop sees it: a decoder in, a bounded buffer out.
 
 The loop never blocks on a client, and no client can make the daemon grow without bound:
-- a request frame is at most ``wire.request_limit(max_request_bytes)`` and is decoded within a
-  memory budget (``wire.decode_bounded``); a frame over the budget is answered with
-  ``limit_exceeded`` and the connection goes on;
+- a request frame is at most ``wire.request_limit(max_request_bytes)`` and is split, not decoded
+  (``wire.split_request``): a session call's args are forwarded as bytes, a daemon call's args
+  decoded only if at most ``wire.DAEMON_ARGS_BYTES``, within a memory budget
+  (``wire.decode_bounded``); a request refused is answered (``limit_exceeded``,
+  ``invalid_request``) and the connection goes on;
 - events a client has not read wait in its out-buffer. An event always goes to a client whose
   out-buffer is empty, whatever its size; one that would then be more than
   ``client_buffer_bytes`` behind (a subscriber that stopped reading while events flow) falls
@@ -38,7 +40,9 @@ class ClientConnection:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
-        self.decoder = wire.FrameDecoder(wire.request_limit(max_request), untrusted=True)
+        # Split, not decoded: the daemon reads a request's id, op, deadline and session_id,
+        # and forwards a session call's args as the bytes they came as (wire.split_request).
+        self.decoder = wire.FrameDecoder(wire.request_limit(max_request), requests=True)
         self.max_buffer = max_buffer
         self.closed = False
         self.closing: str | None = None  # why it fell behind: the last frame is on its way

@@ -57,19 +57,12 @@ class Pending:
         self.client.reply_packed(self.request_id, packed)
 
 
-def request_deadline(frame: Any) -> float | None:
-    """The absolute ``time.monotonic()`` at which the client gives up on the call, if it sent
-    one that is a number (docs/protocol.md)."""
-    deadline = frame.get("deadline") if isinstance(frame, dict) else None
-    return float(deadline) if type(deadline) in (int, float) else None
-
-
 @dataclass(slots=True)
 class Call:
     """A call sent to a session process, kept until it answers (or dies)."""
 
     op: str
-    args: dict[str, Any]
+    args: bytes  # encoded, as the client sent them: the daemon never decodes them
     pending: Pending
 
 
@@ -104,20 +97,24 @@ class SessionLink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def request(self, op: str, args: dict[str, Any], pending: Pending) -> bool:
-        """Queue the call; True when the queue was empty, i.e. the caller must see that
-        ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one send)."""
+    def request(self, op: str, args: bytes, pending: Pending) -> bool:
+        """Queue the call, ``args`` encoded as the client sent them (framed around, never
+        decoded: ``wire.request_buffers``); True when the queue was empty, i.e. the caller must
+        see that ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one
+        send)."""
         link_id = next(_request_ids)
+        buffers = wire.request_buffers(link_id, op, args, pending.deadline, self.max_frame)
         self.in_flight[link_id] = Call(op, args, pending)
-        frame = {"id": link_id, "op": op, "args": args}
-        if pending.deadline is not None:
-            frame["deadline"] = pending.deadline
-        return self.send(frame)
+        return self._queue(buffers)
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; True as for ``request``."""
-        self._out.append(wire.pack_frame(frame, self.max_frame))
-        return len(self._out) == 1 and not self._wants_write
+        return self._queue([wire.pack_frame(frame, self.max_frame)])
+
+    def _queue(self, buffers: list[bytes]) -> bool:
+        was_empty = not self._out
+        self._out.extend(buffers)
+        return was_empty and not self._wants_write
 
     def flush(self) -> None:
         out = self._out

@@ -187,7 +187,9 @@ class SessionProcess:
         table.beat(slot)
         self.publish_counters()
         self.send({"ready": {"message_count": self.context.message_count}})
-        decoder = wire.FrameDecoder(self.spec.max_frame, untrusted=True)  # a client's request
+        # A client's request, its args relayed undecoded by the daemon: decoded within the
+        # budget, and args that cannot be decoded are answered, not a broken stream.
+        decoder = wire.FrameDecoder(self.spec.max_frame, relayed=True)
         # The socket's own receive timeout (SO_RCVTIMEO) is the heartbeat's clock: waiting in
         # recv itself costs one syscall per request where a selector cost two, plus its Python.
         wire.set_receive_timeout(self.sock, self.beat_interval)

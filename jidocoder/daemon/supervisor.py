@@ -288,7 +288,7 @@ class Supervisor:
                                        field="session_id")
         return record
 
-    def route(self, record: SessionRecord, op: str, args: dict, pending: Pending) -> None:
+    def route(self, record: SessionRecord, op: str, args: bytes, pending: Pending) -> None:
         """Send a call to the session's process, or hold it until a (re)started one serves."""
         self.touch(record)
         if not record.serving:

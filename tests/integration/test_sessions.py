@@ -561,3 +561,24 @@ def test_a_request_that_is_msgpack_nil_is_answered_and_the_connection_goes_on(da
         assert refused["id"] is None and refused["error"]["code"] == "invalid_request"
         hello = wire.read_frame(raw, 1 << 20)
         assert hello["id"] == 7 and hello["result"]["pid"] == daemon.pid
+
+
+def test_session_args_the_daemon_forwarded_but_that_cannot_be_decoded_are_answered(daemon, client):
+    # The daemon never looks inside a session call's args: the session finds the bad str, answers
+    # invalid_request, and both go on (the session process is the same one).
+    from jidocoder import wire
+    session_id = client.create_session()
+    pid = client.get_session_pid(session_id)
+    args = (b"\x83\xaasession_id" + wire.encode(session_id) + b"\xa4role\xa4user"
+            + b"\xa7content\xa2\xff\xfe")  # not UTF-8
+    body = b"\x83\xa2id\x05\xa2op\xacsend_message\xa4args" + args
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(SHORT)
+        raw.connect(daemon.socket)
+        raw.sendall(len(body).to_bytes(4, "big") + body)
+        reply = wire.read_frame(raw, wire.MAX_FRAME)
+    assert reply["id"] == 5 and reply["error"]["code"] == "invalid_request"
+    assert reply["error"]["field"] == "args"
+    client.send_message(session_id, "user", "after")
+    assert contents(client, session_id) == ["after"]
+    assert client.get_session_pid(session_id) == pid

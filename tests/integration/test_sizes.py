@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from jidocoder import Client, DaemonUnavailableError, InvalidArgumentError, LimitExceededError
+from jidocoder import Client, DaemonUnavailableError, InvalidArgumentError, LimitExceededError, wire
 from jidocoder.client import DRAIN_THREAD_NAME
 from tests.support import LONG, SHORT, fd_count, take_events, wait_until
 
@@ -165,6 +165,63 @@ def test_a_16_mib_request_of_empty_maps_is_refused_within_8_times_its_size(clien
     # the same client and the daemon go on; nothing of the refused request was applied
     index = client.get_file_index(session_id)
     assert list(index) == ["/kept"] and index["/kept"]["k"] == "v"
+
+
+def ancestors_bomb(size: int, depth: int = 32) -> list:
+    """About ``size`` bytes encoded: leaves, then a list of leaves as the last item, ``depth``
+    deep. A decoder holds every level's leaves until the innermost list closes (a 16 MB frame
+    of it peaked at 596 MiB in a daemon that decoded requests)."""
+    per_level = size // (depth * 3)  # "ab": 3 bytes encoded, 51 as a str
+    node: list = ["ab"] * per_level
+    for _ in range(depth - 1):
+        node = ["ab"] * per_level + [node]
+    return node
+
+
+BOMBS = {
+    "ancestors": lambda size: ancestors_bomb(size),
+    "flat-maps": lambda size: [{}] * size,
+    "nested-maps": lambda size: [[{}] * 1000] * (size // 1003),
+}
+CALLS = {
+    "update_file_index": lambda c, sid, bomb: c.update_file_index(sid, "/bomb", {"m": bomb}),
+    "send_message": lambda c, sid, bomb: c.send_message(sid, "user", bomb),
+    "create_session": lambda c, sid, bomb: c.create_session(metadata={"m": bomb}),
+}
+
+
+@pytest.mark.parametrize("op", list(CALLS))
+@pytest.mark.parametrize("shape", list(BOMBS))
+def test_no_16_mib_request_makes_the_daemon_hold_8_times_its_size(daemon, shape, op):
+    """API.md §9: session calls' args are forwarded undecoded, daemon calls' args over
+    DAEMON_ARGS_BYTES refused before decoding; the daemon serves on and keeps what it held."""
+    contents = ["é" * 1000 + "first", "second \x00 ☃"]
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session(metadata={"kept": "m" * 100})
+        for content in contents:
+            client.send_message(session_id, "user", content)
+        client.update_file_index(session_id, "/kept", {"k": "v", "n": [1, 2.5, None]})
+        bomb = BOMBS[shape](16 * MiB - 64 * 1024)
+        size_kib = len(wire.encode({"args": {"session_id": session_id, "m": bomb}})) // 1024
+        peak_before = vm_kib(daemon.pid, "VmHWM")
+        rss_before = vm_kib(daemon.pid, "VmRSS")
+        with pytest.raises((LimitExceededError, InvalidArgumentError)) as info:
+            CALLS[op](client, session_id, bomb)
+        growth = vm_kib(daemon.pid, "VmHWM") - max(peak_before, rss_before)
+        print(f"\n{shape} {op}: frame {size_kib} KiB, the daemon's peak grew {growth} KiB "
+              f"({growth / size_kib:.2f}x): {info.value.code}")
+        assert growth < 8 * size_kib, f"the daemon's peak grew by {growth} KiB"
+        assert info.value.code in ("limit_exceeded", "invalid_argument") and info.value.message
+        if op == "create_session":
+            assert (info.value.code, info.value.field) == ("limit_exceeded", "args")
+        # the same client goes on, and nothing held was changed
+        history = client.get_conversation_history(session_id)
+        assert [m.content.encode() for m in history] == [c.encode() for c in contents]
+        index = client.get_file_index(session_id)
+        assert list(index) == ["/kept"]
+        assert {k: index["/kept"][k] for k in ("k", "n")} == {"k": "v", "n": [1, 2.5, None]}
+        [info] = client.list_sessions()
+        assert (info.session_id, info.metadata) == (session_id, {"kept": "m" * 100})
 
 
 def test_metadata_and_llm_config_are_limited_to_1_mib_encoded_each(client):

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from jidocoder import __version__
+from jidocoder import __version__, wire
 from jidocoder.config import Settings
 from jidocoder.daemon.api import Api
 from jidocoder.daemon.events import EventBus
@@ -57,7 +57,8 @@ class Daemon:
 
     def call(self, op: str, args: dict[str, Any] | None = None, **frame: Any) -> dict[str, Any]:
         before = len(self.client.replies)
-        self.api.dispatch(self.client, {"id": 7, "op": op, "args": args or {}, **frame})
+        request = wire.split_request(wire.encode({"id": 7, "op": op, "args": args or {}, **frame}))
+        self.api.dispatch(self.client, request)
         assert len(self.client.replies) == before + 1, "no reply"
         request_id, message = self.client.replies[-1]
         assert request_id == 7
@@ -81,8 +82,8 @@ def test_an_unknown_op_is_unknown_op(daemon: Daemon) -> None:
 
 
 def test_a_malformed_request_is_invalid_request(daemon: Daemon) -> None:
-    daemon.api.dispatch(daemon.client, ["not", "a", "request"])
-    assert daemon.client.replies[-1][1]["error"]["code"] == "invalid_request"
+    refused = wire.split_request(wire.encode(["not", "a", "request"]))
+    assert refused.reply()["error"]["code"] == "invalid_request"
 
 
 def test_arguments_a_handler_does_not_take_are_invalid_argument(daemon: Daemon) -> None:
@@ -139,8 +140,9 @@ def test_a_frames_deadline_reaches_the_pending(daemon: Daemon) -> None:
     record = daemon.supervisor._admit(SessionState.new("s1"))
     daemon.supervisor.change_status(record, SessionStatus.ACTIVE)
     deadline = time.monotonic() + 30
-    daemon.api.dispatch(daemon.client, {"id": 9, "op": "send_message", "deadline": deadline,
-                                        "args": {"session_id": "s1", "content": "hi"}})
+    daemon.api.dispatch(daemon.client, wire.split_request(wire.encode(
+        {"id": 9, "op": "send_message", "deadline": deadline,
+         "args": {"session_id": "s1", "content": "hi"}})))
     assert daemon.client.replies == []
     [(pending, _)] = record.waiting
     assert (pending.request_id, pending.op, pending.deadline) == (9, "send_message", deadline)

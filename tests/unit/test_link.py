@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from jidocoder import wire
-from jidocoder.daemon.link import Pending, SessionLink, request_deadline
+from jidocoder.daemon.link import Pending, SessionLink
 
 
 class Replies:
@@ -24,7 +24,7 @@ def sent_requests(*pendings: Pending) -> list[dict]:
     with ours, theirs:
         link = SessionLink(0, ours, 1, wire.request_limit(1024), lambda link, wanted: None)
         for n, pending in enumerate(pendings):
-            link.request("get_file", {"session_id": "s1", "path": f"/{n}"}, pending)
+            link.request("get_file", wire.encode({"session_id": "s1", "path": f"/{n}"}), pending)
         link.flush()
         return [wire.read_frame(theirs, wire.MAX_FRAME) for _ in pendings]
 
@@ -40,10 +40,13 @@ def test_a_call_goes_to_the_session_with_its_clients_deadline_and_none_without_o
 
 
 def test_only_a_number_is_taken_as_a_requests_deadline():
-    assert request_deadline({"deadline": 12.5}) == 12.5
-    assert request_deadline({"deadline": 12}) == 12.0
-    for frame in ({"deadline": "12"}, {"deadline": True}, {}, ["deadline"], None):
-        assert request_deadline(frame) is None
+    def deadline(extra):
+        return wire.split_request(wire.encode({"id": 1, "op": "x", **extra})).deadline
+    assert deadline({"deadline": 12.5}) == 12.5
+    assert deadline({"deadline": 12}) == 12.0
+    assert type(deadline({"deadline": 12})) is float
+    for extra in ({"deadline": "12"}, {"deadline": True}, {}, {"deadline": [1.0]}):
+        assert deadline(extra) is None
 
 
 def test_a_packed_result_reaches_the_client_undecoded():

@@ -536,3 +536,152 @@ def test_an_untrusted_decoder_drops_the_stream_on_an_undecodable_frame():
         decoder.feed(struct.pack(">I", len(deep)) + deep)
     with pytest.raises(ProtocolError):
         decoder.feed(pack_frame({"id": 6}, 100))
+
+
+# --- the daemon's split of a request: args forwarded as bytes, only session_id read ----------
+
+def split(obj: object):
+    from jidocoder import wire
+    return wire.split_request(encode(obj))
+
+
+@pytest.mark.parametrize("args", [
+    {"session_id": "s1", "role": "user", "content": "hi"},
+    {"role": "user", "content": "x" * 70_000, "session_id": "s1"},  # last, after a long value
+    {"content": [[{}] * 1000] * 300, "path": "/p", "session_id": "s1", "metadata": {"k": [1.5]}},
+])
+def test_a_session_calls_args_are_kept_as_they_came_and_only_session_id_is_read(args):
+    from jidocoder import wire
+    encoded_args = encode(args)
+    body = b"\x84\xa2id\x07\xa2op\xa8get_file\xa8deadline" + encode(12.5) + b"\xa4args" + encoded_args
+    request = wire.split_request(body)
+    assert type(request) is wire.Request
+    assert (request.id, request.op, request.deadline, request.session_id) == (7, "get_file", 12.5,
+                                                                            "s1")
+    assert request.args == encoded_args  # byte for byte
+
+
+@pytest.mark.parametrize("args", [{}, {"role": "user"}, {"session_id": 5},
+                                  {"session_id": ["s1"]}, {"session_id": None},
+                                  {"session_id": b"s1"}, {"session_id": {"m": [{}] * 100}}])
+def test_a_missing_or_non_str_session_id_is_read_as_none(args):
+    request = split({"id": 1, "op": "send_message", "args": args})
+    assert request.session_id is None and decode(request.args) == args
+
+
+def test_missing_or_nil_args_are_the_empty_map():
+    from jidocoder import wire
+    for frame in ({"id": 1, "op": "hello"}, {"id": 1, "op": "hello", "args": None}):
+        request = split(frame)
+        assert request.args == b"\x80" and wire.decode_args(request.args) == {}
+
+
+def test_a_nested_session_id_is_not_the_calls():
+    request = split({"id": 1, "op": "update_file_index",
+                     "args": {"metadata": {"session_id": "other"}, "path": "/p"}})
+    assert request.session_id is None
+
+
+@pytest.mark.parametrize("frame, field", [
+    (["not", "a", "request"], None),
+    ("hello", None),
+    ({"id": 3, "args": {}}, None),  # no op
+    ({"id": 3, "op": 5, "args": {}}, None),
+    ({"id": 3, "op": b"hello", "args": {}}, None),
+    ({"id": 3, "op": "hello", "args": ["session_id", "s1"]}, "args"),
+    ({"id": 3, "op": "hello", "args": "s1"}, "args"),
+    ({"id": 3, "op": "hello", "args": {1: "s1"}}, "args"),
+    ({"id": 3, "op": "hello", "args": {"a": 1, b"session_id": "s1"}}, "args"),
+])
+def test_a_malformed_request_is_refused_as_invalid_request_with_its_id(frame, field):
+    from jidocoder import wire
+    refused = split(frame)
+    assert type(refused) is wire.Refused
+    reply = refused.reply()
+    assert reply["id"] == (frame.get("id") if isinstance(frame, dict) else None)
+    assert (reply["error"]["code"], reply["error"]["field"]) == ("invalid_request", field)
+
+
+@pytest.mark.parametrize("body", [
+    b"\x83\xa2id\x03\xa2op\xa5hello\xa2op\xa5hello",  # op twice
+    b"\x83\xa2id\x03\xa2op\xa5hello\xa2id\x04",  # id twice
+    b"\x83\xa2id\x03\xa2op\xa5hello\xa4args\x82\xaasession_id\xa1a\xaasession_id\xa1b",
+])
+def test_a_key_read_twice_is_invalid_request_not_the_last_one_wins(body):
+    from jidocoder import wire
+    refused = wire.split_request(body)
+    assert type(refused) is wire.Refused
+    assert refused.reply()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\xc1", b"\x81\xa2id", b"\x82\xa2id\x01", b"\x81\xa2id\x01\x00",  # trailing byte
+    b"\x82\xa2id\x01\xa2op\xa2\xff\xfe",  # op not UTF-8
+    b"\x83\xa2id\x03\xa2op\xa5hello\xa4args" + b"\x91" * 100_000 + b"\x80",  # nested too deep
+])
+def test_bytes_that_are_no_request_are_a_protocol_error(body):
+    from jidocoder import wire
+    with pytest.raises(ProtocolError):
+        wire.split_request(body)
+
+
+def test_a_request_with_a_huge_id_is_refused_for_its_id_alone():
+    from jidocoder import wire
+    refused = split({"id": [[{}] * 1000] * 300, "op": "hello"})
+    assert type(refused) is wire.Refused
+    assert refused.reply() == {"id": None, "error": refused.error.to_wire()}
+    assert refused.error.code == "limit_exceeded"
+
+
+def test_a_daemon_calls_args_over_their_bound_are_refused_before_decoding():
+    from jidocoder import wire
+    big = encode({"metadata": {"m": [[{}] * 1000] * 3000}})
+    assert len(big) > wire.DAEMON_ARGS_BYTES
+    with pytest.raises(LimitExceededError) as info:
+        wire.decode_args(big)
+    assert info.value.field == "args"
+    assert wire.decode_args(encode({"metadata": {"k": "x" * 1000}})) == {"metadata": {"k": "x" * 1000}}
+    # create_session's largest legal args fit the bound
+    fits = encode({"metadata": {"k": "x" * (MiB - 20)}, "llm_config": {"k": "y" * (MiB - 20)},
+                   "config": {"max_history": 10}})
+    assert len(fits) <= wire.DAEMON_ARGS_BYTES
+
+
+@pytest.mark.parametrize("size", [10, 70_000])
+@pytest.mark.parametrize("deadline", [None, 99.5])
+def test_the_sessions_request_frame_is_built_around_the_args_bytes(size, deadline):
+    from jidocoder import wire
+    args = encode({"session_id": "s1", "content": "é" * size})
+    buffers = wire.request_buffers(2**33, "send_message", args, deadline, wire.request_limit(MiB))
+    if size > 65536:
+        assert buffers[-1] is args  # not copied
+    frame = b"".join(buffers)
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - HEADER_SIZE
+    expected = {"id": 2**33, "op": "send_message", "args": decode(args)}
+    if deadline is not None:
+        expected["deadline"] = deadline
+    assert decode(frame[HEADER_SIZE:]) == expected
+    with pytest.raises(LimitExceededError):
+        wire.request_buffers(1, "send_message", args, deadline, len(args))
+
+
+def test_a_request_decoder_splits_frames_fed_in_pieces_and_stays_in_step_after_a_refusal():
+    from jidocoder import wire
+    decoder = FrameDecoder(64 * MiB, requests=True)
+    stream = (pack_frame({"id": 1, "op": "send_message",
+                          "args": {"session_id": "s", "content": [[{}] * 1000] * 300}}, 64 * MiB)
+              + pack_frame({"id": 2, "op": 3}, 100) + pack_frame({"id": 3, "op": "hello"}, 100))
+    got = [obj for i in range(0, len(stream), 4096) for obj in decoder.feed(stream[i:i + 4096])]
+    first, refused, hello = got
+    assert first.session_id == "s" and decode(first.args)["content"] == [[{}] * 1000] * 300
+    assert refused.reply()["id"] == 2 and refused.error.code == "invalid_request"
+    assert (hello.id, hello.op, hello.args) == (3, "hello", b"\x80")
+
+
+def test_a_session_answers_relayed_args_it_cannot_decode_and_stays_in_step():
+    from jidocoder import wire
+    decoder = FrameDecoder(64 * MiB, relayed=True)
+    bad_args = b"\x81\xa1k\xa2\xff\xfe"  # a str that is not UTF-8: the daemon never looked
+    [bad] = decoder.feed(b"".join(wire.request_buffers(5, "send_message", bad_args, None, MiB)))
+    assert bad.reply()["id"] == 5 and bad.error.code == "invalid_request"
+    assert decoder.feed(pack_frame({"id": 6, "op": "x"}, 100)) == [{"id": 6, "op": "x"}]
