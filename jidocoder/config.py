@@ -66,6 +66,8 @@ class Settings(BaseModel):
                                  description="Bytes of file content one session may cache; least recently used goes first.")
     client_buffer_bytes: int = Field(8 * MiB, ge=64 * 1024,
                                      description="Unsent bytes a client may fall behind before it is disconnected.")
+    event_history: int = Field(1000, ge=0,
+                               description="Events held per topic for subscriptions resumed with since (docs/api.md §10).")
     spare_processes: int = Field(1, ge=0, le=64,
                                  description="Session processes kept started and waiting, so that a create waits for no fork.")
     spawn: Literal["auto", "clone", "fork"] = Field(

@@ -73,11 +73,20 @@ class Api:
     def handle_hello(self, conn, pending, **_: Any) -> dict:
         return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes}
 
-    def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None):
+    def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None,
+                              call_id=None):
         for name, value in (("metadata", metadata), ("llm_config", llm_config)):
             wire.check_encoded_size(value, wire.MAX_SESSION_DICT_BYTES, name)
-        self.supervisor.create_session(metadata, llm_config, config, pending)
+        if not isinstance(call_id, str):
+            call_id = None
+        elif (created := self._created_by(call_id)) is not None:
+            return created  # resent after a lost reply: the session it made (at most once)
+        self.supervisor.create_session(metadata, llm_config, config, pending, call_id=call_id)
         return DEFERRED
+
+    def _created_by(self, call_id: str) -> str | None:
+        session_id = self.supervisor.registry.created_by(call_id)
+        return session_id if session_id in self.supervisor.records else None
 
     def handle_terminate_session(self, conn, pending, session_id=None):
         self.supervisor.terminate_session(self.supervisor.find(session_id), pending)
@@ -100,9 +109,9 @@ class Api:
         self.supervisor.recover_session(session_id, pending)
         return DEFERRED
 
-    def handle_subscribe_to_session(self, conn, pending, session_id=None) -> None:
+    def handle_subscribe_to_session(self, conn, pending, session_id=None, since=None) -> dict:
         self.supervisor.find(session_id)
-        self.bus.subscribe(session_topic(session_id), conn)
+        return {"last_seq": self.bus.subscribe(session_topic(session_id), conn, _since(since))}
 
     def handle_unsubscribe_from_session(self, conn, pending, session_id=None) -> None:
         if not isinstance(session_id, str):
@@ -110,8 +119,8 @@ class Api:
                                        field="session_id")
         self.bus.unsubscribe(session_topic(session_id), conn)
 
-    def handle_subscribe_to_all_sessions(self, conn, pending) -> None:
-        self.bus.subscribe(GLOBAL_TOPIC, conn)
+    def handle_subscribe_to_all_sessions(self, conn, pending, since=None) -> dict:
+        return {"last_seq": self.bus.subscribe(GLOBAL_TOPIC, conn, _since(since))}
 
     def handle_unsubscribe_from_all_sessions(self, conn, pending) -> None:
         self.bus.unsubscribe(GLOBAL_TOPIC, conn)
@@ -122,3 +131,11 @@ class Api:
     def handle_shutdown(self, conn, pending) -> None:
         self._shutdown()
 
+
+
+def _since(since: Any) -> int | None:
+    """A subscription's ``since``: None (live events only) or a seq >= 0."""
+    if since is None or (type(since) is int and since >= 0):
+        return since
+    raise InvalidArgumentError(f"since must be an int >= 0 or None, not {since!r}",
+                               code="invalid_argument", field="since")

@@ -29,6 +29,7 @@ class SessionRecord:
     restart_timer: Timer | None = None
     waiting: list[Waiting] = field(default_factory=list)
     create_waiter: Pending | None = None  # a create or recover, answered once it serves
+    create_call_id: str | None = None  # the create's call id, stored with its first row
     recovered_from: SessionState | None = None  # a failed session's state, kept until it serves
     terminate_waiters: list[Pending] = field(default_factory=list)
     last_activity: float = field(default_factory=time.monotonic)

@@ -29,6 +29,7 @@ from .logs import setup_daemon_logging
 from .loop import Loop
 from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
+from .seqmarks import RegistryMarks
 from .supervisor import Supervisor
 from .watchdog import MEMORY_CHECK_INTERVAL, check_interval
 
@@ -43,7 +44,7 @@ class Daemon:
         self.settings = settings
         self.started_at = time.monotonic()
         self.loop = Loop()
-        self.bus = EventBus()
+        self.bus: EventBus | None = None
         self.clients: set[ClientConnection] = set()
         self.listener: socket.socket | None = None
         self.stopping = False
@@ -67,6 +68,8 @@ class Daemon:
         self.listener = bind_socket(settings.socket)
 
     def serve(self, on_ready: Callable[[], None]) -> None:
+        self.bus = EventBus(self.settings.event_history,
+                            RegistryMarks(self.registry, self._persistent))
         self.supervisor = Supervisor(self.settings, self.loop, self.bus, self.registry)
         self.api = Api(self.supervisor, self.bus, max_request_bytes=self.settings.max_request_bytes,
                        debug_ops=self.settings.debug_ops, status=self.status,
@@ -82,6 +85,10 @@ class Daemon:
         self.supervisor.start_spares()
         on_ready()
         self.loop.run()
+
+    def _persistent(self, session_id: str) -> bool:
+        record = self.supervisor.records.get(session_id) if self.supervisor else None
+        return record is not None and record.persistent
 
     def status(self) -> dict[str, Any]:
         """What ``daemon status`` prints."""
@@ -174,7 +181,8 @@ class Daemon:
             return
         self.clients.discard(conn)
         self.loop.unwatch(conn)
-        self.bus.drop(conn)
+        if self.bus is not None:
+            self.bus.drop(conn)
         if flush and not conn.closed:
             flush_before_close(conn)
         conn.closed = True

@@ -24,6 +24,7 @@ waits for (queued behind a hung request, resent to a restarted process) never la
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -40,6 +41,7 @@ from ..filecache import FileCache
 from ..models import SessionConfig
 from . import exits
 from .exits import StopServing
+from .callids import NOT_FOUND, CallLog
 from .calls import call_handler, internal_error, parse_request
 from .logs import LOG_NAME
 from .ops import DEBUG_HANDLERS, HANDLERS, PERSISTERS
@@ -181,6 +183,7 @@ class SessionProcess:
         self.beat_interval = min(1.0, spec.hang_timeout / 4)
         self.grouping = False  # inside serve_together: a failed write fails the whole group
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
+        self.calls = CallLog(self.store)
 
     def serve(self) -> int:
         table, slot = self.table, self.spec.slot
@@ -265,8 +268,12 @@ class SessionProcess:
             if handler is None:
                 raise InvalidArgumentError(f"unknown operation {op!r}", code="unknown_op", field="op")
             args.pop("session_id", None)
+            call_id = args.pop("call_id", None)
+            earlier = self.calls.earlier_result(call_id)
+            if earlier is not NOT_FOUND:  # resent after a lost reply: answered, not applied
+                return {"id": request_id, "result": earlier, "events": []}
             result, events = call_handler(handler, op, self, **args)
-            self.persist(events)
+            self.persist(events, call_id, result)
         except JidocoderError as exc:
             return {"id": request_id, "error": exc.to_wire()}
         except StopServing:
@@ -276,15 +283,33 @@ class SessionProcess:
         self.publish_counters()
         return {"id": request_id, "result": result, "events": events}
 
-    def persist(self, events: list[tuple[str, dict]]) -> None:
-        """Write what the events say changed, before the reply goes out. A write that fails
-        leaves nothing behind: not in the store (rolled back) nor in memory (read back)."""
-        if self.store is None or not events:
+    def persist(self, events: list[tuple[str, dict]], call_id: Any = None,
+                result: Any = None) -> None:
+        """Write what the events say changed, and the call's id with its result in the same
+        transaction (callids.py), before the reply goes out. A write that fails leaves nothing
+        behind: not in the store (rolled back) nor in memory (read back)."""
+        if not events:
             return
+        recorded = isinstance(call_id, str)
+        if self.store is None:
+            if recorded:
+                self.calls.record(call_id, result)
+            return
+        own_group = recorded and not self.grouping
+        if own_group:
+            self.store.begin_group()
         try:
             for kind, payload in events:
                 PERSISTERS[kind](self, payload)
+            if recorded:
+                self.calls.record(call_id, result)
+            if own_group:
+                own_group = False
+                self.store.end_group()
         except Exception as exc:
+            if own_group:
+                with contextlib.suppress(Exception):
+                    self.store.end_group()  # rolls the group back
             if self.grouping:
                 raise StorageError(f"the store could not take the write: {exc}") from exc
             raise self.roll_back(exc) from exc

@@ -173,10 +173,22 @@ _SCRUB_MARKER_TABLE = "CREATE TABLE IF NOT EXISTS scrub_pending (pending INTEGER
 # ignores it (and so does not list failed sessions), which keeps SCHEMA_VERSION at 1.
 _FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS failed (session_id TEXT PRIMARY KEY, "
                  "state BLOB NOT NULL) WITHOUT ROWID")
+# seq_marks: per event topic, a seq above every one sent (events.py, SeqMarks); created_by:
+# the call id of each create_session, so that one resent after a lost reply finds its session
+# (docs/protocol.md, "Call ids"). Both added after version 1 shipped, like ``failed``; a
+# session's rows go in the same transaction as its row, so its scrub covers them.
+_SEQ_MARKS_TABLE = ("CREATE TABLE IF NOT EXISTS seq_marks (topic TEXT PRIMARY KEY, "
+                    "mark INTEGER NOT NULL) WITHOUT ROWID")
+_CREATED_BY_TABLE = ("CREATE TABLE IF NOT EXISTS created_by (call_id TEXT PRIMARY KEY, "
+                     "session_id TEXT NOT NULL) WITHOUT ROWID")
+_LATE_TABLES = (_FAILED_TABLE, _SCRUB_MARKER_TABLE, _SEQ_MARKS_TABLE, _CREATED_BY_TABLE)
+_SESSION_TOPIC = "client.session."  # docs/api.md §4
 _REGISTRY_SCHEMA = f"""
 CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 {_SCRUB_MARKER_TABLE};
 {_FAILED_TABLE};
+{_SEQ_MARKS_TABLE};
+{_CREATED_BY_TABLE};
 """
 ORPHAN_ERROR = "its registry row was lost"
 _ERASABLE = {SessionStatus.TERMINATING.value, SessionStatus.TERMINATED.value}
@@ -189,6 +201,11 @@ CREATE TABLE active_files (position INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQ
                            added_at INTEGER NOT NULL);
 CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID;
 """
+# calls: the reply of each recent call that changed the session, by its call id, written in the
+# same transaction as the change (docs/protocol.md, "Call ids"). Added after version 1 shipped:
+# made by the first call recorded, so a store without it is still version 1.
+_CALLS_TABLE = ("CREATE TABLE IF NOT EXISTS calls (seq INTEGER PRIMARY KEY, "
+                "call_id TEXT NOT NULL UNIQUE, reply BLOB NOT NULL)")
 
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
@@ -466,12 +483,31 @@ class Registry(_Database):
             self.close()
             raise
 
-    def put(self, state: SessionState) -> None:
-        """Insert or replace the session's state."""
+    def put(self, state: SessionState, *, call_id: str | None = None) -> None:
+        """Insert or replace the session's state; with the call id that created it, if given."""
         blob = self._encode(state)
         with self._write() as conn:
             conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
+            if call_id is not None:
+                conn.execute("INSERT OR IGNORE INTO created_by VALUES (?, ?)",
+                             (call_id, state.session_id))
+
+    def created_by(self, call_id: str) -> str | None:
+        """The session that the create_session call ``call_id`` made, if it was stored."""
+        with self._direct() as conn:
+            row = conn.execute("SELECT session_id FROM created_by WHERE call_id = ?",
+                               (call_id,)).fetchone()
+        return row[0] if row else None
+
+    def load_seq_marks(self) -> dict[str, int]:
+        with self._direct() as conn:
+            return dict(conn.execute("SELECT topic, mark FROM seq_marks").fetchall())
+
+    def put_seq_mark(self, topic: str, mark: int) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO seq_marks VALUES (?, ?) ON CONFLICT (topic) "
+                         "DO UPDATE SET mark = excluded.mark", (topic, mark))
 
     def delete(self, session_id: str) -> None:
         """Remove the session (live or failed) so that no byte of registry.db, -wal or -shm
@@ -480,6 +516,8 @@ class Registry(_Database):
             earlier = _marked(conn)  # a scrub that did not finish: its id is not known here
             conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM failed WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM created_by WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM seq_marks WHERE topic = ?", (_SESSION_TOPIC + session_id,))
             conn.execute("INSERT OR IGNORE INTO scrub_pending VALUES (1)")
         self._extras.pop(session_id, None)
         self._scrub(None if earlier else session_id)
@@ -569,13 +607,14 @@ class Registry(_Database):
         """Make the tables added after version 1 shipped; whether a scrub must run now (one was
         interrupted, or the registry predates the marker)."""
         with self._direct() as conn:
-            found = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE "
-                                                    "name IN ('scrub_pending', 'failed')")}
+            found = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_schema WHERE name IN "
+                "('scrub_pending', 'failed', 'seq_marks', 'created_by')")}
             interrupted = "scrub_pending" in found and _marked(conn)
-        if len(found) < 2:
+        if len(found) < len(_LATE_TABLES):
             with self._write() as conn:
-                conn.execute(_FAILED_TABLE)
-                conn.execute(_SCRUB_MARKER_TABLE)
+                for table in _LATE_TABLES:
+                    conn.execute(table)
         return interrupted or "scrub_pending" not in found
 
     def _scrub(self, session_id: str | None) -> None:
@@ -698,6 +737,27 @@ class SessionStore(_Database):
     def clear_messages(self) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM messages")
+
+    def call_reply(self, call_id: str) -> bytes | None:
+        """The packed reply recorded for ``call_id`` (in the open group too), if any."""
+        if self._deferred:
+            return None
+        conn = self._connection()
+        try:
+            row = conn.execute("SELECT reply FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        except sqlite3.OperationalError:  # no calls table yet: no call was recorded
+            return None
+        return bytes(row[0]) if row else None
+
+    def record_call(self, call_id: str, reply: bytes, keep: int) -> None:
+        """Record the call's reply; past ``keep`` the oldest go, ``TRIM_EVERY`` at a time. Give
+        it the transaction of the change (``begin_group``)."""
+        with self._write() as conn:
+            conn.execute(_CALLS_TABLE)
+            seq = conn.execute("INSERT OR REPLACE INTO calls (call_id, reply) VALUES (?, ?)",
+                               (call_id, reply)).lastrowid
+            if seq > keep and (seq - keep) % TRIM_EVERY == 0:
+                conn.execute("DELETE FROM calls WHERE seq <= ?", (seq - keep,))
 
     def add_file(self, file: ActiveFile) -> None:
         """Append the file; a path already active keeps its place and its ``added_at``."""

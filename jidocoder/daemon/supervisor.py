@@ -84,7 +84,8 @@ class Supervisor:
         self.spares.start()
 
     # -- creating, restoring, recovering -------------------------------------------------------
-    def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:
+    def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending, *,
+                       call_id: Any = None) -> None:
         for name, value in (("metadata", metadata), ("llm_config", llm_config)):
             if value is not None and not isinstance(value, dict):
                 raise InvalidArgumentError(f"{name} must be a dict or None", code="invalid_argument",
@@ -95,7 +96,7 @@ class Supervisor:
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
         record = self._admit(state)
         # Stored only once it is active: an unacknowledged session leaves nothing to restore.
-        record.create_waiter = pending
+        record.create_waiter, record.create_call_id = pending, call_id
         self.spawn_session(record)
 
     def recover_session(self, session_id: Any, pending: Pending) -> None:
@@ -350,7 +351,8 @@ class Supervisor:
             self.registry.recover_failed(state)  # the failed row becomes the live one, at once
             record.recovered_from = None
         elif state.status is not SessionStatus.TERMINATED:
-            self.registry.put(state)
+            self.registry.put(state, call_id=record.create_call_id)
+            record.create_call_id = None
 
     def _change_unasked(self, record: SessionRecord, to: SessionStatus) -> None:
         """A change nobody asked for (idleness): if the registry refuses it, the session stays

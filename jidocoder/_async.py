@@ -1,0 +1,258 @@
+"""``AsyncConnection``: the I/O shell of ``AsyncClient`` — asyncio streams, no thread.
+
+What the bytes mean is the protocol core's (_protocol.py), as for ``Client``. One reader task
+per connection routes what arrives: a reply completes its call's Future, events wake
+``next_event``. Many tasks may call at once: a request is written whole into the transport in
+one synchronous ``write`` (no await between its first and last byte), so no other task's frame
+can come between, and a call cancelled at any await has either not been written at all or
+been written whole: it is applied once or not at all (docs/api.md §11). Its late reply then
+finds no call and is dropped.
+
+Reconnect (docs/api.md §10) as in _sync.py: at EOF the reader task dials again until
+``timeout`` after the break, then writes what the core says a new connection starts with
+(hello, subscriptions from their last seq, the calls still waiting).
+
+The reader task holds its connection only weakly while it waits, so an AsyncClient dropped
+without ``aclose()`` is collected; its finalizer closes the transport, and the task ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from typing import Any
+
+from . import _dial, wire
+from ._protocol import Call, ClientProtocol, Received
+from .errors import DaemonUnavailableError, RequestTimeoutError
+from .models import Event
+
+__all__ = ["AsyncConnection"]
+
+RECONNECT_BACKOFF = (0.005, 0.2)
+
+
+class AsyncConnection:
+    def __init__(self, socket_path: str, timeout: float, event_buffer: int) -> None:
+        self.core = ClientProtocol(event_buffer)
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task | None = None
+        self._events = asyncio.Event()  # set when an event (or the end) arrives
+        self._broken_since: float | None = None
+        self._final = False
+        self._lost: str | None = None
+        self._closing: str | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        self._reader, self._writer = await self._dial()
+        self._task = asyncio.get_running_loop().create_task(
+            _read_loop(weakref.ref(self), self._reader))
+        weakref.finalize(self, _collected, self._writer, self._task)
+        try:
+            await self.call("hello", {})
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        _dial.check_directory(self.socket_path)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.socket_path, limit=wire.RECV_CHUNK), self.timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise _dial.no_daemon(self.socket_path, e if isinstance(e, OSError)
+                                  else OSError("timed out")) from e
+        try:
+            _dial.check_peer(writer.get_extra_info("socket"), self.socket_path)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        self._check_open()
+        deadline = time.monotonic() + self.timeout
+        call = self.core.start_call(op, args, deadline)
+        call.waiter = asyncio.get_running_loop().create_future()
+        try:
+            if self._broken_since is None:
+                call.sent = True
+                self._writer.write(call.frame)  # whole, at once: see the docstring
+            try:
+                await asyncio.wait_for(asyncio.shield(call.waiter), _remaining(deadline))
+            except asyncio.TimeoutError:
+                raise self._gave_up(call) from None
+        finally:
+            if call.reply is None:
+                self.core.forget(call)
+        return call.outcome()
+
+    def _gave_up(self, call: Call) -> Exception:
+        if self._broken_since is None:
+            return RequestTimeoutError(
+                f"the daemon did not answer {call.op} within {self.timeout:g} s (no reply; the "
+                "request may still be applied)", details={"op": call.op, "timeout": self.timeout})
+        applied = ("it was sent and may have been applied" if call.sent
+                   else "it was not sent: not applied")
+        return DaemonUnavailableError(
+            f"connection to the daemon lost, and no daemon on {self.socket_path} answered "
+            f"{call.op} within {self.timeout:g} s; {applied}",
+            details={"socket": self.socket_path, "op": call.op, "may_have_been_applied": call.sent})
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DaemonUnavailableError("this AsyncClient is closed; make a new one")
+        if self._lost is not None:
+            details = {"socket": self.socket_path}
+            if self._closing is not None:
+                details["closing"] = self._closing
+            raise DaemonUnavailableError(f"connection to the daemon lost ({self._lost})",
+                                         details=details)
+
+    def expect_end(self) -> None:
+        self._final = True
+
+    async def await_end(self, deadline: float) -> bool:
+        while self._lost is None and not self._closed:
+            if not await self._wait_events(deadline):
+                return False
+        return True
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def take_event(self, deadline: float | None) -> Event | None:
+        while not self.core.has_event():
+            self._check_open()
+            if not await self._wait_events(deadline):
+                return None
+        return self.core.take_event()
+
+    async def _wait_events(self, deadline: float | None) -> bool:
+        self._events.clear()
+        try:
+            await asyncio.wait_for(self._events.wait(),
+                                   None if deadline is None else _remaining(deadline))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- what the reader task brings ---------------------------------------------------------
+
+    def deliver(self, received: Received) -> bool:
+        """Complete the answered calls, wake event waiters; False once the stream ended."""
+        for call in received.answered:
+            if call.waiter is not None and not call.waiter.done():
+                call.waiter.set_result(None)
+        if received.events:
+            self._events.set()
+        if received.end is None:
+            return True
+        if received.closing is not None:
+            self._closing = received.closing
+        if received.reconnect and not self._final and not self._closed:
+            self._broken_since = self._broken_since or time.monotonic()
+        else:
+            self.lose(received.end)
+        return False
+
+    async def reconnect(self) -> asyncio.StreamReader | None:
+        """Dial until a daemon answers (its reader returned) or the window closes (None)."""
+        until = self._broken_since + self.timeout
+        delay = RECONNECT_BACKOFF[0]
+        while not self._closed:
+            try:
+                reader, writer = await self._dial()
+            except DaemonUnavailableError:
+                if time.monotonic() >= until:
+                    break
+                await asyncio.sleep(min(delay, max(0.0, until - time.monotonic())))
+                delay = min(delay * 2, RECONNECT_BACKOFF[1])
+                continue
+            self._writer.close()
+            self._reader, self._writer = reader, writer
+            self._broken_since = None
+            writer.write(b"".join(self.core.reconnected()))
+            return reader
+        self.lose(f"no daemon came back on {self.socket_path} within {self.timeout:g} s")
+        return None
+
+    def lose(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+        self._events.set()
+        for call in list(self.core.pending.values()):
+            if call.waiter is not None and not call.waiter.done():
+                call.waiter.set_exception(self._unavailable_for(call))
+
+    def _unavailable_for(self, call: Call) -> DaemonUnavailableError:
+        try:
+            self._check_open()
+        except DaemonUnavailableError as e:
+            return e
+        return DaemonUnavailableError("the connection ended")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.core.clear_events()
+        self.lose("closed")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+
+    def state(self) -> str:
+        if self._closed:
+            return "closed"
+        if self._lost is not None:
+            return "lost"
+        return "reconnecting" if self._broken_since is not None else "open"
+
+
+async def _read_loop(ref: "weakref.ref[AsyncConnection]", reader: asyncio.StreamReader) -> None:
+    """Route what arrives until the connection ends for good; holds its connection only
+    between reads."""
+    while True:
+        try:
+            data = await reader.read(wire.RECV_CHUNK)
+        except OSError:  # a reset: the daemon went away, as at EOF
+            data = b""
+        conn = ref()
+        if conn is None:
+            return
+        if data:
+            going_on = conn.deliver(conn.core.receive(data))
+            if going_on:
+                del conn  # not held while waiting
+                continue
+        else:
+            conn.deliver(conn.core.end_of_stream())
+        if conn._broken_since is None:
+            return
+        reader = await conn.reconnect()
+        if reader is None:
+            return
+        del conn
+
+
+def _collected(writer: asyncio.StreamWriter, task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
