@@ -341,12 +341,12 @@ class SyncConnection:
             if sock is not None:
                 return self._adopt(sock)
             now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False  # this caller says whether its call may have been applied
             if now >= until:
                 self._lose_locked(f"no daemon came back on {self.socket_path} within "
                                   f"{self.timeout:g} s", None)
                 return True  # ended: every waiter raises
-            if deadline is not None and now >= deadline:
-                return False
             self._lock.release()
             try:
                 self.stop.wait(min(delay, until - now, _remaining(deadline or until)))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -184,6 +185,7 @@ class SessionProcess:
         self.grouping = False  # inside serve_together: a failed write fails the whole group
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
         self.calls = CallLog(self.store)
+        self.kill_daemon_after_commit = False  # ops.debug_kill_daemon_after_commit
 
     def serve(self) -> int:
         table, slot = self.table, self.spec.slot
@@ -274,6 +276,8 @@ class SessionProcess:
                 return {"id": request_id, "result": earlier, "events": []}
             result, events = call_handler(handler, op, self, **args)
             self.persist(events, call_id, result)
+            if events and self.kill_daemon_after_commit and not self.grouping:  # a test hook
+                os.kill(self.spec.daemon_pid, signal.SIGKILL)
         except JidocoderError as exc:
             return {"id": request_id, "error": exc.to_wire()}
         except StopServing:
