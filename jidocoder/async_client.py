@@ -65,6 +65,10 @@ class AsyncClient:
     async def _run(self, request: Request) -> Any:
         return request.convert(await self._conn.call(request.op, request.args))
 
+    async def _call(self, op: str, args: dict[str, Any]) -> Any:
+        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here."""
+        return await self._conn.call(op, args)
+
     # -- sessions ----------------------------------------------------------------------------
 
     async def create_session(self, *, metadata: dict | None = None, llm_config: dict | None = None,
