@@ -171,3 +171,20 @@ def test_the_drain_of_a_subscribed_client_survives_a_restart_and_ends_with_close
     assert set(threading.enumerate()) == before
     assert not any(process_alive(p) for p in daemon.seen_pids if p != daemon.pid)
     os.sched_yield()
+
+
+def test_a_client_whose_consumer_stops_reading_holds_event_buffer_events_and_tells_the_gap(daemon):
+    with daemon.client() as producer, Client(daemon.socket, event_buffer=5) as slow:
+        session_id = producer.create_session()
+        slow.subscribe_to_session(session_id)
+        for n in range(20):
+            producer.send_message(session_id, "user", f"m{n}")
+        # Its drain reads them all; it holds only the last 5 (seqs 17..21).
+        wait_until(lambda: len(slow._conn.core.events) == 5 and
+                   slow._conn.core.events[-1].seq == 21, SHORT, "the drain to read every event")
+        events = take_events(slow, 6)
+        assert events[0].type == "events_gap"
+        assert events[0].payload == {"topic": f"client.session.{session_id}",
+                                     "first_missing": 2, "next_seq": 17}
+        assert [e.seq for e in events[1:]] == [17, 18, 19, 20, 21]
+        assert [e.payload["content"] for e in events[1:]] == [f"m{n}" for n in range(15, 20)]
