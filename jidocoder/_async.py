@@ -25,13 +25,12 @@ import weakref
 from typing import Any
 
 from . import _dial, wire
-from ._protocol import Call, ClientProtocol, Received
+from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
 from .errors import DaemonUnavailableError, RequestTimeoutError
 from .models import Event
 
 __all__ = ["AsyncConnection"]
 
-RECONNECT_BACKOFF = (0.005, 0.2)
 
 
 class AsyncConnection:

@@ -59,6 +59,11 @@ IDEMPOTENT_BY_CALL_ID = frozenset({
 # not_found answer means the first one was applied (docs/api.md §10).
 DONE_IF_GONE = frozenset({"terminate_session", "recover_session"})
 
+# A broken connection is dialled again after these waits, doubling from the first to the last:
+# a refused connect costs microseconds, and a daemon restart takes ~0.2 s, so a wait much longer
+# than 50 ms would be most of the reconnect time (scripts/bench, "reconnect").
+RECONNECT_BACKOFF = (0.005, 0.05)
+
 # docs/api.md §4: a session's topic is this prefix and its id (the global topic has no session).
 GLOBAL_TOPIC = "client.global_events"
 SESSION_TOPIC_PREFIX = "client.session."

@@ -46,7 +46,7 @@ from typing import Any
 
 from . import _dial, wire
 from ._drain import DRAIN_THREAD_NAME, start_drain
-from ._protocol import Call, ClientProtocol, Received
+from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
 from .errors import DaemonUnavailableError, RequestTimeoutError
 
 __all__ = ["DRAIN_THREAD_NAME", "SyncConnection"]
@@ -56,7 +56,6 @@ RECV_SLICE = 0.05
 # Each send is non-blocking for that call only, so the socket stays blocking for the role
 # holder's recv; MSG_NOSIGNAL turns a dead peer into EPIPE, never SIGPIPE.
 _SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0) | getattr(socket, "MSG_NOSIGNAL", 0)
-RECONNECT_BACKOFF = (0.005, 0.2)  # first and longest wait between two connection attempts
 
 
 class SyncConnection:

@@ -246,8 +246,10 @@ class SessionProcess:
         """Commit the group; False (context read back as stored) if it could not be."""
         try:
             self.store.end_group()
+            self.calls.committed()
             return True
         except Exception as exc:
+            self.calls.rolled_back()
             if stop is not None:
                 raise stop from exc
             self.roll_back(exc)
@@ -298,6 +300,7 @@ class SessionProcess:
         if self.store is None:
             if recorded:
                 self.calls.record(call_id, result)
+                self.calls.committed()
             return
         own_group = recorded and not self.grouping
         if own_group:
@@ -310,10 +313,13 @@ class SessionProcess:
             if own_group:
                 own_group = False
                 self.store.end_group()
+                self.calls.committed()
         except Exception as exc:
             if own_group:
                 with contextlib.suppress(Exception):
                     self.store.end_group()  # rolls the group back
+            if not self.grouping:
+                self.calls.rolled_back()
             if self.grouping:
                 raise StorageError(f"the store could not take the write: {exc}") from exc
             raise self.roll_back(exc) from exc

@@ -203,9 +203,10 @@ CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROW
 """
 # calls: the reply of each recent call that changed the session, by its call id, written in the
 # same transaction as the change (docs/protocol.md, "Call ids"). Added after version 1 shipped:
-# made by the first call recorded, so a store without it is still version 1.
+# a store made before gets it when its calls are first loaded; still version 1.
 _CALLS_TABLE = ("CREATE TABLE IF NOT EXISTS calls (seq INTEGER PRIMARY KEY, "
                 "call_id TEXT NOT NULL UNIQUE, reply BLOB NOT NULL)")
+_SESSION_SCHEMA += _CALLS_TABLE + ";\n"
 
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
@@ -738,22 +739,24 @@ class SessionStore(_Database):
         with self._write() as conn:
             conn.execute("DELETE FROM messages")
 
-    def call_reply(self, call_id: str) -> bytes | None:
-        """The packed reply recorded for ``call_id`` (in the open group too), if any."""
+    def load_calls(self) -> dict[str, bytes]:
+        """The recorded calls' packed replies by call id, oldest first."""
         if self._deferred:
-            return None
-        conn = self._connection()
-        try:
-            row = conn.execute("SELECT reply FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-        except sqlite3.OperationalError:  # no calls table yet: no call was recorded
-            return None
-        return bytes(row[0]) if row else None
+            return {}
+        with self._direct() as conn:
+            made = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'calls'").fetchone()
+        if not made:
+            with self._write() as conn:
+                conn.execute(_CALLS_TABLE)
+            return {}
+        with self._direct() as conn:
+            rows = conn.execute("SELECT call_id, reply FROM calls ORDER BY seq").fetchall()
+        return {call_id: bytes(reply) for call_id, reply in rows}
 
     def record_call(self, call_id: str, reply: bytes, keep: int) -> None:
         """Record the call's reply; past ``keep`` the oldest go, ``TRIM_EVERY`` at a time. Give
         it the transaction of the change (``begin_group``)."""
         with self._write() as conn:
-            conn.execute(_CALLS_TABLE)
             seq = conn.execute("INSERT OR REPLACE INTO calls (call_id, reply) VALUES (?, ?)",
                                (call_id, reply)).lastrowid
             if seq > keep and (seq - keep) % TRIM_EVERY == 0:
