@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from . import _no_plugins  # noqa: F401  first, before any model is built (see its docstring)
 from .config import Settings, flag_name

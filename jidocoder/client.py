@@ -33,7 +33,7 @@ class Client(Connection):
         super().__init__(socket_path if socket_path is not None else default_socket_path(),
                          timeout, event_buffer)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -42,7 +42,7 @@ class SessionContext:
     @classmethod
     def restore(cls, session_id: str, config: SessionConfig, messages: list[Message],
                 files: list[ActiveFile], file_index: dict[str, dict], *,
-                clock: Clock = utc_now) -> "SessionContext":
+                clock: Clock = utc_now) -> SessionContext:
         """Rebuild from stored data, applying the limits as if the items had been added in order."""
         ctx = cls(session_id, config, clock=clock)
         ctx._messages.extend(messages)  # the deque's maxlen keeps only the last max_history

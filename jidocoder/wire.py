@@ -52,7 +52,7 @@ import struct
 import sys
 import threading
 from collections import deque
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import msgpack
@@ -116,7 +116,7 @@ _IOV_MAX = 1024
 # A Packer keeps its grown buffer across reset(); after a message larger than this, the thread
 # gets a fresh Packer so one 16 MiB frame does not pin 16 MiB in every thread for good.
 _RETAIN_PACKER_BELOW = 1024 * 1024
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATUS_EXT = {status: msgpack.ExtType(EXT_SESSION_STATUS, status.value.encode())
                for status in SessionStatus}
 _STATUS_BY_DATA = {ext.data: status for status, ext in _STATUS_EXT.items()}

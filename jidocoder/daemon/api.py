@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .. import __version__, wire
 from ..context import page
@@ -50,7 +51,7 @@ class Api:
         except JidocoderError as exc:
             pending.reply({"error": exc.to_wire()})
             return
-        except Exception as exc:  # a bug of ours: the daemon answers and carries on
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: the daemon answers and carries on
             pending.reply({"error": internal_error(log, pending.op, exc)})
             return
         if result is not DEFERRED:

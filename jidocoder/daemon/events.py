@@ -10,7 +10,8 @@ encoded once, however many subscribers it goes to (a 9 MiB message to 100 subscr
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterable
 
 from .. import wire
 from ..models import utc_now

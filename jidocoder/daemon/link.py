@@ -12,7 +12,8 @@ import itertools
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from .. import wire
 from ..errors import JidocoderError
@@ -73,7 +74,7 @@ _request_ids = itertools.count(1)
 
 class SessionLink:
     def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
-                 on_writable_change: Callable[["SessionLink", bool], None],
+                 on_writable_change: Callable[[SessionLink, bool], None],
                  max_reply: int = wire.MAX_FRAME) -> None:
         self.pid = pid
         self.sock = sock

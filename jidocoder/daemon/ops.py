@@ -11,7 +11,8 @@ import logging
 import os
 import time
 import socket
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from ..context import SessionContext
 from ..filecache import FileCache

@@ -16,7 +16,8 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .._sockdir import peer_credentials
 from ..config import Settings

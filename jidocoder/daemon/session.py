@@ -73,7 +73,7 @@ class SessionSpec:
         return dict(self.__dict__, config=self.config.model_dump(), state_dir=str(self.state_dir))
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "SessionSpec":
+    def from_wire(cls, data: dict[str, Any]) -> SessionSpec:
         return cls(**dict(data, config=SessionConfig(**data["config"]), state_dir=Path(data["state_dir"])))
 
 
@@ -271,7 +271,7 @@ class SessionProcess:
             return {"id": request_id, "error": exc.to_wire()}
         except StopServing:
             raise
-        except Exception as exc:  # a bug in a handler: answer, log, keep serving
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler: answer, log, keep serving
             return {"id": request_id, "error": internal_error(log, frame.get("op"), exc)}
         self.publish_counters()
         return {"id": request_id, "result": result, "events": events}

@@ -125,9 +125,10 @@ import sqlite3
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
-from typing import Iterator, Self
+from typing import Self
+from collections.abc import Iterator
 from urllib.parse import quote
 
 from .. import wire
@@ -156,7 +157,7 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EAC
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 BUSY_TIMEOUT = 5.0  # seconds sqlite3 waits for another process's lock before SQLITE_BUSY
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SESSION_CACHE_KIB = 256  # per session process; SQLite's default is 2000
 # A deleted id is looked for in registry.db as these pieces of its UTF-8 bytes: any remnant of
 # _PIECE + _STEP - 1 bytes or more, and any prefix or suffix of _PIECE or more, contains one.
@@ -193,7 +194,7 @@ CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROW
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
 # connection is parked in _INHERITED so the child never finalizes (closes) it.
-_OPEN: "weakref.WeakSet[_Database]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[_Database] = weakref.WeakSet()
 _INHERITED: list[sqlite3.Connection] = []
 
 
@@ -254,7 +255,7 @@ class SessionFiles:
     lone_logs: tuple[str, ...] = ()
 
 
-def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFiles:
+def classify_session_files(state_dir: Path, registry: Registry) -> SessionFiles:
     """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
     strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
     ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
@@ -410,7 +411,7 @@ class _Database:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    def _write(self) -> "_Transaction":
+    def _write(self) -> _Transaction:
         """One transaction, committed before the caller returns (rolled back on error)."""
         return _Transaction(self.path, self._connection())
 
@@ -646,7 +647,7 @@ class SessionStore(_Database):
         if group is not None:
             group.finish()
 
-    def _write(self) -> "_Transaction | _Group":
+    def _write(self) -> _Transaction | _Group:
         return self._group if self._group is not None else super()._write()
 
     def load(self) -> tuple[list[Message], list[ActiveFile], dict[str, dict]]:

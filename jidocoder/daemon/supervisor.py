@@ -27,7 +27,8 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .. import wire
 from ..config import Settings
@@ -54,7 +55,7 @@ RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are serve
 
 class Supervisor:
     def __init__(self, settings: Settings, loop: Loop, bus: EventBus,
-                 registry: "store.Registry") -> None:
+                 registry: store.Registry) -> None:
         self.settings = settings
         self.loop = loop
         self.bus = bus

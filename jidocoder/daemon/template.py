@@ -30,7 +30,8 @@ import platform
 import signal
 import socket
 import struct
-from typing import Callable, NoReturn
+from typing import NoReturn
+from collections.abc import Callable
 
 from . import exits
 from .logs import install_session_logging
