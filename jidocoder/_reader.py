@@ -222,12 +222,11 @@ class Reader:
                     return False
                 polled = True
                 self._lock.release()
+                failure: Exception | None = None
                 try:
                     frames = self._read_frames(remaining)
                 except Exception as e:  # noqa: BLE001 -- whatever ends the stream ends it for all
                     frames, failure = [], e
-                else:
-                    failure = None
                 finally:
                     self._lock.acquire()
                 self._route(frames or [])
