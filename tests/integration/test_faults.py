@@ -345,6 +345,44 @@ def test_a_message_whose_client_closed_while_its_session_hung_is_not_applied(dae
         assert contents(client, session) == ["before"]
 
 
+def test_a_message_whose_client_closed_while_its_live_session_was_busy_is_not_applied(daemon_factory):
+    """API.md §10 on a process that lives on: the call waits, written, in the busy process's
+    socket when its client closes; the daemon's ``cancel`` follows it there, and the process
+    reads it before it begins the call. A call from a client that stays is served as usual."""
+    daemon = daemon_factory(hang_timeout=60)
+    with daemon.client() as client:
+        session = client.create_session()
+        client.send_message(session, "user", "before")
+        pid = client.get_session_pid(session)
+        spent = cpu_seconds(pid)
+        outcome: list = []
+
+        def busy() -> None:
+            with daemon.client(timeout=LONG) as own:
+                debug(own, "debug_hang", session, seconds=2)
+                outcome.append("returned")
+        busier = threading.Thread(target=busy)
+        busier.start()
+        try:
+            wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to be busy")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stays:
+                stays.connect(daemon.socket)
+                wire.write_frame(stays, {"id": 1, "op": "send_message", "args": {
+                    "session_id": session, "role": "user", "content": "kept"}}, 1 << 20)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as leaves:
+                    leaves.connect(daemon.socket)
+                    wire.write_frame(leaves, {"id": 1, "op": "send_message", "args": {
+                        "session_id": session, "role": "user", "content": "dropped"}}, 1 << 20)
+                busier.join(LONG)
+                assert outcome == ["returned"]
+                stays.settimeout(LONG)
+                assert "result" in wire.read_frame(stays, 1 << 20)
+        finally:
+            busier.join(LONG)
+        assert contents(client, session) == ["before", "kept"]
+        assert client.get_session_pid(session) == pid
+
+
 def _call_and_forget(daemon, op: str, session: str) -> None:
     with daemon.client(timeout=LONG) as own:
         try:
