@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from collections.abc import Callable
 
-from benchmarks.common import alive
+from benchmarks.common import alive, processes_with_env
 from jidocoder import Client
 from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, JidocoderError,
                               LimitExceededError, ProtocolError, SessionNotFoundError)
@@ -58,34 +58,6 @@ def poll_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
 
 
 # -- processes ----------------------------------------------------------------------------------
-def processes_with_env(marker: bytes) -> set[int]:
-    """Live processes whose initial environment holds ``marker`` (``JIDOCODER_SOCKET=<ours>``).
-
-    Every process a daemon forks inherits its environment, so this finds the daemon and all its
-    children wherever they were re-parented after the daemon died, and nothing of anyone else.
-    """
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and alive(int(entry)):
-            found.add(int(entry))
-    return found
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 class SoakDaemon:
     """One daemon started exactly as the tests start it (``python -m jidocoder.cli daemon start
     --foreground``, its own process group), on a socket and state dir that outlive it, so that a

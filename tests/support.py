@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from collections.abc import Callable
 
+from benchmarks.common import rss_kib  # noqa: F401  re-exported: tests read RSS as the benchmarks do
 from jidocoder import Client
 
 SHORT = 5.0   # something that should happen at once
@@ -211,15 +212,6 @@ def take_events(client: Client, count: int, timeout: float = SHORT) -> list:
                                  f"{[(e.type, e.topic) for e in events]}")
         events.append(event)
     return events
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process (VmRSS in /proc/<pid>/status), in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from collections import deque
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ class ClientConnection:
         self._flush_soon = flush_soon
         self._flush_due = False  # a flush is scheduled for the end of the loop's turn
         self.in_flight = 0
+        self.links: weakref.WeakSet[Any] = weakref.WeakSet()  # session links it sent calls on
         self.backlog: deque[Any] = deque()  # requests read but held back while throttled
         self.resume_scheduled = False
         self._on_closed = on_closed

@@ -182,10 +182,18 @@ class Daemon:
         self.clients.discard(conn)
         self.loop.unwatch(conn)
         self.bus.drop(conn)
+        self._cancel_calls_of(conn)
         if flush and not conn.closed:
             flush_before_close(conn)
         conn.closed = True
         conn.sock.close()
+
+    def _cancel_calls_of(self, conn: ClientConnection) -> None:
+        """Its calls that session processes have not begun are answered unapplied, never run."""
+        for link in list(conn.links):
+            if link.cancel(conn):
+                self.loop.flush_soon(link)
+        conn.links.clear()
 
     # -- signals ------------------------------------------------------------------------------
     def _install_signals(self) -> None:

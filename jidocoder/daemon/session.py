@@ -211,6 +211,8 @@ class SessionProcess:
                 return exits.EXIT_OK  # the daemon is gone: nothing left to serve
             try:
                 frames = decoder.feed(data)
+                if frames:
+                    frames = self.without_cancelled(frames + self.read_ahead(decoder))
             except JidocoderError:
                 return exits.EXIT_PROTOCOL
             if len(frames) == 1:
@@ -218,6 +220,38 @@ class SessionProcess:
                 self.send(self.handle(frames[0]))
             elif frames:
                 self.serve_together(frames)
+
+    def read_ahead(self, decoder: wire.FrameDecoder) -> list[Any]:
+        """Every whole frame already on the socket, without waiting: a ``cancel`` the daemon
+        sent after calls that are queued here must be seen before any of them begins."""
+        frames: list[Any] = []
+        while True:
+            try:
+                data = self.sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return frames
+            if not data:  # the daemon is gone: the next blocking recv says so too
+                return frames
+            frames += decoder.feed(data)
+
+    def without_cancelled(self, frames: list[Any]) -> list[Any]:
+        """The requests to serve: the daemon's ``{"cancel": [ids]}`` frames (their clients
+        closed) taken out, and each request they name answered, never begun."""
+        cancelled = {i for frame in frames if type(frame) is dict and "cancel" in frame
+                     for i in _ids(frame["cancel"])}
+        if not cancelled:
+            return [frame for frame in frames if not (type(frame) is dict and "cancel" in frame)]
+        served = []
+        for frame in frames:
+            if type(frame) is dict and "cancel" in frame:
+                continue
+            request_id = frame.get("id") if type(frame) is dict else None
+            if request_id in cancelled:
+                self.send({"id": request_id, "error": RequestTimeoutError(
+                    "its client closed before its session began it: not applied").to_wire()})
+            else:
+                served.append(frame)
+        return served
 
     def serve_together(self, frames: list[Any]) -> None:
         """Requests that arrived together: handled in order, their writes committed once and
@@ -327,6 +361,10 @@ class SessionProcess:
             return wire.pack_reply(envelope, envelope.pop("result"))
         except JidocoderError as exc:  # over 4 GiB, or not encodable: say so instead
             return wire.pack_frame({"id": frame.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
+
+
+def _ids(value: Any) -> list[int]:
+    return [i for i in value if type(i) is int] if type(value) is list else []
 
 
 def check_deadline(frame: dict[str, Any], op: str) -> None:

@@ -73,6 +73,12 @@ class EventLog:
         return [e for e in self.seen if e.session_id == session_id]
 
 
+def watch(watcher: Client, session_id: str) -> EventLog:
+    """Subscribe ``watcher`` to one session and log what it receives."""
+    watcher.subscribe_to_session(session_id)
+    return EventLog(watcher)
+
+
 def subset(payload: dict, expected: dict) -> dict:
     """The keys docs/api.md §4 lists for an event, taken from its payload (more keys may be added)."""
     return {key: payload.get(key) for key in expected}
@@ -211,8 +217,7 @@ def test_session_with_persistence_disabled_restarts_empty(daemon):
         session = c.create_session(config={"persistence_enabled": False})
         c.send_message(session, "user", "forgotten")
         c.add_file(session, "/tmp/forgotten.py")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         os.kill(c.get_session_pid(session), signal.SIGKILL)
         events.wait_type("session_crashed", session)
         events.wait_type("session_restarted", session)
@@ -253,8 +258,7 @@ def test_sigsegv_is_reported_as_killed_by_sigsegv_and_the_session_restarts(daemo
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         pid = c.get_session_pid(session)
         resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))  # no core file left behind
         os.kill(pid, signal.SIGSEGV)
@@ -267,8 +271,7 @@ def test_exit_code_is_reported_and_the_call_inside_the_process_raises_session_cr
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         with pytest.raises(SessionCrashedError) as raised:
             debug(c, "debug_exit", session, code=3)
         assert raised.value.code == "session_crashed"
@@ -285,8 +288,7 @@ def test_stopped_session_is_killed_as_hung_and_restarted(daemon_factory):
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         old_pid = c.get_session_pid(session)
         os.kill(old_pid, signal.SIGSTOP)
         restarted = expect_first_crash_and_restart(events, session, "hung")
@@ -324,8 +326,7 @@ def test_session_past_the_restart_limit_is_terminated_and_the_others_carry_on(da
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         other = c.create_session()
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         os.kill(c.get_session_pid(session), signal.SIGKILL)
         for _ in range(2):
             events.wait_type("session_crashed", session)
@@ -375,8 +376,7 @@ def test_session_past_the_memory_limit_is_killed_and_restarted(daemon_factory):
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         old_pid = c.get_session_pid(session)
         try:
             debug(c, "debug_allocate", session, megabytes=100)
