@@ -24,7 +24,7 @@ class Replier(Protocol):
     closed: bool  # the client's connection is gone: nobody waits for an answer
     # The links it has sent calls on (weakly held: a dead process's link goes when the
     # supervisor drops it), so that its close can cancel them (``cancel_calls_of``).
-    links: "weakref.WeakSet[SessionLink]"
+    links: weakref.WeakSet[SessionLink]
 
     def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
 
