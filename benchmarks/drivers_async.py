@@ -64,9 +64,9 @@ async def _load(socket_path: str, clients: int, tasks: int, duration: float) -> 
                 count[0] += 1
 
         start = now()
-        await asyncio.gather(*(drive(c, s) for c, s in zip(handles, sessions) for _ in range(tasks)))
+        await asyncio.gather(*(drive(c, s) for c, s in zip(handles, sessions, strict=True) for _ in range(tasks)))
         elapsed = now() - start
-        for client, sid in zip(handles, sessions):
+        for client, sid in zip(handles, sessions, strict=True):
             await client.terminate_session(sid)
         return count[0] / elapsed
     finally:

@@ -40,7 +40,7 @@ class AsyncConnection:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._events = asyncio.Event()  # set when an event (or the end) arrives
         self._broken_since: float | None = None
         self._final = False
@@ -64,7 +64,7 @@ class AsyncConnection:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.socket_path, limit=wire.RECV_CHUNK), self.timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise _dial.no_daemon(self.socket_path, e if isinstance(e, OSError)
                                   else OSError("timed out")) from e
         try:
@@ -82,12 +82,12 @@ class AsyncConnection:
         call = self.core.start_call(op, args, deadline)
         call.waiter = asyncio.get_running_loop().create_future()
         try:
-            if self._broken_since is None:
+            if self._broken_since is None and self._writer is not None:
                 call.sent = True
                 self._writer.write(call.frame)  # whole, at once: see the docstring
             try:
                 await asyncio.wait_for(asyncio.shield(call.waiter), _remaining(deadline))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._gave_up(call) from None
         finally:
             if call.reply is None:
@@ -139,7 +139,7 @@ class AsyncConnection:
         try:
             await asyncio.wait_for(self._events.wait(),
                                    None if deadline is None else _remaining(deadline))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -164,7 +164,7 @@ class AsyncConnection:
 
     async def reconnect(self) -> asyncio.StreamReader | None:
         """Dial until a daemon answers (its reader returned) or the window closes (None)."""
-        until = self._broken_since + self.timeout
+        until = (self._broken_since or time.monotonic()) + self.timeout
         delay = RECONNECT_BACKOFF[0]
         while not self._closed:
             try:
@@ -175,7 +175,8 @@ class AsyncConnection:
                 await asyncio.sleep(min(delay, max(0.0, until - time.monotonic())))
                 delay = min(delay * 2, RECONNECT_BACKOFF[1])
                 continue
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
             self._reader, self._writer = reader, writer
             self._broken_since = None
             writer.write(b"".join(self.core.reconnected()))
@@ -221,7 +222,7 @@ class AsyncConnection:
         return "reconnecting" if self._broken_since is not None else "open"
 
 
-async def _read_loop(ref: "weakref.ref[AsyncConnection]", reader: asyncio.StreamReader) -> None:
+async def _read_loop(ref: weakref.ref[AsyncConnection], reader: asyncio.StreamReader) -> None:
     """Route what arrives until the connection ends for good; holds its connection only
     between reads."""
     while True:
@@ -241,13 +242,14 @@ async def _read_loop(ref: "weakref.ref[AsyncConnection]", reader: asyncio.Stream
             conn.deliver(conn.core.end_of_stream())
         if conn._broken_since is None:
             return
-        reader = await conn.reconnect()
-        if reader is None:
+        new_reader = await conn.reconnect()
+        if new_reader is None:
             return
+        reader = new_reader
         del conn
 
 
-def _collected(writer: asyncio.StreamWriter, task: asyncio.Task) -> None:
+def _collected(writer: asyncio.StreamWriter, task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(Exception):
         writer.close()

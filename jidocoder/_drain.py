@@ -53,7 +53,7 @@ def start_drain(conn: SyncConnection) -> threading.Thread:
     return drain
 
 
-def _drain_loop(ref: "weakref.ref[SyncConnection]", sock: socket.socket,
+def _drain_loop(ref: weakref.ref[SyncConnection], sock: socket.socket,
                 stop: threading.Event) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLIN)  # the fd number stays the client's across reconnects

@@ -45,7 +45,7 @@ from .config import MiB
 from .errors import InvalidArgumentError, LimitExceededError, ProtocolError, from_wire
 from .models import Event, utc_now
 
-__all__ = ["Call", "ClientProtocol", "DEFAULT_MAX_REQUEST_BYTES", "Received", "to_model"]
+__all__ = ["Call", "ClientProtocol", "DEFAULT_MAX_REQUEST_BYTES", "ModelT", "Received", "to_model"]
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * MiB  # used until (and unless) hello names the daemon's limit
 
@@ -218,10 +218,10 @@ class ClientProtocol:
 
     def _note_reply(self, call: Call) -> None:
         """What a reply changes in the core itself: the daemon's limits, the subscriptions."""
-        reply = call.reply
+        reply, topic = call.reply or {}, call.topic or ""
         if "error" in reply:
             if call.op.startswith("subscribe") and call.waiter is None:
-                self.topics.pop(call.topic, None)  # resubscribing failed: the topic is gone
+                self.topics.pop(topic, None)  # resubscribing failed: the topic is gone
             return
         result = reply.get("result")
         if call.op == "hello" and isinstance(result, dict):
@@ -230,9 +230,9 @@ class ClientProtocol:
             self.max_request_bytes = result.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES
         elif call.op.startswith("subscribe"):
             last = result.get("last_seq", 0) if isinstance(result, dict) else 0
-            self.topics[call.topic] = max(self.topics.get(call.topic, 0), last)
+            self.topics[topic] = max(self.topics.get(topic, 0), int(last))
         elif call.op.startswith("unsubscribe"):
-            self.topics.pop(call.topic, None)
+            self.topics.pop(topic, None)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -305,8 +305,9 @@ def _resubscription(topic: str, since: int) -> tuple[str, dict[str, Any]]:
 def _last_seq_told(event: Event) -> int:
     """The last seq of its topic that ``event`` accounts for: a gap event, everything before
     its ``next_seq``."""
-    if event.type == "events_gap" and isinstance(event.payload.get("next_seq"), int):
-        return event.payload["next_seq"] - 1
+    next_seq = event.payload.get("next_seq")
+    if event.type == "events_gap" and isinstance(next_seq, int):
+        return next_seq - 1
     return event.seq
 
 

@@ -48,6 +48,7 @@ from . import _dial, wire
 from ._drain import DRAIN_THREAD_NAME, start_drain
 from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
 from .errors import DaemonUnavailableError, RequestTimeoutError
+from .models import Event
 
 __all__ = ["DRAIN_THREAD_NAME", "SyncConnection"]
 
@@ -182,7 +183,7 @@ class SyncConnection:
 
     # -- events ------------------------------------------------------------------------------
 
-    def take_event(self, deadline: float | None):
+    def take_event(self, deadline: float | None) -> Event | None:
         with self._lock:
             if not self._await(self.core.has_event, deadline):
                 return None
@@ -327,7 +328,7 @@ class SyncConnection:
     def _reconnect(self, deadline: float | None) -> bool:
         """Dial until a daemon answers, the reconnect window closes (the connection is then
         lost) or ``deadline`` passes (False: the next reader goes on)."""
-        until = self._broken_since + self.timeout
+        until = (self._broken_since or time.monotonic()) + self.timeout
         delay = RECONNECT_BACKOFF[0]
         while not self._closed:
             self._lock.release()

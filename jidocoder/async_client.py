@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from . import _api
-from ._api import DEFAULT_INCLUDE, Request
+from ._api import DEFAULT_INCLUDE, Request, T
 from ._async import AsyncConnection
 from .config import default_socket_path
 from .errors import RequestTimeoutError
@@ -31,7 +31,7 @@ class AsyncClient:
             socket_path if socket_path is not None else default_socket_path(), timeout,
             event_buffer)
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         await self.connect()
         return self
 
@@ -62,7 +62,7 @@ class AsyncClient:
     def daemon_pid(self) -> int | None:
         return self._conn.core.daemon_pid
 
-    async def _run(self, request: Request) -> Any:
+    async def _run(self, request: Request[T]) -> T:
         return request.convert(await self._conn.call(request.op, request.args))
 
     async def _call(self, op: str, args: dict[str, Any]) -> Any:
@@ -71,8 +71,8 @@ class AsyncClient:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    async def create_session(self, *, metadata: dict | None = None, llm_config: dict | None = None,
-                             config: dict | SessionConfig | None = None) -> str:
+    async def create_session(self, *, metadata: dict[str, Any] | None = None, llm_config: dict[str, Any] | None = None,
+                             config: dict[str, Any] | SessionConfig | None = None) -> str:
         return await self._run(_api.create_session(metadata, llm_config, config))
 
     async def terminate_session(self, session_id: str) -> None:
@@ -120,22 +120,22 @@ class AsyncClient:
     async def get_active_files(self, session_id: str) -> list[ActiveFile]:
         return await self._run(_api.get_active_files(session_id))
 
-    async def update_file_index(self, session_id: str, path: str, metadata: dict) -> None:
+    async def update_file_index(self, session_id: str, path: str, metadata: dict[str, Any]) -> None:
         await self._run(_api.update_file_index(session_id, path, metadata))
 
-    async def get_file_index(self, session_id: str) -> dict[str, dict]:
+    async def get_file_index(self, session_id: str) -> dict[str, dict[str, Any]]:
         return await self._run(_api.get_file_index(session_id))
 
     # -- context -----------------------------------------------------------------------------
 
     async def build_context(self, session_id: str, include: Iterable[str] = DEFAULT_INCLUDE, *,
-                      max_messages: int | None = None, max_files: int | None = None) -> dict:
+                      max_messages: int | None = None, max_files: int | None = None) -> dict[str, Any]:
         return await self._run(_api.build_context(session_id, include, max_messages, max_files))
 
     # -- file cache --------------------------------------------------------------------------
 
     async def cache_file(self, session_id: str, path: str, content: str | bytes,
-                   metadata: dict | None = None) -> None:
+                   metadata: dict[str, Any] | None = None) -> None:
         await self._run(_api.cache_file(session_id, path, content, metadata))
 
     async def get_file(self, session_id: str, path: str) -> CachedFile | None:
@@ -176,7 +176,7 @@ class AsyncClient:
 
     # -- daemon ------------------------------------------------------------------------------
 
-    async def daemon_status(self) -> dict:
+    async def daemon_status(self) -> dict[str, Any]:
         return await self._run(_api.daemon_status())
 
     async def shutdown(self) -> None:

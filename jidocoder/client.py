@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import _api
-from ._api import DEFAULT_INCLUDE, Request
+from ._api import DEFAULT_INCLUDE, Request, T
 from ._protocol import DEFAULT_MAX_REQUEST_BYTES
 from ._sync import DRAIN_THREAD_NAME, SyncConnection
 from .config import default_socket_path
@@ -35,7 +35,7 @@ class Client:
             socket_path if socket_path is not None else default_socket_path(), timeout,
             event_buffer)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -78,7 +78,7 @@ class Client:
     def max_request_bytes(self) -> int:
         return self._conn.core.max_request_bytes
 
-    def _run(self, request: Request) -> Any:
+    def _run(self, request: Request[T]) -> T:
         return request.convert(self._conn.call(request.op, request.args))
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
@@ -87,8 +87,8 @@ class Client:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def create_session(self, *, metadata: dict | None = None, llm_config: dict | None = None,
-                       config: dict | SessionConfig | None = None) -> str:
+    def create_session(self, *, metadata: dict[str, Any] | None = None, llm_config: dict[str, Any] | None = None,
+                       config: dict[str, Any] | SessionConfig | None = None) -> str:
         return self._run(_api.create_session(metadata, llm_config, config))
 
     def terminate_session(self, session_id: str) -> None:
@@ -136,22 +136,22 @@ class Client:
     def get_active_files(self, session_id: str) -> list[ActiveFile]:
         return self._run(_api.get_active_files(session_id))
 
-    def update_file_index(self, session_id: str, path: str, metadata: dict) -> None:
+    def update_file_index(self, session_id: str, path: str, metadata: dict[str, Any]) -> None:
         self._run(_api.update_file_index(session_id, path, metadata))
 
-    def get_file_index(self, session_id: str) -> dict[str, dict]:
+    def get_file_index(self, session_id: str) -> dict[str, dict[str, Any]]:
         return self._run(_api.get_file_index(session_id))
 
     # -- context -----------------------------------------------------------------------------
 
     def build_context(self, session_id: str, include: Iterable[str] = DEFAULT_INCLUDE, *,
-                      max_messages: int | None = None, max_files: int | None = None) -> dict:
+                      max_messages: int | None = None, max_files: int | None = None) -> dict[str, Any]:
         return self._run(_api.build_context(session_id, include, max_messages, max_files))
 
     # -- file cache --------------------------------------------------------------------------
 
     def cache_file(self, session_id: str, path: str, content: str | bytes,
-                   metadata: dict | None = None) -> None:
+                   metadata: dict[str, Any] | None = None) -> None:
         self._run(_api.cache_file(session_id, path, content, metadata))
 
     def get_file(self, session_id: str, path: str) -> CachedFile | None:
@@ -196,7 +196,7 @@ class Client:
 
     # -- daemon (used by the CLI) ------------------------------------------------------------
 
-    def daemon_status(self) -> dict:
+    def daemon_status(self) -> dict[str, Any]:
         """``{pid, socket, state_dir, uptime_s, sessions}`` of the daemon."""
         return self._run(_api.daemon_status())
 

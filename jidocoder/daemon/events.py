@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict, deque
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Protocol
 
 from .. import wire
 from ..models import utc_now
@@ -158,7 +160,7 @@ class EventBus:
         return topics
 
     def _make(self, kind: str, topic: str, session_id: str | None, payload: dict[str, Any],
-              timestamp) -> dict[str, Any]:
+              timestamp: datetime) -> dict[str, Any]:
         seq = self._seq[topic] = self._seq[topic] + 1
         if seq > self._marks.get(topic, 0):
             self._store_mark(topic, seq + SEQ_BLOCK)

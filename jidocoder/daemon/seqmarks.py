@@ -7,15 +7,19 @@ those of persisted sessions are; a persisted session's mark goes with its regist
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .events import GLOBAL_TOPIC, session_topic
+
+if TYPE_CHECKING:
+    from .store import Registry
 
 _SESSION_PREFIX = session_topic("")
 
 
 class RegistryMarks:
-    def __init__(self, registry, persistent: Callable[[str], bool]) -> None:
+    def __init__(self, registry: Registry, persistent: Callable[[str], bool]) -> None:
         self._registry = registry
         self._persistent = persistent
 

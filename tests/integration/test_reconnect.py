@@ -36,7 +36,7 @@ def assert_no_silent_hole(events: list[Event], topic: str) -> None:
     """Each event of ``topic`` follows the one before it by one seq, or an events_gap says
     exactly what is missing; no seq comes twice."""
     seqs = [e for e in events if e.topic == topic]
-    for before, after in zip(seqs, seqs[1:]):
+    for before, after in zip(seqs, seqs[1:], strict=False):
         if after.type == "events_gap":
             assert after.payload["topic"] == topic
             assert after.payload["first_missing"] == before.seq + 1, (before, after)
