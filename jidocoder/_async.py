@@ -25,8 +25,8 @@ import weakref
 from typing import Any
 
 from . import _dial, wire
-from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
-from .errors import DaemonUnavailableError, RequestTimeoutError
+from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received, ended, unanswered
+from .errors import DaemonUnavailableError, JidocoderError
 from .models import Event
 
 __all__ = ["AsyncConnection"]
@@ -94,27 +94,12 @@ class AsyncConnection:
                 self.core.forget(call)
         return call.outcome()
 
-    def _gave_up(self, call: Call) -> Exception:
-        if self._broken_since is None:
-            return RequestTimeoutError(
-                f"the daemon did not answer {call.op} within {self.timeout:g} s (no reply; the "
-                "request may still be applied)", details={"op": call.op, "timeout": self.timeout})
-        applied = ("it was sent and may have been applied" if call.sent
-                   else "it was not sent: not applied")
-        return DaemonUnavailableError(
-            f"connection to the daemon lost, and no daemon on {self.socket_path} answered "
-            f"{call.op} within {self.timeout:g} s; {applied}",
-            details={"socket": self.socket_path, "op": call.op, "may_have_been_applied": call.sent})
+    def _gave_up(self, call: Call) -> JidocoderError:
+        return unanswered(call, self.socket_path, self.timeout, self._broken_since is not None)
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise DaemonUnavailableError("this AsyncClient is closed; make a new one")
-        if self._lost is not None:
-            details = {"socket": self.socket_path}
-            if self._closing is not None:
-                details["closing"] = self._closing
-            raise DaemonUnavailableError(f"connection to the daemon lost ({self._lost})",
-                                         details=details)
+        if self._closed or self._lost is not None:
+            raise ended(self.socket_path, self._closed, self._lost or "", self._closing, None)
 
     def expect_end(self) -> None:
         self._final = True
@@ -193,11 +178,7 @@ class AsyncConnection:
                 call.waiter.set_exception(self._unavailable_for(call))
 
     def _unavailable_for(self, call: Call) -> DaemonUnavailableError:
-        try:
-            self._check_open()
-        except DaemonUnavailableError as e:
-            return e
-        return DaemonUnavailableError("the connection ended")
+        return ended(self.socket_path, self._closed, self._lost or "", self._closing, None)
 
     async def close(self) -> None:
         if self._closed:

@@ -8,12 +8,18 @@ blocking socket here; ``AsyncClient`` connects with asyncio and checks the same 
 from __future__ import annotations
 
 import os
+import select
 import socket
+import time
 
 from ._sockdir import check_socket_dir, is_default_socket_dir, peer_credentials
 from .errors import DaemonUnavailableError
 
-__all__ = ["check_directory", "check_peer", "connect", "no_daemon"]
+__all__ = ["check_directory", "check_peer", "connect", "no_daemon", "send_until", "shutdown"]
+
+# Each send is non-blocking for that call only, so a socket stays blocking for its reader's
+# recv; MSG_NOSIGNAL turns a dead peer into EPIPE, never SIGPIPE.
+_SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0) | getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def check_directory(socket_path: str) -> None:
@@ -56,3 +62,34 @@ def connect(socket_path: str, timeout: float) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def send_until(sock: socket.socket, frame: bytes, deadline: float) -> int:
+    """Write ``frame`` until done or the deadline passes; the number of bytes written."""
+    try:
+        sent = sock.send(frame, _SEND_FLAGS)  # nearly always the whole of it
+    except BlockingIOError:
+        sent = 0
+    if sent == len(frame):
+        return sent
+    view = memoryview(frame)
+    while sent < len(frame):
+        try:
+            sent += sock.send(view[sent:], _SEND_FLAGS)
+        except BlockingIOError:
+            if not wait_writable(sock, deadline):
+                break
+    return sent
+
+
+def shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already disconnected, or closed
+
+
+def wait_writable(sock: socket.socket, deadline: float) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))

@@ -45,18 +45,17 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _dial, wire
+from ._dial import send_until, shutdown
 from ._drain import DRAIN_THREAD_NAME, start_drain
-from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
-from .errors import DaemonUnavailableError, RequestTimeoutError
+from ._protocol import (RECONNECT_BACKOFF, Call, ClientProtocol, Received, ended, timed_out,
+                        unanswered)
+from .errors import DaemonUnavailableError, JidocoderError, RequestTimeoutError
 from .models import Event
 
 __all__ = ["DRAIN_THREAD_NAME", "SyncConnection"]
 
 # The longest one blocking recv waits (SO_RCVTIMEO): with less time left it polls first.
 RECV_SLICE = 0.05
-# Each send is non-blocking for that call only, so the socket stays blocking for the role
-# holder's recv; MSG_NOSIGNAL turns a dead peer into EPIPE, never SIGPIPE.
-_SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0) | getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 class SyncConnection:
@@ -123,7 +122,7 @@ class SyncConnection:
             if call.sent:  # a reconnect resent it meanwhile
                 return
             call.sent = True
-            sent = _send_until(self.sock, call.frame, call.deadline)
+            sent = send_until(self.sock, call.frame, call.deadline)
         except OSError:
             # The peer is gone. Nothing of the frame reached a daemon that could apply it; the
             # reader reads what the old daemon sent before it went, then EOF, and the reconnect
@@ -139,40 +138,16 @@ class SyncConnection:
             self._lose("a request was cut off mid-frame by the timeout", None)
             raise self._timeout(call.op, "the daemon is not reading; the connection is dropped")
 
-    def _gave_up(self, call: Call) -> Exception:
-        if self._broken_since is None:
-            return self._timeout(call.op, "no reply; the request may still be applied")
-        applied = ("it was sent and may have been applied" if call.sent
-                   else "it was not sent: not applied")
-        return DaemonUnavailableError(
-            f"connection to the daemon lost, and no daemon on {self.socket_path} answered "
-            f"{call.op} within {self.timeout:g} s; {applied}",
-            details={"socket": self.socket_path, "op": call.op, "may_have_been_applied": call.sent})
+    def _gave_up(self, call: Call) -> JidocoderError:
+        return unanswered(call, self.socket_path, self.timeout, self._broken_since is not None)
 
     def _timeout(self, op: str, why: str) -> RequestTimeoutError:
-        return RequestTimeoutError(
-            f"the daemon did not answer {op} within {self.timeout:g} s ({why})",
-            details={"op": op, "timeout": self.timeout})
+        return timed_out(op, self.timeout, why)
 
     def _check_open(self) -> None:
         if self._closed or self._lost is not None:
-            raise self.unavailable()
-
-    def unavailable(self) -> DaemonUnavailableError:
-        """A fresh error for each caller (one raised in many threads would share a traceback)."""
-        if self._closed:
-            return DaemonUnavailableError("this Client is closed; make a new one")
-        reason = self._lost[0] if self._lost else "unknown reason"
-        if self._closing is not None:  # the daemon said why: no advice to start a daemon
-            return DaemonUnavailableError(f"{reason}; this Client is unusable, make a new one",
-                                          details={"socket": self.socket_path,
-                                                   "closing": self._closing})
-        error = DaemonUnavailableError(
-            f"connection to the daemon lost ({reason}); check it with `jidocoder daemon status`"
-            " and start one with `jidocoder daemon start`", details={"socket": self.socket_path})
-        if self._lost and self._lost[1] is not None:
-            error.__cause__ = self._lost[1]
-        return error
+            reason, cause = self._lost or ("", None)
+            raise ended(self.socket_path, self._closed, reason, self._closing, cause)
 
     def state(self) -> str:
         if self._closed:
@@ -366,7 +341,7 @@ class SyncConnection:
                 frames = self.core.reconnected()
                 self._broken_since = None
                 for frame in frames:
-                    _send_until(self.sock, frame, time.monotonic() + self.timeout)
+                    send_until(self.sock, frame, time.monotonic() + self.timeout)
         except OSError:  # the new daemon went too: try again
             self._break()
         finally:
@@ -380,7 +355,7 @@ class SyncConnection:
         if self._lost is None:
             self._lost = (reason, cause)
         if not self._closed:
-            _shutdown(self.sock)
+            shutdown(self.sock)
         self._wake_all()
 
     def _lose(self, reason: str, cause: BaseException | None) -> None:
@@ -394,7 +369,7 @@ class SyncConnection:
                 return
             self._closed = True
             self.core.clear_events()
-            _shutdown(self.sock)  # wakes every poll on it (role holder, drain) and any sender
+            shutdown(self.sock)  # wakes every poll on it (role holder, drain) and any sender
             self.stop.set()
             self._wake_all()
             # The fd must not close under a thread polling it; the last of them closes it. A
@@ -455,44 +430,13 @@ class SyncConnection:
             self._role_free.notify_all()
 
 
-def _send_until(sock: socket.socket, frame: bytes, deadline: float) -> int:
-    """Write ``frame`` until done or the deadline passes; the number of bytes written."""
-    try:
-        sent = sock.send(frame, _SEND_FLAGS)  # nearly always the whole of it
-    except BlockingIOError:
-        sent = 0
-    if sent == len(frame):
-        return sent
-    view = memoryview(frame)
-    while sent < len(frame):
-        try:
-            sent += sock.send(view[sent:], _SEND_FLAGS)
-        except BlockingIOError:
-            if not _wait_writable(sock, deadline):
-                break
-    return sent
-
-
 def _collected(sock: socket.socket, stop: threading.Event, drain_started: list[bool]) -> None:
     """A Client collected without ``close()``: a drain, if any, closes the fd itself once woken
     by the shutdown (it may be polling it); otherwise the fd is closed here."""
     stop.set()
-    _shutdown(sock)
+    shutdown(sock)
     if not drain_started[0]:
         sock.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already disconnected, or closed
-
-
-def _wait_writable(sock: socket.socket, deadline: float) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    return bool(poller.poll(_remaining(deadline) * 1000))
 
 
 def _remaining(deadline: float) -> float:

@@ -15,7 +15,9 @@ everything else. The last ``KEEP`` ids are kept: far more than one client has wa
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from .. import wire
@@ -35,6 +37,32 @@ class CallLog:
         """The result recorded for ``call_id``, or ``NOT_FOUND``."""
         packed = self._known.get(call_id) if isinstance(call_id, str) else None
         return NOT_FOUND if packed is None else wire.decode(packed)
+
+    @contextlib.contextmanager
+    def recording(self, call_id: Any, result: Any, *, grouping: bool) -> Iterator[None]:
+        """Around the writes of one call's change: with a call id, the change and its record
+        share one transaction (the group's, or one of its own), and the id counts once that
+        has committed; a group's ids count when the group commits (the session says so)."""
+        if not isinstance(call_id, str):
+            yield
+            return
+        own = self._store is not None and not grouping
+        if own:
+            self._store.begin_group()
+        try:
+            yield
+            self.record(call_id, result)
+            if own:
+                self._store.end_group()
+        except BaseException:
+            if own:
+                with contextlib.suppress(Exception):
+                    self._store.end_group()  # rolls the group back
+            if not grouping:
+                self.rolled_back()
+            raise
+        if not grouping:
+            self.committed()
 
     def record(self, call_id: str, result: Any) -> None:
         """Record the result, inside the transaction of the change (the caller's); it counts

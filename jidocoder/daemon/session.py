@@ -24,7 +24,6 @@ waits for (queued behind a hung request, resent to a restarted process) never la
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -336,30 +335,14 @@ class SessionProcess:
         behind: not in the store (rolled back) nor in memory (read back)."""
         if not events:
             return
-        recorded = isinstance(call_id, str)
-        if self.store is None:
-            if recorded:
-                self.calls.record(call_id, result)
-                self.calls.committed()
-            return
-        own_group = recorded and not self.grouping
-        if own_group:
-            self.store.begin_group()
         try:
-            for kind, payload in events:
-                PERSISTERS[kind](self, payload)
-            if recorded:
-                self.calls.record(call_id, result)
-            if own_group:
-                own_group = False
-                self.store.end_group()
-                self.calls.committed()
+            with self.calls.recording(call_id, result, grouping=self.grouping):
+                if self.store is not None:
+                    for kind, payload in events:
+                        PERSISTERS[kind](self, payload)
         except Exception as exc:
-            if own_group:
-                with contextlib.suppress(Exception):
-                    self.store.end_group()  # rolls the group back
-            if not self.grouping:
-                self.calls.rolled_back()
+            if self.store is None:
+                raise
             if self.grouping:
                 raise StorageError(f"the store could not take the write: {exc}") from exc
             raise self.roll_back(exc) from exc
