@@ -25,7 +25,8 @@ import weakref
 from typing import Any
 
 from . import _dial, wire
-from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received, ended, unanswered
+from ._lifecycle import Lifecycle, unanswered
+from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
 from .errors import DaemonUnavailableError, JidocoderError
 from .models import Event
 
@@ -42,11 +43,7 @@ class AsyncConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._events = asyncio.Event()  # set when an event (or the end) arrives
-        self._broken_since: float | None = None
-        self._final = False
-        self._lost: str | None = None
-        self._closing: str | None = None
-        self._closed = False
+        self.life = Lifecycle()
 
     async def open(self) -> None:
         self._reader, self._writer = await self._dial()
@@ -82,7 +79,7 @@ class AsyncConnection:
         call = self.core.start_call(op, args, deadline)
         call.waiter = asyncio.get_running_loop().create_future()
         try:
-            if self._broken_since is None and self._writer is not None:
+            if not self.life.broken and self._writer is not None:
                 call.sent = True
                 self._writer.write(call.frame)  # whole, at once: see the docstring
             try:
@@ -95,17 +92,17 @@ class AsyncConnection:
         return call.outcome()
 
     def _gave_up(self, call: Call) -> JidocoderError:
-        return unanswered(call, self.socket_path, self.timeout, self._broken_since is not None)
+        return unanswered(call, self.socket_path, self.timeout, self.life.broken)
 
     def _check_open(self) -> None:
-        if self._closed or self._lost is not None:
-            raise ended(self.socket_path, self._closed, self._lost or "", self._closing, None)
+        if self.life.ended:
+            raise self.life.error(self.socket_path)
 
     def expect_end(self) -> None:
-        self._final = True
+        self.life.final = True
 
     async def await_end(self, deadline: float) -> bool:
-        while self._lost is None and not self._closed:
+        while not self.life.ended:
             if not await self._wait_events(deadline):
                 return False
         return True
@@ -139,19 +136,15 @@ class AsyncConnection:
             self._events.set()
         if received.end is None:
             return True
-        if received.closing is not None:
-            self._closing = received.closing
-        if received.reconnect and not self._final and not self._closed:
-            self._broken_since = self._broken_since or time.monotonic()
-        else:
-            self.lose(received.end)
+        if not self.life.stream_ended(received):
+            self._end()
         return False
 
     async def reconnect(self) -> asyncio.StreamReader | None:
         """Dial until a daemon answers (its reader returned) or the window closes (None)."""
-        until = (self._broken_since or time.monotonic()) + self.timeout
+        until = self.life.dial_until(self.timeout)
         delay = RECONNECT_BACKOFF[0]
-        while not self._closed:
+        while not self.life.closed:
             try:
                 reader, writer = await self._dial()
             except DaemonUnavailableError:
@@ -163,29 +156,26 @@ class AsyncConnection:
             if self._writer is not None:
                 self._writer.close()
             self._reader, self._writer = reader, writer
-            self._broken_since = None
+            self.life.broken_since = None
             writer.write(b"".join(self.core.reconnected()))
             return reader
-        self.lose(f"no daemon came back on {self.socket_path} within {self.timeout:g} s")
+        self.life.lose(f"no daemon came back on {self.socket_path} within {self.timeout:g} s")
+        self._end()
         return None
 
-    def lose(self, reason: str) -> None:
-        if self._lost is None:
-            self._lost = reason
+    def _end(self) -> None:
+        """The connection ended for good (``life`` says why): every waiter is told."""
         self._events.set()
         for call in list(self.core.pending.values()):
             if call.waiter is not None and not call.waiter.done():
-                call.waiter.set_exception(self._unavailable_for(call))
-
-    def _unavailable_for(self, call: Call) -> DaemonUnavailableError:
-        return ended(self.socket_path, self._closed, self._lost or "", self._closing, None)
+                call.waiter.set_exception(self.life.error(self.socket_path))
 
     async def close(self) -> None:
-        if self._closed:
+        if self.life.closed:
             return
-        self._closed = True
+        self.life.closed = True
         self.core.clear_events()
-        self.lose("closed")
+        self._end()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -194,13 +184,6 @@ class AsyncConnection:
             self._writer.close()
             with contextlib.suppress(Exception):
                 await self._writer.wait_closed()
-
-    def state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._lost is not None:
-            return "lost"
-        return "reconnecting" if self._broken_since is not None else "open"
 
 
 async def _read_loop(ref: weakref.ref[AsyncConnection], reader: asyncio.StreamReader) -> None:
@@ -221,7 +204,7 @@ async def _read_loop(ref: weakref.ref[AsyncConnection], reader: asyncio.StreamRe
                 continue
         else:
             conn.deliver(conn.core.end_of_stream())
-        if conn._broken_since is None:
+        if not conn.life.broken:
             return
         new_reader = await conn.reconnect()
         if new_reader is None:

@@ -42,9 +42,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import wire
 from .config import MiB
-from .errors import (DaemonUnavailableError, InvalidArgumentError, LimitExceededError,
-                     ProtocolError, RequestTimeoutError, from_wire)
-from .errors import JidocoderError
+from .errors import InvalidArgumentError, LimitExceededError, ProtocolError, from_wire
 from .models import Event, utc_now
 
 __all__ = ["Call", "ClientProtocol", "DEFAULT_MAX_REQUEST_BYTES", "ModelT", "Received", "to_model"]
@@ -288,42 +286,6 @@ class ClientProtocol:
 
 
 _NO_DEADLINE = float("inf")  # the core's own calls on a new connection: answered or lost with it
-
-
-# -- what a caller is told (the same words from both clients) ---------------------------------
-
-def timed_out(op: str, timeout: float, why: str) -> RequestTimeoutError:
-    return RequestTimeoutError(f"the daemon did not answer {op} within {timeout:g} s ({why})",
-                               details={"op": op, "timeout": timeout})
-
-
-def unanswered(call: Call, socket_path: str, timeout: float, broken: bool) -> JidocoderError:
-    """A call whose deadline passed: a timeout, or, while no daemon answers since the
-    connection broke, DaemonUnavailableError saying whether it may have been applied (§10)."""
-    if not broken:
-        return timed_out(call.op, timeout, "no reply; the request may still be applied")
-    applied = ("it was sent and may have been applied" if call.sent
-               else "it was not sent: not applied")
-    return DaemonUnavailableError(
-        f"connection to the daemon lost, and no daemon on {socket_path} answered {call.op} "
-        f"within {timeout:g} s; {applied}",
-        details={"socket": socket_path, "op": call.op, "may_have_been_applied": call.sent})
-
-
-def ended(socket_path: str, closed: bool, reason: str, closing: str | None,
-          cause: BaseException | None) -> DaemonUnavailableError:
-    """Why every call fails once the connection ended for good. A fresh error for each caller:
-    one raised in many threads or tasks would share a traceback."""
-    if closed:
-        return DaemonUnavailableError("this client is closed; make a new one")
-    if closing is not None:  # the daemon said why: no advice to start a daemon
-        return DaemonUnavailableError(f"{reason}; this client is unusable, make a new one",
-                                      details={"socket": socket_path, "closing": closing})
-    error = DaemonUnavailableError(
-        f"connection to the daemon lost ({reason}); check it with `jidocoder daemon status`"
-        " and start one with `jidocoder daemon start`", details={"socket": socket_path})
-    error.__cause__ = cause
-    return error
 
 
 def _topic_of(op: str, args: dict[str, Any]) -> str | None:

@@ -47,8 +47,8 @@ from typing import Any
 from . import _dial, wire
 from ._dial import send_until, shutdown
 from ._drain import DRAIN_THREAD_NAME, start_drain
-from ._protocol import (RECONNECT_BACKOFF, Call, ClientProtocol, Received, ended, timed_out,
-                        unanswered)
+from ._lifecycle import Lifecycle, timed_out, unanswered
+from ._protocol import RECONNECT_BACKOFF, Call, ClientProtocol, Received
 from .errors import DaemonUnavailableError, JidocoderError, RequestTimeoutError
 from .models import Event
 
@@ -77,11 +77,7 @@ class SyncConnection:
         self.drain_started: list[bool] = [False]  # shared with the finalizer, which has no self
         self.draining = False  # the drain thread may still poll the socket
         self.stop = threading.Event()  # set by close: ends back-offs at once
-        self._broken_since: float | None = None  # the socket died; reconnect until + timeout
-        self._final = False  # shutdown() was asked: the end is not a reason to reconnect
-        self._lost: tuple[str, BaseException | None] | None = None
-        self._closing: str | None = None
-        self._closed = False
+        self.life = Lifecycle()
         self.sock = _dial.connect(socket_path, timeout)
         wire.set_receive_timeout(self.sock, RECV_SLICE)
         self._finalizer = weakref.finalize(self, _collected, self.sock, self.stop,
@@ -135,26 +131,18 @@ class SyncConnection:
             call.sent = False
             raise self._timeout(call.op, "the daemon is not reading; nothing was sent")
         if sent < len(call.frame):  # half a frame is on the wire: nothing after it is framed
-            self._lose("a request was cut off mid-frame by the timeout", None)
+            self._lose("a request was cut off mid-frame by the timeout")
             raise self._timeout(call.op, "the daemon is not reading; the connection is dropped")
 
     def _gave_up(self, call: Call) -> JidocoderError:
-        return unanswered(call, self.socket_path, self.timeout, self._broken_since is not None)
+        return unanswered(call, self.socket_path, self.timeout, self.life.broken)
 
     def _timeout(self, op: str, why: str) -> RequestTimeoutError:
         return timed_out(op, self.timeout, why)
 
     def _check_open(self) -> None:
-        if self._closed or self._lost is not None:
-            reason, cause = self._lost or ("", None)
-            raise ended(self.socket_path, self._closed, reason, self._closing, cause)
-
-    def state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._lost is not None:
-            return "lost"
-        return "reconnecting" if self._broken_since is not None else "open"
+        if self.life.ended:
+            raise self.life.error(self.socket_path)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -167,7 +155,7 @@ class SyncConnection:
     def expect_end(self) -> None:
         """The daemon was asked to stop: its going away is the end, not a reason to reconnect."""
         with self._lock:
-            self._final = True
+            self.life.final = True
 
     def await_end(self, deadline: float) -> bool:
         """After shutdown: read (buffering events in flight) until the daemon closes."""
@@ -175,7 +163,7 @@ class SyncConnection:
             return self._await(self._ended, deadline)
 
     def _ended(self) -> bool:
-        return self._lost is not None or self._closed
+        return self.life.ended
 
     # -- the reader role (every method below runs with _lock held) ---------------------------
 
@@ -222,12 +210,12 @@ class SyncConnection:
         self._reading, self._reader = True, threading.get_ident()
         try:
             polled = False
-            while not ready() and not self._closed and self._lost is None:
+            while not ready() and not self.life.ended:
                 remaining = None if deadline is None else _remaining(deadline)
                 if remaining == 0 and polled:
                     return False
                 polled = True
-                if self._broken_since is not None:
+                if self.life.broken:
                     if not self._reconnect(deadline):
                         return False
                     continue
@@ -274,17 +262,13 @@ class SyncConnection:
                     cond.notify()
         if received.end is None:
             return
-        if received.closing is not None and self._lost is None:
-            self._closing = received.closing
-        if received.reconnect and not self._final and not self._closed:
-            self._break()
-        else:
-            self._lose_locked(received.end, received.cause)
+        if not self.life.stream_ended(received):
+            self._end_locked()
 
     def _promote(self) -> None:
         """Wake one waiter that still needs a frame, to take the free role."""
-        if self._closed or self._lost is not None:
-            return
+        if self.life.ended:
+            return  # _end_locked woke everyone
         for cond, waiter_ready in self._waiters.items():
             if not waiter_ready():
                 cond.notify()
@@ -296,16 +280,12 @@ class SyncConnection:
 
     # -- reconnect ---------------------------------------------------------------------------
 
-    def _break(self) -> None:
-        if self._broken_since is None:
-            self._broken_since = time.monotonic()
-
     def _reconnect(self, deadline: float | None) -> bool:
         """Dial until a daemon answers, the reconnect window closes (the connection is then
         lost) or ``deadline`` passes (False: the next reader goes on)."""
-        until = (self._broken_since or time.monotonic()) + self.timeout
+        until = self.life.dial_until(self.timeout)
         delay = RECONNECT_BACKOFF[0]
-        while not self._closed:
+        while not self.life.closed:
             self._lock.release()
             try:
                 sock = _dial.connect(self.socket_path, self.timeout)
@@ -319,8 +299,9 @@ class SyncConnection:
             if deadline is not None and now >= deadline:
                 return False  # this caller says whether its call may have been applied
             if now >= until:
-                self._lose_locked(f"no daemon came back on {self.socket_path} within "
-                                  f"{self.timeout:g} s", None)
+                self.life.lose(f"no daemon came back on {self.socket_path} within "
+                               f"{self.timeout:g} s")
+                self._end_locked()
                 return True  # ended: every waiter raises
             self._lock.release()
             try:
@@ -335,39 +316,38 @@ class SyncConnection:
         try:
             wire.set_receive_timeout(sock, RECV_SLICE)
             with self._send_lock:
-                if self._closed:
+                if self.life.closed:
                     return False
                 os.dup2(sock.fileno(), self.sock.fileno(), inheritable=False)
                 frames = self.core.reconnected()
-                self._broken_since = None
+                self.life.broken_since = None
                 for frame in frames:
                     send_until(self.sock, frame, time.monotonic() + self.timeout)
-        except OSError:  # the new daemon went too: try again
-            self._break()
+        except OSError:  # the new daemon went too: the next read sees its EOF and dials again
+            pass
         finally:
             sock.close()
         return True
 
     # -- the end -----------------------------------------------------------------------------
 
-    def _lose_locked(self, reason: str, cause: BaseException | None) -> None:
-        """Record why the connection ended for good (the first reason wins), wake everyone."""
-        if self._lost is None:
-            self._lost = (reason, cause)
-        if not self._closed:
+    def _end_locked(self) -> None:
+        """The connection ended for good (``life`` says why): wake everyone."""
+        if not self.life.closed:
             shutdown(self.sock)
         self._wake_all()
 
-    def _lose(self, reason: str, cause: BaseException | None) -> None:
+    def _lose(self, reason: str) -> None:
         with self._lock:
-            self._lose_locked(reason, cause)
+            self.life.lose(reason)
+            self._end_locked()
 
     def close(self) -> None:
         """Idempotent; leaves no fd, thread or buffered event behind (docs/api.md §9)."""
         with self._lock:
-            if self._closed:
+            if self.life.closed:
                 return
-            self._closed = True
+            self.life.closed = True
             self.core.clear_events()
             shutdown(self.sock)  # wakes every poll on it (role holder, drain) and any sender
             self.stop.set()
@@ -388,7 +368,7 @@ class SyncConnection:
             drain.join()
 
     def close_socket_if_unused(self) -> None:
-        if self._closed and not self._reading and not self.draining:
+        if self.life.closed and not self._reading and not self.draining:
             with self._send_lock:  # no sender may be inside the socket while it is closed
                 self.sock.close()
 
@@ -396,7 +376,7 @@ class SyncConnection:
 
     def start_drain(self) -> None:
         with self._lock:
-            if self.drain is not None or self._closed or self._lost is not None:
+            if self.drain is not None or self.life.ended:
                 return
             self.draining = True
             self.drain_started[0] = True
@@ -411,7 +391,7 @@ class SyncConnection:
     def drain_once(self) -> bool:
         """One read for the drain if the role is free; False once the connection has ended."""
         with self._lock:
-            if self._closed or self._lost is not None:
+            if self.life.ended:
                 return False
             if not self._reading:
                 self._lead(_never, time.monotonic())
@@ -421,7 +401,7 @@ class SyncConnection:
         return self._reading
 
     def broken(self) -> bool:
-        return self._broken_since is not None
+        return self.life.broken
 
     def drain_ended(self) -> None:
         with self._lock:

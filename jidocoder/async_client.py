@@ -40,7 +40,7 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return (f"<AsyncClient socket={self._conn.socket_path!r} "
-                f"daemon_pid={self.daemon_pid} {self._conn.state()}>")
+                f"daemon_pid={self.daemon_pid} {self._conn.life.state()}>")
 
     async def connect(self) -> None:
         """Connect and say hello (``async with`` does it); DaemonUnavailableError if none."""

@@ -43,7 +43,7 @@ class Client:
 
     def __repr__(self) -> str:
         return (f"<Client socket={self.socket_path!r} daemon_pid={self.daemon_pid} "
-                f"{self._conn.state()}>")
+                f"{self._conn.life.state()}>")
 
     def close(self) -> None:
         """Close the connection; idempotent, leaves no fd, thread or buffered event behind.

@@ -33,7 +33,7 @@ def test_only_wire_imports_msgpack():
     assert users == ["jidocoder/wire.py"]
 
 
-CLIENT_MODULES = ["client.py", "async_client.py", "_protocol.py", "_api.py", "_sync.py",
+CLIENT_MODULES = ["client.py", "async_client.py", "_protocol.py", "_lifecycle.py", "_api.py", "_sync.py",
                   "_async.py", "_drain.py", "_dial.py"]
 
 
