@@ -19,6 +19,7 @@ The loop never blocks on a client, and no client can make the daemon grow withou
 
 from __future__ import annotations
 
+import array
 import logging
 import socket
 from collections import deque
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from .. import wire
 from ..errors import JidocoderError
+from .metrics import METRICS
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -128,6 +130,35 @@ class ClientConnection:
                     self._queue(buffer)
         self._update_interest()
 
+    def reply_with_fd(self, request_id: Any, message: dict[str, Any], fd: int) -> None:
+        """The answer to a call, with ``fd`` passed along (SCM_RIGHTS) on its first byte. Sent
+        now, after whatever was queued before it (so the fd arrives with this reply and no
+        other); what the socket does not take at once is queued as usual."""
+        self.in_flight -= 1
+        frame = wire.pack_frame({"id": request_id, **message}, wire.MAX_FRAME)
+        self.flush()
+        if self.closed or self.closing is not None:
+            return
+        if self._out:  # the peer is not reading: no fd for it
+            self.send({"id": request_id, "error": {"code": "timeout", "message":
+                       "the client did not read its earlier replies; ask again on a new connection"}})
+            self._update_interest()
+            return
+        try:
+            sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                array.array("i", [fd]))])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(f"write failed: {exc}")
+            return
+        if sent == 0:
+            self.send({"id": request_id, "error": {"code": "timeout", "message":
+                       "the connection could not take the reply; ask again on a new connection"}})
+        elif sent < len(frame):
+            self._queue(frame[sent:])
+        self._update_interest()
+
     @property
     def accepting_calls(self) -> bool:
         return (not self.closed and self.closing is None and self.in_flight < MAX_IN_FLIGHT
@@ -175,6 +206,7 @@ class ClientConnection:
         self.closing = (f"fell {behind} bytes behind (client_buffer_bytes={self.max_buffer}): "
                         "it did not read its events fast enough")
         log.warning("client %s disconnected: %s", self.peer_pid, self.closing)
+        METRICS.slow_clients_dropped += 1
         self._queue(wire.pack_frame({"closing": {"code": "fell_behind", "message": self.closing}},
                                     wire.MAX_FRAME))
         self._update_interest()

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Protocol
 
 from .. import wire
 from ..models import utc_now
+from .metrics import METRICS
 
 GLOBAL_TOPIC = "client.global_events"
 
@@ -73,6 +74,7 @@ class EventBus:
         if not any(topic in subscribers for topic in topics):  # no one listens: count it only
             for topic in topics:
                 self._seq[topic] += 1
+            METRICS.observe_event(kind, payload, 0)
             return
         timestamp = utc_now()
         events = [self._make(kind, topic, session_id, payload, timestamp) for topic in topics]
@@ -85,6 +87,7 @@ class EventBus:
                     if frame is None:
                         frame = wire.pack_frame({"event": event}, wire.MAX_FRAME)
                     subscriber.send_event(event, frame)
+        METRICS.observe_event(kind, payload, len(delivered))
 
     def publish_all(self, session_id: str, events: Iterable[tuple[str, dict[str, Any]]]) -> None:
         for kind, payload in events:

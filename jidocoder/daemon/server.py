@@ -26,6 +26,7 @@ from .api import Api
 from .clients import ClientConnection
 from .events import EventBus
 from .logs import setup_daemon_logging
+from .metrics import METRICS
 from .loop import Loop
 from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
@@ -64,13 +65,15 @@ class Daemon:
         setup_daemon_logging(state_dir, settings.log_level, settings.log_max_bytes, settings.log_backups)
         raise_fd_limit(settings.max_sessions * 2 + 4096)
         self.registry = open_registry(state_dir, settings.durability)
+        self.registry.on_commit = METRICS.commit_seconds.observe
         self.listener = bind_socket(settings.socket)
 
     def serve(self, on_ready: Callable[[], None]) -> None:
         self.supervisor = Supervisor(self.settings, self.loop, self.bus, self.registry)
         self.api = Api(self.supervisor, self.bus, max_request_bytes=self.settings.max_request_bytes,
                        debug_ops=self.settings.debug_ops, status=self.status,
-                       shutdown=lambda: self.loop.call_later(0, self.begin_shutdown))
+                       shutdown=lambda: self.loop.call_later(0, self.begin_shutdown),
+                       clients=lambda: len(self.clients))
         self._install_signals()
         self.loop.watch(self.listener, self._accept)
         restored = self.supervisor.restore_sessions()
@@ -140,6 +143,7 @@ class Daemon:
                                 on_interest=self._client_interest,
                                 on_closed=self._drop_client, flush_soon=self.loop.flush_soon)
         self.clients.add(conn)
+        METRICS.connections += 1
         self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))
 
     def _on_client_readable(self, conn: ClientConnection) -> None:

@@ -181,6 +181,7 @@ class SessionProcess:
         self.beat_interval = min(1.0, spec.hang_timeout / 4)
         self.grouping = False  # inside serve_together: a failed write fails the whole group
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
+        self.calls = 0  # requests begun by this process: ``jidocoder top``'s calls/s
 
     def serve(self) -> int:
         table, slot = self.table, self.spec.slot
@@ -252,7 +253,8 @@ class SessionProcess:
         """The request's id in the table before any of its effects: after a crash, the daemon
         knows it was begun."""
         if isinstance(frame, dict) and isinstance(frame.get("id"), int):
-            self.table.write_started(self.spec.slot, frame["id"])
+            self.calls += 1
+            self.table.write_started(self.spec.slot, frame["id"], self.calls)
 
     def handle(self, frame: Any) -> dict[str, Any]:
         if type(frame) is wire.Refused:  # over its decoding budget (wire.decode_bounded)
@@ -305,7 +307,7 @@ class SessionProcess:
         return as_storage_error(cause)
 
     def publish_counters(self) -> None:
-        self.table.write_message_count(self.spec.slot, self.context.message_count)
+        self.table.write_counts(self.spec.slot, self.context.message_count, self.context.file_count)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.sock.sendall(self.encode_reply(frame))
