@@ -77,8 +77,12 @@ def test_a_view_of_the_shared_fd_sees_named_slots_live_and_cannot_write(table):
         assert next(view.slots()).message_count == 8
         with pytest.raises(PermissionError):
             mmap.mmap(t.share_fd(), SLOT_SIZE, flags=mmap.MAP_SHARED)  # a writable mapping
-        with pytest.raises(PermissionError):  # nor reopened through /proc: the memfd is sealed
-            os.close(os.open(f"/proc/self/fd/{t.share_fd()}", os.O_RDWR))
+        writable = os.open(f"/proc/self/fd/{t.share_fd()}", os.O_RDWR)  # reopened through /proc
+        try:
+            with pytest.raises(PermissionError):  # the memfd is sealed against it
+                mmap.mmap(writable, SLOT_SIZE, flags=mmap.MAP_SHARED)
+        finally:
+            os.close(writable)
     finally:
         view.close()
 
