@@ -175,6 +175,11 @@ class Client(Connection):
         """``{pid, socket, state_dir, uptime_s, sessions}`` of the daemon."""
         return self._call("daemon_status", {})
 
+    def daemon_metrics(self) -> dict:
+        """The daemon's counters and gauges (docs/protocol.md, ``metrics``), which
+        ``jidocoder metrics`` prints as OpenMetrics text."""
+        return self._call("metrics", {})
+
     def shutdown(self) -> None:
         """Ask the daemon to stop; returns once it has closed this connection (within timeout)."""
         self._call("shutdown", {})

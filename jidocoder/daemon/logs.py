@@ -118,3 +118,16 @@ def install_session_logging(send: Callable[[dict[str, Any]], None], level: int) 
         _INHERITED_HANDLERS.append(old)
     root.addHandler(SocketLogHandler(send))
     root.setLevel(level)
+
+
+def reopen_daemon_log() -> None:
+    """SIGUSR1 (logrotate moved the file away): write to a new daemon.log at the same path. The
+    handler's stream is swapped under its lock (``setStream``); the new file is born 0600 (the
+    daemon's umask, ``cli.daemon_cmds.start_foreground``)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.handlers.RotatingFileHandler):
+            fresh = open(handler.baseFilename, "a", encoding="utf-8")
+            old = handler.setStream(fresh)
+            if old is not None:
+                old.close()
+            logging.getLogger("jidocoder.daemon").info("SIGUSR1: daemon.log reopened")

@@ -115,13 +115,14 @@ class Supervisor:
     def failed_sessions(self) -> list[dict[str, Any]]:
         return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
 
-    def restore_sessions(self) -> int:
+    def restore_sessions(self, on_progress: Callable[[int, int], None] = lambda done, total: None) -> int:
         """Bring back every persisted session (``ondisk``: what a start may do); how many."""
         found = ondisk.take_stock(self.state_dir, self.registry)
         self.failed.update(found.failed)
         self._unerased |= found.unerased
-        for state in found.live:
+        for done, state in enumerate(found.live, 1):
             self._restore(state)
+            on_progress(done, len(found.live))
         self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
