@@ -226,3 +226,18 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(socket_path: str, *args: str, state_dir: str | Path | None = None, stdin: str | None = None,
+            timeout: float = LONG) -> subprocess.CompletedProcess:
+    """``jidocoder ARGS`` as a person runs it, against ``socket_path`` (and ``state_dir``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOCODER_")}
+    env["JIDOCODER_SOCKET"] = socket_path
+    if state_dir is not None:
+        env["JIDOCODER_STATE_DIR"] = str(state_dir)
+    return subprocess.run([sys.executable, "-m", "jidocoder.cli", *args], env=env, cwd=ROOT,
+                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)

@@ -11,9 +11,11 @@ command) must not load it (tests/unit/test_layout.py).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import Settings
@@ -53,7 +55,16 @@ def connect(args: argparse.Namespace, timeout: float = CALL_TIMEOUT) -> "Client"
 
 
 def print_json(value: Any, stream: TextIO | None = None) -> None:
-    print(json.dumps(value, ensure_ascii=False), file=stream or sys.stdout, flush=True)
+    print(json.dumps(value, ensure_ascii=False, default=_jsonable), file=stream or sys.stdout, flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """What JSON has no type for, as the models' JSON mode writes it (ISO 8601, base64 bytes)."""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def parse_json_object(text: str | None, flag: str) -> dict | None:
