@@ -29,6 +29,9 @@ class SharedTable:
 
     def __init__(self, socket_path: str) -> None:
         self.sock, fd = _ask_for_table(socket_path)
+        # Non-blocking from here: with a timeout set, Python would wait for readability (up to
+        # the timeout) before each peek in ``daemon_gone``.
+        self.sock.setblocking(False)
         try:
             self.view = TableView(fd)
         finally:
@@ -40,7 +43,7 @@ class SharedTable:
     def daemon_gone(self) -> bool:
         """True once the daemon closed the connection (it stopped or died)."""
         try:
-            return self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
