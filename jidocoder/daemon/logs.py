@@ -16,7 +16,7 @@ still has to send them to the daemon. The sound part of it, flattening a record 
 exception text into one string, so nothing unpicklable or huge crosses), is the few lines of
 ``SocketLogHandler.emit``; the package is no longer needed.
 
-The daemon runs with umask 077 (``cli.start_foreground``), so ``daemon.log`` and every rotated
+The daemon runs with umask 077 (``cli.daemon_cmds.start_foreground``), so ``daemon.log`` and every rotated
 file are born 0600; ``setup_daemon_logging`` creates the first one 0600 whatever the umask.
 """
 
