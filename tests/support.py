@@ -14,8 +14,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
+from benchmarks.common import rss_kib  # noqa: F401  re-exported: tests read RSS as the benchmarks do
 from jidocoder import Client
 
 SHORT = 5.0   # something that should happen at once
@@ -139,7 +141,7 @@ class DaemonProcess:
             flags += ["--" + name.replace("_", "-"), str(value)]
         return flags
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         command = [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground", *self.flags()]
         self.proc = subprocess.Popen(command, env=self.env(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
@@ -152,7 +154,7 @@ class DaemonProcess:
                                  f"{self.proc.stderr.read().decode()}")
         try:
             Client(self.socket, timeout=SHORT).close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to connect means not ready yet
             return False
         return True
 
@@ -213,15 +215,6 @@ def take_events(client: Client, count: int, timeout: float = SHORT) -> list:
     return events
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process (VmRSS in /proc/<pid>/status), in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far (/proc/<pid>/stat), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -254,7 +247,9 @@ class Tmux:
                                  "apt-get install tmux (Debian/Ubuntu) or dnf install tmux")
         self.name = f"jd-test-{os.getpid()}-{time.monotonic_ns()}"
         shell = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k.startswith("JIDOCODER_"))
-        line = f"env -u COLUMNS -u LINES {shell} {' '.join(shlex.quote(part) for part in command)}; echo EXITED $?; sleep 600"
+        program = " ".join(shlex.quote(part) for part in command)
+        # the terminal's size, not the test run's: curses believes COLUMNS and LINES first
+        line = f"env -u COLUMNS -u LINES {shell} {program}; echo EXITED $?; sleep 600"
         self._tmux("-f", "/dev/null", "new-session", "-d", "-x", str(width), "-y", str(height), line)
         self.server_pid = int(self._tmux("display-message", "-p", "#{pid}").strip())
         self.pane_pid = int(self._tmux("display-message", "-p", "#{pane_pid}").strip())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import _no_plugins  # noqa: F401  first, before any model is built (see its docstring)
 from ..errors import DaemonUnavailableError, JidocoderError
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
     except KeyboardInterrupt:  # ^C ends watch, top and logs -f: that is how they are left
         return EXIT_OK
     except BrokenPipeError:  # `jidocoder watch | head`: the reader left

@@ -48,7 +48,7 @@ def socket_of(args: argparse.Namespace) -> str:
     return load_settings(args).socket
 
 
-def connect(args: argparse.Namespace, timeout: float = CALL_TIMEOUT) -> "Client":
+def connect(args: argparse.Namespace, timeout: float = CALL_TIMEOUT) -> Client:
     """A Client of the daemon on ``--socket``; DaemonUnavailableError (exit 3) if none runs."""
     from ..client import Client
     return Client(socket_of(args), timeout=timeout)
@@ -67,7 +67,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def parse_json_object(text: str | None, flag: str) -> dict | None:
+def parse_json_object(text: str | None, flag: str) -> dict[str, Any] | None:
     """``--metadata '{"a": 1}'`` and the like: a JSON object, or a usage error naming the flag."""
     if text is None:
         return None

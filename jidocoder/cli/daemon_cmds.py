@@ -22,7 +22,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     daemon = commands.add_parser("daemon", help="start, stop or inspect the background daemon",
                                  description="Start, stop or inspect the background daemon.")
     actions = daemon.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -34,7 +34,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        "SIGTERM/SIGINT stop it, SIGHUP reloads settings_file, SIGUSR1 reopens daemon.log")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     for name, info in Settings.model_fields.items():
-        switch = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --debug-ops
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --debug-ops
         start.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=info.description,
                            **switch)
     start.set_defaults(run=cmd_start)
@@ -164,7 +164,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with client:
         pid = client.daemon_pid
         client.shutdown()
-    if not wait_gone(pid, STOP_TIMEOUT):
+    if pid is not None and not wait_gone(pid, STOP_TIMEOUT):  # hello always tells the pid
         print(f"jidocoder: the daemon (pid {pid}) is still running {STOP_TIMEOUT:.0f} s after it was "
               "asked to stop", file=sys.stderr)
         return EXIT_FAILED

@@ -14,7 +14,8 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
+from collections.abc import Callable, Iterable
 
 from ..errors import JidocoderError
 from .common import EXIT_OK, add_location_flags, load_settings
@@ -23,7 +24,7 @@ LOG_NAME = "daemon.log"
 FOLLOW_POLL = 0.2  # what `tail -f` does without inotify: a read every fraction of a second
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     logs = commands.add_parser("logs", help="print daemon.log, optionally following it, optionally one session's lines",
                                description="Print the daemon's log (daemon.log in its state dir). "
                                "Each line: time, level, [session pid=PID], logger: message.")
@@ -39,7 +40,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not path.exists():
         raise JidocoderError(f"no {LOG_NAME} in {path.parent} (has a daemon run with this state dir? "
                              "give it with --state-dir)", code="not_found")
-    wanted = (lambda line: args.session in line) if args.session else (lambda line: True)
+    session: str | None = args.session
+
+    def wanted(line: str) -> bool:
+        return session is None or session in line
+
     with open(path, "rb") as f:
         lines = (text for line in f if wanted(text := line.decode("utf-8", "replace")))
         write(deque(lines, maxlen=args.lines) if args.lines is not None else lines)
@@ -63,7 +68,7 @@ def write(lines: Iterable[str]) -> None:
     sys.stdout.flush()
 
 
-def follow(path: Path, f: IO[bytes], wanted) -> None:
+def follow(path: Path, f: IO[bytes], wanted: Callable[[str], bool]) -> None:
     """Print what is appended, until ^C; reopen when the file is replaced or truncated."""
     identity = os.fstat(f.fileno()).st_ino
     partial = b""  # half a line: the rest comes with the next write

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from itertools import accumulate
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from ..states import SessionStatus
 from .common import EXIT_OK, add_location_flags, connect
@@ -20,7 +21,7 @@ from .common import EXIT_OK, add_location_flags, connect
 PREFIX = "jidocoder_"
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     metrics = commands.add_parser("metrics", help="the daemon's metrics in the OpenMetrics text format",
                                   description="Print the daemon's metrics (sessions by status, live "
                                   "processes, crashes by reason, restarts, calls and their latency, "
@@ -42,7 +43,8 @@ def render(data: dict[str, Any]) -> str:
     from prometheus_client.registry import CollectorRegistry
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(data))
-    return generate_latest(registry).decode()
+    text: bytes = generate_latest(registry)  # type: ignore[no-untyped-call]  # the library ships no types
+    return text.decode()
 
 
 class _Snapshot:
@@ -96,4 +98,4 @@ class _Snapshot:
 def _histogram(family: Any, name: str, documentation: str, h: dict[str, Any]) -> Any:
     bounds = [str(b) for b in h["bounds"]] + ["+Inf"]
     cumulative = list(accumulate(h["counts"]))
-    return family(name, documentation, buckets=list(zip(bounds, cumulative)), sum_value=h["sum"])
+    return family(name, documentation, buckets=list(zip(bounds, cumulative, strict=True)), sum_value=h["sum"])

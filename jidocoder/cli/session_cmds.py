@@ -17,7 +17,7 @@ from .common import (EXIT_OK, Progress, add_json_flag, add_location_flags, ago, 
 from .tableview import read_table
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     session = commands.add_parser("session", help="create, list, show, message, terminate or recover sessions",
                                   description="Everything the Client does to sessions, from the shell.")
     actions = session.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -100,7 +100,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def row_of(info: Any, slot: Any, now: float) -> dict[str, Any]:
     """A session's listed info plus what only the table holds: its active files, its idle time."""
-    row = info.model_dump(mode="json")
+    row: dict[str, Any] = info.model_dump(mode="json")
     row["files"] = slot.file_count if slot is not None else None
     row["idle_s"] = round(now - slot.last_activity, 3) if slot is not None and slot.last_activity else None
     return row
@@ -115,8 +115,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         info = client.get_session_info(args.session_id)
         files = client.get_active_files(args.session_id)
         index = client.get_file_index(args.session_id)
-    shown = {"info": info.model_dump(mode="json"), "active_files": [f.model_dump(mode="json") for f in files],
-             "file_index": index}
+    shown: dict[str, Any] = {"info": info.model_dump(mode="json"),
+                             "active_files": [f.model_dump(mode="json") for f in files], "file_index": index}
     if args.json:
         print_json(shown)
         return EXIT_OK

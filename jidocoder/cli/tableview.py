@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+from typing import Any
 
 from .. import wire
 from .._sockdir import peer_credentials
@@ -94,7 +95,7 @@ def _ask_for_table(socket_path: str) -> tuple[socket.socket, int]:
         raise
 
 
-def _read_reply_with_fd(sock: socket.socket) -> tuple[dict, int | None]:
+def _read_reply_with_fd(sock: socket.socket) -> tuple[dict[str, Any], int | None]:
     decoder = wire.FrameDecoder(wire.CONTROL_FRAME_BYTES)
     fds = array.array("i")
     while True:
@@ -108,4 +109,7 @@ def _read_reply_with_fd(sock: socket.socket) -> tuple[dict, int | None]:
         if frames:
             for extra in fds[1:]:
                 os.close(extra)
-            return frames[0], (fds[0] if fds else None)
+            reply = frames[0]
+            if not isinstance(reply, dict):
+                raise ProtocolError(f"the daemon answered share_table with {reply!r}")
+            return reply, (fds[0] if fds else None)

@@ -17,7 +17,8 @@ import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from ..daemon.table import Slot
 from ..errors import DaemonUnavailableError, ProtocolError
@@ -33,8 +34,9 @@ COLUMNS = (("ID", 44, "<"), ("STATUS", 12, "<"), ("PID", 7, ">"), ("CPU%", 6, ">
            ("FILES", 5, ">"), ("IDLE", 7, ">"))
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    top = commands.add_parser("top", help="a live table of the sessions: status, pid, CPU, RSS, restarts, heartbeat, calls/s",
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = commands.add_parser("top", help="a live table of the sessions: status, pid, CPU, RSS, restarts, "
+                              "heartbeat, calls/s",
                               description="A live table of the sessions, like top: status, pid, CPU %%, "
                               "RSS, restarts, heartbeat age, calls/s, messages. Keys: q quit, s sort, "
                               "/ filter. Read from the daemon's shared memory: it costs the daemon nothing.")
@@ -88,7 +90,7 @@ def _status(slot: Slot) -> str:
     return f"{status}*" if not slot.pid and status in ("active", "idle") else status  # * no process
 
 
-SORT_KEYS = {
+SORT_KEYS: dict[str, Callable[[Row], Any]] = {
     "cpu": lambda r: -r.cpu_percent, "rss": lambda r: -r.rss, "calls": lambda r: -r.calls_per_s,
     "restarts": lambda r: -r.restarts, "beat": lambda r: -(r.heartbeat_age_s or 0),
     "messages": lambda r: -r.messages, "id": lambda r: r.session_id, "status": lambda r: r.status,
@@ -111,7 +113,7 @@ def format_line(values: list[str], width: int) -> str:
     widths = [w for _, w, _ in COLUMNS]
     fixed = sum(widths[1:]) + len(widths) - 1
     widths[0] = max(16, min(widths[0], width - fixed))
-    parts = [f"{v[:w]:{align}{w}}" for v, w, (_, _, align) in zip(values, widths, COLUMNS)]
+    parts = [f"{v[:w]:{align}{w}}" for v, w, (_, _, align) in zip(values, widths, COLUMNS, strict=True)]
     return " ".join(parts)[:width]
 
 
@@ -188,7 +190,7 @@ class Screen:
         height, width = self.screen.getmaxyx()
         self.screen.erase()
         rows: list[Row] = []
-        if self.attach():
+        if self.attach() and self.table is not None:
             rows = arrange(rows_of(self.table.slots(), self.rates, time.monotonic()), self.sort, self.filter)
         shown = f" filter: {self.filter}" if self.filter else ""
         header = [f"jidocoder top  {time.strftime('%H:%M:%S')}  {len(rows)} sessions  sort: {self.sort}{shown}"
@@ -211,4 +213,4 @@ class Screen:
             curses.noecho()
             curses.curs_set(0)
             self.screen.timeout(int(REFRESH * 1000))
-        return text.decode(errors="replace").strip()
+        return str(text.decode(errors="replace")).strip()

@@ -9,18 +9,24 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..models import Event
 from .common import EXIT_OK, add_json_flag, add_location_flags, connect, print_json
 
 SHORT = 60  # characters of content or payload on a line
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     watch = commands.add_parser("watch", help="follow events (all sessions, or one), one line each, until ^C",
                                 description="Follow events as they come: all sessions' lifecycle "
                                 "events, or everything about one session (ID), one line each, until ^C.")
-    watch.add_argument("session_id", metavar="ID", nargs="?", help="one session's events (default: every session's lifecycle)")
+    watch.add_argument("session_id", metavar="ID", nargs="?",
+                       help="one session's events (default: every session's lifecycle)")
     watch.add_argument("--since", type=int, metavar="SEQ",
                        help="first every held event after SEQ (of the topic watched), then the live ones")
     add_location_flags(watch)
@@ -42,7 +48,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def subscribe(client, session_id: str | None, since: int | None) -> None:
+def subscribe(client: Client, session_id: str | None, since: int | None) -> None:
     """``--since`` needs a Client and daemon with resumable events (docs/api.md §10)."""
     method = client.subscribe_to_all_sessions if session_id is None else client.subscribe_to_session
     positional = () if session_id is None else (session_id,)
@@ -52,15 +58,16 @@ def subscribe(client, session_id: str | None, since: int | None) -> None:
     if "since" not in inspect.signature(method).parameters:
         raise InvalidArgumentError("--since needs resumable events, which this jidocoder does not "
                                    "have yet; watch without it", code="unsupported", field="since")
-    method(*positional, since=since)
+    resumable: Callable[..., None] = method  # typed loosely: a Client before §10 has no ``since``
+    resumable(*positional, since=since)
 
 
-def line_of(event) -> str:
+def line_of(event: Event) -> str:
     when = event.timestamp.strftime("%H:%M:%S.%f")[:-3]
     return f"{when} {event.type:<20} {event.session_id or '-'} #{event.seq} {summary(event.type, event.payload)}"
 
 
-def summary(kind: str, p: dict) -> str:
+def summary(kind: str, p: dict[str, Any]) -> str:
     if kind == "session_status":
         return f"{p.get('previous_status')} → {p.get('status')}"
     if kind == "conversation_added":

@@ -40,7 +40,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 _SLOT = struct.Struct("<B3xIiIddIIQQQd56s")
 SLOT_SIZE = _SLOT.size

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -103,7 +103,7 @@ def test_a_session_without_a_process_is_marked_and_lines_fit_the_terminal():
 
 
 def test_watch_lines_say_what_happened_in_short():
-    when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
     event = Event(type="session_crashed", topic="client.global_events", session_id="s1", seq=7, timestamp=when,
                   payload={"session_id": "s1", "reason": "hung", "restarts": 2, "will_restart": False})
     assert line_of(event) == "03:04:05.678 session_crashed      s1 #7 hung, given up (restarts so far 2)"
