@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from datetime import datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import Settings
@@ -33,6 +34,18 @@ def add_location_flags(parser: argparse.ArgumentParser) -> None:
                         "else $XDG_RUNTIME_DIR/jidocoder/daemon.sock, else /tmp/jidocoder-<uid>/daemon.sock)")
     parser.add_argument("--state-dir", dest="state_dir", help="the daemon's state dir (default: "
                         "$JIDOCODER_STATE_DIR, else $XDG_STATE_HOME/jidocoder, else ~/.local/state/jidocoder)")
+
+
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                run: Callable[[argparse.Namespace], int], summary: str, description: str, *,
+                json_output: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand with ``--help`` text, the location flags, ``--json`` if it prints data."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    add_location_flags(parser)
+    if json_output is not None:
+        add_json_flag(parser, json_output)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def add_json_flag(parser: argparse.ArgumentParser, what: str = "one JSON document") -> None:

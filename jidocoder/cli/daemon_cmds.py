@@ -15,8 +15,7 @@ from typing import Any
 
 from ..config import Settings, flag_name
 from ..errors import DaemonUnavailableError, JidocoderError
-from .common import (EXIT_FAILED, EXIT_NOT_RUNNING, Progress, add_json_flag, add_location_flags,
-                     load_settings)
+from .common import EXIT_FAILED, EXIT_NOT_RUNNING, Progress, add_command, load_settings
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
@@ -38,17 +37,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         start.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=info.description,
                            **switch)
     start.set_defaults(run=cmd_start)
-    stop = actions.add_parser("stop", help="stop the daemon gracefully (exit 3 if none runs)",
-                              description="Stop the daemon: every session persisted, every session "
-                              "process ended, the socket removed. Returns when done.")
-    add_location_flags(stop)
-    stop.set_defaults(run=cmd_stop)
-    status = actions.add_parser("status", help="pid, socket, state dir, uptime, sessions (exit 3 if none runs)",
-                                description="Print the daemon's pid, socket, state dir, uptime and "
-                                "session count; exit 0 if it runs, 3 if not.")
-    add_location_flags(status)
-    add_json_flag(status, "one JSON object: pid, socket, state_dir, uptime_s, sessions")
-    status.set_defaults(run=cmd_status)
+    add_command(actions, "stop", cmd_stop, "stop the daemon gracefully (exit 3 if none runs)",
+                "Stop the daemon: every session persisted, every session process ended, the socket "
+                "removed. Returns when done.")
+    add_command(actions, "status", cmd_status, "pid, socket, state dir, uptime, sessions (exit 3 if none runs)",
+                "Print the daemon's pid, socket, state dir, uptime and session count; exit 0 if it "
+                "runs, 3 if not.", json_output="one JSON object: pid, socket, state_dir, uptime_s, sessions")
 
 
 # -- daemon start ---------------------------------------------------------------------------

@@ -18,21 +18,19 @@ from typing import IO
 from collections.abc import Callable, Iterable
 
 from ..errors import JidocoderError
-from .common import EXIT_OK, add_location_flags, load_settings
+from .common import EXIT_OK, add_command, load_settings
 
 LOG_NAME = "daemon.log"
 FOLLOW_POLL = 0.2  # what `tail -f` does without inotify: a read every fraction of a second
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    logs = commands.add_parser("logs", help="print daemon.log, optionally following it, optionally one session's lines",
-                               description="Print the daemon's log (daemon.log in its state dir). "
-                               "Each line: time, level, [session pid=PID], logger: message.")
+    logs = add_command(commands, "logs", cmd_logs, "print daemon.log, optionally following it, optionally one "
+                       "session's lines", "Print the daemon's log (daemon.log in its state dir). Each line: "
+                       "time, level, [session pid=PID], logger: message. Needs no daemon.")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing lines as they are written, until ^C")
     logs.add_argument("--session", metavar="ID", help="only lines that name this session")
     logs.add_argument("-n", "--lines", type=int, metavar="N", help="start with the last N lines only")
-    add_location_flags(logs)
-    logs.set_defaults(run=cmd_logs)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

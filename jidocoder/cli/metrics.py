@@ -16,19 +16,16 @@ from typing import Any
 from collections.abc import Iterator
 
 from ..states import SessionStatus
-from .common import EXIT_OK, add_location_flags, connect
+from .common import EXIT_OK, add_command, connect
 
 PREFIX = "jidocoder_"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    metrics = commands.add_parser("metrics", help="the daemon's metrics in the OpenMetrics text format",
-                                  description="Print the daemon's metrics (sessions by status, live "
-                                  "processes, crashes by reason, restarts, calls and their latency, "
-                                  "event fan-out, clients, slow clients dropped, registry commit time) "
-                                  "in the OpenMetrics text format.")
-    add_location_flags(metrics)
-    metrics.set_defaults(run=cmd_metrics)
+    add_command(commands, "metrics", cmd_metrics, "the daemon's metrics in the OpenMetrics text format",
+                "Print the daemon's metrics (sessions by status, live processes, crashes by reason, "
+                "restarts, calls and their latency, event fan-out, clients, slow clients dropped, "
+                "registry commit time) in the OpenMetrics text format.")
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

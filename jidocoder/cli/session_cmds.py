@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 from ..errors import InvalidArgumentError, JidocoderError
-from .common import (EXIT_OK, Progress, add_json_flag, add_location_flags, ago, connect,
-                     parse_json_object, print_json, socket_of)
+from .common import EXIT_OK, Progress, add_command, ago, connect, parse_json_object, print_json, socket_of
 from .tableview import read_table
 
 
@@ -30,19 +29,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             ("terminate", cmd_terminate, "terminate sessions and release everything they hold", _ids_arg),
             ("recover", cmd_recover, "bring back a session given up after crashes", _id_arg),
             ("failed", cmd_failed, "sessions given up after crashes, their data kept", None)):
-        sub = actions.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        sub = add_command(actions, name, run, summary, summary[0].upper() + summary[1:] + ".",
+                          json_output=None if name in ("send", "terminate", "recover") else "JSON")
         if extra is not None:
             extra(sub)
-        add_location_flags(sub)
-        if name not in ("send", "terminate", "recover"):
-            add_json_flag(sub)
-        sub.set_defaults(run=run)
-    alias = commands.add_parser("sessions", help="the same as `session list`",
-                                description="One row per session: id, status, pid, restarts, "
-                                "messages, files, idle for.")
-    add_location_flags(alias)
-    add_json_flag(alias, "a JSON array")
-    alias.set_defaults(run=cmd_list)
+    add_command(commands, "sessions", cmd_list, "the same as `session list`",
+                "One row per session: id, status, pid, restarts, messages, files, idle for.",
+                json_output="a JSON array")
 
 
 def _id_arg(parser: argparse.ArgumentParser) -> None:

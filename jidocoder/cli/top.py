@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from ..daemon.table import Slot
 from ..errors import DaemonUnavailableError, ProtocolError
 from ..states import SessionStatus
-from .common import EXIT_OK, add_json_flag, add_location_flags, ago, mebibytes, print_json, socket_of
+from .common import EXIT_OK, add_command, ago, mebibytes, print_json, socket_of
 from .tableview import SharedTable
 
 REFRESH = 1.0
@@ -35,18 +35,15 @@ COLUMNS = (("ID", 44, "<"), ("STATUS", 12, "<"), ("PID", 7, ">"), ("CPU%", 6, ">
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    top = commands.add_parser("top", help="a live table of the sessions: status, pid, CPU, RSS, restarts, "
-                              "heartbeat, calls/s",
-                              description="A live table of the sessions, like top: status, pid, CPU %%, "
-                              "RSS, restarts, heartbeat age, calls/s, messages. Keys: q quit, s sort, "
-                              "/ filter. Read from the daemon's shared memory: it costs the daemon nothing.")
+    top = add_command(commands, "top", cmd_top, "a live table of the sessions: status, pid, CPU, RSS, restarts, "
+                      "heartbeat, calls/s", "A live table of the sessions, like top: status, pid, CPU %, "
+                      "RSS, restarts, heartbeat age, calls/s, messages. Keys: q quit, s sort, / filter. "
+                      "Read from the daemon's shared memory: it costs the daemon nothing.",
+                      json_output="the table once, as a JSON array")
     top.add_argument("--sort", choices=SORTS, default="cpu", help="the column sorted on, largest first (default cpu)")
     top.add_argument("--filter", default="", metavar="TEXT", help="only sessions whose id or status holds TEXT")
     top.add_argument("--once", action="store_true", help="print the table once and exit (the default when "
                      "stdout is not a terminal)")
-    add_location_flags(top)
-    add_json_flag(top, "the table once, as a JSON array")
-    top.set_defaults(run=cmd_top)
 
 
 @dataclass

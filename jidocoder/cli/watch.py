@@ -16,22 +16,19 @@ from ..errors import InvalidArgumentError
 if TYPE_CHECKING:
     from ..client import Client
     from ..models import Event
-from .common import EXIT_OK, add_json_flag, add_location_flags, connect, print_json
+from .common import EXIT_OK, add_command, connect, print_json
 
 SHORT = 60  # characters of content or payload on a line
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    watch = commands.add_parser("watch", help="follow events (all sessions, or one), one line each, until ^C",
-                                description="Follow events as they come: all sessions' lifecycle "
-                                "events, or everything about one session (ID), one line each, until ^C.")
+    watch = add_command(commands, "watch", cmd_watch, "follow events (all sessions, or one), one line each, until ^C",
+                        "Follow events as they come: all sessions' lifecycle events, or everything about "
+                        "one session (ID), one line each, until ^C.", json_output="one JSON object a line")
     watch.add_argument("session_id", metavar="ID", nargs="?",
                        help="one session's events (default: every session's lifecycle)")
     watch.add_argument("--since", type=int, metavar="SEQ",
                        help="first every held event after SEQ (of the topic watched), then the live ones")
-    add_location_flags(watch)
-    add_json_flag(watch, "one JSON object a line")
-    watch.set_defaults(run=cmd_watch)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
