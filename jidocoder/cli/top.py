@@ -62,15 +62,16 @@ class Row:
 
 
 class Rates:
-    """calls/s per session, from the difference between two readings of its counter."""
+    """calls/s per session, from the difference between two readings of its counter; a new
+    process of the session (its ``incarnation``) counts from 0 again."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[float, int, int]] = {}  # id -> (when, pid, calls)
+        self._last: dict[str, tuple[float, int, int]] = {}  # id -> (when, incarnation, calls)
 
     def rate(self, slot: Slot, now: float) -> float:
         before = self._last.get(slot.session_id)
-        self._last[slot.session_id] = (now, slot.pid, slot.calls)
-        if before is None or before[1] != slot.pid or slot.calls < before[2] or now <= before[0]:
+        self._last[slot.session_id] = (now, slot.incarnation, slot.calls)
+        if before is None or before[1] != slot.incarnation or slot.calls < before[2] or now <= before[0]:
             return 0.0  # first reading, or a new process whose counter started again
         return (slot.calls - before[2]) / (now - before[0])
 

@@ -592,8 +592,7 @@ class Supervisor:
                 pass
 
     def check_memory(self) -> None:
-        """Each process's CPU and RSS into its slot (one /proc read, ``usage``); a kill past
-        memory_limit_mb."""
+        """CPU and RSS of each process into its slot (one /proc read, ``usage``); a kill past the limit."""
         limit = self.settings.memory_limit_mb
         for record in list(self.records.values()):
             link = record.link

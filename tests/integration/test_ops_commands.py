@@ -8,10 +8,13 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 
-from tests.support import LONG, SHORT, run_cli, short_tempdir, remove_tree, wait_until
+from tests.support import LONG, ROOT, SHORT, remove_tree, run_cli, short_tempdir, wait_until
 
 ID = re.compile(r"^session_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -133,3 +136,29 @@ def test_logs_prints_the_daemon_log_and_one_sessions_lines(daemon, client):
     assert jido(daemon, "logs", "-n", "1").stdout == daemon.log_text().splitlines(keepends=True)[-1]
     missing = run_cli(daemon.socket, "logs", state_dir=daemon.state_dir / "nowhere")
     assert "no daemon.log" in one_line_error(missing, 1)
+
+
+def test_logs_follow_prints_new_lines_and_carries_on_after_logrotate(daemon, client):
+    sid = client.create_session()
+    follower = subprocess.Popen([sys.executable, "-m", "jidocoder.cli", "logs", "-f", "--session", sid],
+                                env={**os.environ, "JIDOCODER_SOCKET": daemon.socket,
+                                     "JIDOCODER_STATE_DIR": str(daemon.state_dir)},
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)
+    reader.start()
+    try:
+        client._call("debug_log", {"session_id": sid, "marker": "before-rotation"})
+        wait_until(lambda: any("before-rotation" in line for line in lines), SHORT, "the first line")
+        (daemon.state_dir / "daemon.log").rename(daemon.state_dir / "daemon.log.1")
+        os.kill(daemon.pid, signal.SIGUSR1)
+        wait_until(lambda: (daemon.state_dir / "daemon.log").exists(), SHORT, "the reopened log")
+        client._call("debug_log", {"session_id": sid, "marker": "after-rotation"})
+        wait_until(lambda: any("after-rotation" in line for line in lines), SHORT, "the line after rotation")
+        assert all(sid in line for line in lines)
+    finally:
+        follower.send_signal(signal.SIGINT)  # ^C, as a person ends it
+        assert follower.wait(SHORT) == 0
+        reader.join(SHORT)
+        follower.stdout.close()
+        follower.stderr.close()

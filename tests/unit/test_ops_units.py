@@ -12,6 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from jidocoder.cli import metrics as metrics_cmd
 from jidocoder.cli.common import Progress, ago
+from jidocoder.cli.daemon_cmds import read_word
 from jidocoder.cli.top import Rates, arrange, format_line, rows_of
 from jidocoder.cli.watch import line_of
 from jidocoder.config import Settings, read_settings_file
@@ -81,14 +82,14 @@ def test_progress_draws_nothing_when_stderr_is_no_terminal(tmp_path):
     assert (tmp_path / "out").read_text() == ""
 
 
-def slot(session_id: str, *, pid: int = 10, calls: int = 0, cpu: float = 0.0, rss: int = 0, status: int = 2) -> Slot:
-    return Slot(status, 1, pid, 0, 100.0, 90.0, 3, 1, 0, calls, rss, cpu, session_id)
+def slot(session_id: str, *, pid: int = 10, calls: int = 0, cpu: float = 0.0, incarnation: int = 1) -> Slot:
+    return Slot(2, incarnation, pid, 0, 100.0, 90.0, 3, 1, 0, calls, 0, cpu, session_id)
 
 
 def test_top_rates_sort_and_filter():
     rates = Rates()
     rows_of([slot("a", calls=10), slot("b", calls=5)], rates, 200.0)
-    rows = rows_of([slot("a", calls=30, cpu=1.0), slot("b", calls=6, cpu=50.0, pid=11)], rates, 202.0)
+    rows = rows_of([slot("a", calls=30, cpu=1.0), slot("b", calls=6, cpu=50.0, pid=11, incarnation=2)], rates, 202.0)
     assert {r.session_id: r.calls_per_s for r in rows} == {"a": 10.0, "b": 0.0}  # b: a new process
     assert [r.session_id for r in arrange(rows, "cpu", "")] == ["b", "a"]
     assert [r.session_id for r in arrange(rows, "calls", "")] == ["a", "b"]
@@ -127,3 +128,17 @@ def test_metrics_text_of_a_fresh_daemon_parses_as_openmetrics():
     buckets = {s.labels.get("le"): s.value for s in families["jidocoder_call_seconds"].samples
                if s.name.endswith("_bucket")}
     assert (buckets["0.00025"], buckets["0.0005"], buckets["0.0025"], buckets["+Inf"]) == (0, 1, 2, 2)
+
+
+def test_daemon_start_draws_the_restore_progress_and_returns_the_last_word():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"progress 1 4000\nprogress 4000 4000\nready 4242\n")
+    os.close(write_end)
+    master, slave = os.openpty()
+    with open(slave, "w") as tty:
+        progress = Progress("restoring sessions", 0, tty)
+        progress.began -= Progress.DELAY
+        assert read_word(read_end, 5.0, progress) == "ready 4242"
+    drawn = os.read(master, 1000)
+    os.close(master)
+    assert drawn == b"\rrestoring sessions 1/4000\x1b[K\r\x1b[K"  # one draw per EVERY, then cleared
