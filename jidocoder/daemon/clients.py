@@ -28,7 +28,7 @@ from typing import Any
 from collections.abc import Callable, Iterator
 
 from .. import wire
-from ..errors import JidocoderError
+from ..errors import InvalidArgumentError, JidocoderError
 from .metrics import METRICS
 
 log = logging.getLogger("jidocoder.daemon")
@@ -143,9 +143,7 @@ class ClientConnection:
         if self.closed or self.closing is not None:
             return
         if self._out:  # the peer is not reading: no fd for it
-            self.send({"id": request_id, "error": {"code": "timeout", "message":
-                       "the client did not read its earlier replies; ask again on a new connection"}})
-            self._update_interest()
+            self._refuse_fd(request_id, "the client has not read its earlier replies")
             return
         try:
             sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -156,10 +154,16 @@ class ClientConnection:
             self.close(f"write failed: {exc}")
             return
         if sent == 0:
-            self.send({"id": request_id, "error": {"code": "timeout", "message":
-                       "the connection could not take the reply; ask again on a new connection"}})
-        elif sent < len(frame):
+            self._refuse_fd(request_id, "the connection could not take the reply")
+            return
+        if sent < len(frame):
             self._queue(frame[sent:])
+        self._update_interest()
+
+    def _refuse_fd(self, request_id: Any, why: str) -> None:
+        error = InvalidArgumentError(f"{why}: ask for the table on a connection of its own, with "
+                                     "nothing else in flight", code="invalid_request", field="op")
+        self.send({"id": request_id, "error": error.to_wire()})
         self._update_interest()
 
     @property
