@@ -69,8 +69,19 @@ def test_progress_draws_on_a_terminal_and_clears_itself():
         progress.began -= Progress.DELAY  # as if the work had lasted
         progress.update(3)
         progress.done()
-    assert os.read(master, 1000) == b"\rterminating 3/10\x1b[K\r\x1b[K"
+    assert read_all(master) == b"\rterminating 3/10\x1b[K\r\x1b[K"
+
+
+def read_all(master: int) -> bytes:
+    """Everything written to the pty, its other end closed (one read may return a part)."""
+    chunks = []
+    try:
+        while chunk := os.read(master, 1000):
+            chunks.append(chunk)
+    except OSError:  # EIO: the other end is closed and all was read
+        pass
     os.close(master)
+    return b"".join(chunks)
 
 
 def test_progress_draws_nothing_when_stderr_is_no_terminal(tmp_path):
@@ -140,6 +151,5 @@ def test_daemon_start_draws_the_restore_progress_and_returns_the_last_word():
         progress.began -= Progress.DELAY
         progress.EVERY = 3600.0  # so that exactly one draw happens, however slow this machine is
         assert read_word(read_end, 5.0, progress) == "ready 4242"
-    drawn = os.read(master, 1000)
-    os.close(master)
+    drawn = read_all(master)
     assert drawn == b"\rrestoring sessions 1/4000\x1b[K\r\x1b[K"  # drawn, then cleared
