@@ -25,6 +25,7 @@ from .drivers import (Context, Floors, measure_create, measure_crash, measure_ev
 from .drivers_async import measure_async_client, measure_reconnect
 from .drivers_more import (measure_burst, measure_durability, measure_idle_memory,
                            measure_kill_storm, measure_start)
+from .drivers_ops import measure_observers
 from .drivers_scale import measure_fork_choice, measure_scale_and_restore
 from .report import Row, table, write_json
 
@@ -38,7 +39,7 @@ QUICK = dict(fork=100, relay=500, create=30, rtt=500, events=100, kills=8, termi
 DRIVERS = [measure_create, measure_send_message, measure_throughput, measure_event_latency,
            measure_crash, measure_terminate, measure_idle_memory, measure_start,
            measure_durability, measure_burst, measure_kill_storm, measure_scale_and_restore,
-           measure_fork_choice, measure_async_client, measure_reconnect]
+           measure_fork_choice, measure_async_client, measure_reconnect, measure_observers]
 FLOOR_PROCS: set[int] = set()
 
 

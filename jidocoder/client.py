@@ -200,6 +200,12 @@ class Client:
         """``{pid, socket, state_dir, uptime_s, sessions}`` of the daemon."""
         return self._run(_api.daemon_status())
 
+    def daemon_metrics(self) -> dict[str, Any]:
+        """The daemon's counters and gauges (docs/protocol.md, ``metrics``), which
+        ``jidocoder metrics`` prints as OpenMetrics text."""
+        metrics: dict[str, Any] = self._call("metrics", {})
+        return metrics
+
     def shutdown(self) -> None:
         """Ask the daemon to stop; returns once it has closed this connection (within timeout)."""
         self._conn.expect_end()

@@ -20,8 +20,10 @@ from .calls import call_handler, internal_error
 from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, EventBus, session_topic
 from .link import Pending
+from .metrics import METRICS
 from .ops import DEBUG_HANDLERS, SESSION_OPS
 from .supervisor import Supervisor
+from .table import SLOT_SIZE
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -31,17 +33,19 @@ DEFERRED = object()
 class Api:
     def __init__(self, supervisor: Supervisor, bus: EventBus, *, max_request_bytes: int,
                  debug_ops: bool, status: Callable[[], dict[str, Any]],
-                 shutdown: Callable[[], object]) -> None:
+                 shutdown: Callable[[], object], clients: Callable[[], int] = lambda: 0) -> None:
         self.supervisor = supervisor
         self.bus = bus
         self.max_request_bytes = max_request_bytes
         self.session_ops = SESSION_OPS | (frozenset(DEBUG_HANDLERS) if debug_ops else frozenset())
         self._status = status
         self._shutdown = shutdown
+        self._clients = clients
         # handle_<op> by name, looked up once: a failed getattr per session call costs more
         # than the rest of its dispatch.
         self.handlers = {name[len("handle_"):]: getattr(self, name)
                          for name in dir(self) if name.startswith("handle_")}
+        METRICS.known_ops = frozenset(self.handlers) | self.session_ops
 
     def dispatch(self, conn: ClientConnection, request: wire.Request) -> None:
         conn.begin_call()
@@ -143,6 +147,24 @@ class Api:
     def handle_shutdown(self, conn: ClientConnection, pending: Pending) -> None:
         self._shutdown()
 
+    # -- operating it (docs/operations.md) ---------------------------------------------------------
+    def handle_metrics(self, conn: ClientConnection, pending: Pending) -> dict[str, Any]:
+        """The counters (metrics.py) and the gauges read now; ``jidocoder metrics`` renders them."""
+        supervisor = self.supervisor
+        by_status: dict[str, int] = {}
+        for record in supervisor.records.values():
+            by_status[record.state.status.value] = by_status.get(record.state.status.value, 0) + 1
+        return {**METRICS.snapshot(), "sessions": by_status, "failed_sessions": len(supervisor.failed),
+                "live_processes": len(supervisor.by_pid), "clients": self._clients()}
+
+    def handle_share_table(self, conn: ClientConnection, pending: Pending) -> object:
+        """A read-only fd of the session table, attached (SCM_RIGHTS) to this reply's first
+        byte; ``jidocoder top`` maps it and reads every slot itself from then on."""
+        table = self.supervisor.table
+        conn.reply_with_fd(pending.request_id, {"result": {"slot_size": SLOT_SIZE,
+                                                           "capacity": table.capacity}},
+                           table.share_fd())
+        return DEFERRED
 
 
 def _since(since: Any) -> int | None:

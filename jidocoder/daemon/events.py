@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .. import wire
 from ..models import utc_now
+from .metrics import METRICS
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -147,6 +148,7 @@ class EventBus:
                     if frame is None:
                         frame = wire.pack_frame({"event": event}, wire.MAX_FRAME)
                     subscriber.send_event(event, frame)
+        METRICS.observe_event(kind, payload, len(delivered))
 
     def publish_all(self, session_id: str, events: Iterable[tuple[str, dict[str, Any]]]) -> None:
         for kind, payload in events:

@@ -186,6 +186,7 @@ class SessionProcess:
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
         self.calls = CallLog(self.store)
         self.kill_daemon_after_commit = False  # ops.debug_kill_daemon_after_commit
+        self.begun = 0  # requests begun by this process: ``jidocoder top``'s calls/s
 
     @property
     def sock(self) -> socket.socket:
@@ -299,7 +300,8 @@ class SessionProcess:
         """The request's id in the table before any of its effects: after a crash, the daemon
         knows it was begun."""
         if isinstance(frame, dict) and isinstance(frame.get("id"), int):
-            self.table.write_started(self.spec.slot, frame["id"])
+            self.begun += 1
+            self.table.write_started(self.spec.slot, frame["id"], self.begun)
 
     def handle(self, frame: Any) -> dict[str, Any]:
         if type(frame) is wire.Refused:  # over its decoding budget (wire.decode_bounded)
@@ -363,7 +365,7 @@ class SessionProcess:
         return as_storage_error(cause)
 
     def publish_counters(self) -> None:
-        self.table.write_message_count(self.spec.slot, self.context.message_count)
+        self.table.write_counts(self.spec.slot, self.context.message_count, self.context.file_count)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.sock.sendall(self.encode_reply(frame))

@@ -122,13 +122,14 @@ import errno
 import os
 import re
 import sqlite3
+import time
 import weakref
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any, Self
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 from .. import wire
@@ -349,6 +350,8 @@ class _Database:
     the first write (``SessionStore.load`` returns an empty store meanwhile).
     """
 
+    on_commit: Callable[[float], None] | None = None  # the daemon times its registry's commits
+
     def __init__(self, path: Path, durability: str, schema: str, pragmas: tuple[str, ...] = (),
                  *, exclusive: bool = False, lazy: bool = False) -> None:
         self.path = path
@@ -432,7 +435,7 @@ class _Database:
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction, committed before the caller returns (rolled back on error)."""
-        return _Transaction(self.path, self._connection())
+        return _Transaction(self.path, self._connection(), self.on_commit)
 
     @contextmanager
     def _direct(self) -> Iterator[sqlite3.Connection]:
@@ -939,11 +942,13 @@ class _Transaction:
     than nested generator-based managers: it is on the path of every message a session stores,
     where the two generators cost more Python than the INSERT itself."""
 
-    __slots__ = ("path", "conn")
+    __slots__ = ("path", "conn", "on_commit")
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection,
+                 on_commit: Callable[[float], None] | None = None) -> None:
         self.path = path
         self.conn = conn
+        self.on_commit = on_commit  # told each COMMIT's seconds (the daemon's metrics)
 
     def __enter__(self) -> sqlite3.Connection:
         try:
@@ -957,7 +962,10 @@ class _Transaction:
                  traceback: object) -> None:
         if kind is None:
             try:
+                began = time.perf_counter()
                 self.conn.execute("COMMIT")
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - began)
                 return
             except BaseException as exc:
                 self._roll_back(exc)

@@ -46,6 +46,7 @@ from .restarts import RestartPolicy, Verdict
 from .session import SessionSpec
 from .spares import Spare, SparePool
 from .table import SessionTable
+from .usage import UsageSampler
 from .template import can_clone, run_forked_spare, run_template
 
 log = logging.getLogger("jidocoder.daemon")
@@ -63,6 +64,7 @@ class Supervisor:
         self.policy = RestartPolicy(settings.max_restarts, settings.max_seconds)
         self.state_dir = Path(settings.state_dir)
         self.table = SessionTable(settings.max_sessions)
+        self.usage = UsageSampler(self.table)
         self.records: dict[str, SessionRecord] = {}
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
@@ -115,13 +117,14 @@ class Supervisor:
     def failed_sessions(self) -> list[dict[str, Any]]:
         return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
 
-    def restore_sessions(self) -> int:
+    def restore_sessions(self, on_progress: Callable[[int, int], None] = lambda done, total: None) -> int:
         """Bring back every persisted session (``ondisk``: what a start may do); how many."""
         found = ondisk.take_stock(self.state_dir, self.registry)
         self.failed.update(found.failed)
         self._unerased |= found.unerased
-        for state in found.live:
+        for done, state in enumerate(found.live, 1):
             self._restore(state)
+            on_progress(done, len(found.live))
         self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
@@ -146,7 +149,7 @@ class Supervisor:
             self.loop.call_later(0, self.spawn_restored)
 
     def _admit(self, state: SessionState) -> SessionRecord:
-        slot = self.table.allocate()
+        slot = self.table.allocate(state.session_id)
         if slot is None:
             raise LimitExceededError(f"the daemon holds its maximum of {self.settings.max_sessions} "
                                      "sessions (setting max_sessions)", details={"limit": self.settings.max_sessions})
@@ -591,13 +594,15 @@ class Supervisor:
                 pass
 
     def check_memory(self) -> None:
+        """CPU and RSS of each process into its slot (one /proc read, ``usage``); a kill past the limit."""
         limit = self.settings.memory_limit_mb
         for record in list(self.records.values()):
             link = record.link
-            if _watched(link) and (rss := watchdog.over_memory(link.pid, limit)) is not None:
+            if _watched(link) and (rss := self.usage.sample(record.slot, link.pid)) and rss > limit * 1024 * 1024:
                 log.error("session %s (pid %d) uses %d MiB, over memory_limit_mb=%d: killing it",
                           record.session_id, link.pid, rss // (1024 * 1024), limit)
                 self.kill_process(link, "memory limit", signal.SIGKILL)
+        self.usage.forget_gone(set(self.by_pid))
 
     def kill_hung(self, link: SessionLink) -> None:
         """SIGUSR1 (its stack to daemon.log), then SIGTERM, then SIGKILL: the hang ladder."""

@@ -60,6 +60,7 @@ def client_calls(client: Client, sid: str) -> None:
     assert_type(client.events(timeout=1.0), Iterator[Event])
 
     assert_type(client.daemon_status(), dict[str, Any])
+    assert_type(client.daemon_metrics(), dict[str, Any])
     assert_type(client.shutdown(), None)
     assert_type(client.close(), None)
 
