@@ -13,7 +13,6 @@ import os
 from typing import Any, Callable
 
 from .. import __version__, wire
-from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .calls import call_handler, internal_error
 from .clients import ClientConnection
@@ -84,7 +83,7 @@ class Api:
         return DEFERRED
 
     def handle_list_sessions(self, conn, pending, offset=0, limit=None) -> list:
-        return [self.supervisor.info(r) for r in page(self.supervisor.live_records(), offset, limit)]
+        return self.supervisor.list_infos(offset, limit)
 
     def handle_get_session_info(self, conn, pending, session_id=None) -> dict:
         return self.supervisor.info(self.supervisor.find(session_id, any_live=True))

@@ -107,6 +107,11 @@ class SessionLink:
         self.in_flight[link_id] = Call(op, args, pending)
         return self._queue(buffers)
 
+    @property
+    def unsent(self) -> bool:
+        """Bytes queued for the process that it has not been sent yet."""
+        return bool(self._out)
+
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; True as for ``request``."""
         return self._queue([wire.pack_frame(frame, self.max_frame)])

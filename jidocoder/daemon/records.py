@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from datetime import datetime
+from typing import Any, Callable, ClassVar
 
+from .. import wire
 from ..models import SessionState
 from ..states import SessionStatus
 from .link import Pending, SessionLink
@@ -17,13 +19,25 @@ from .loop import Timer
 Waiting = tuple[Pending, Callable[[], None]]
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class SessionRecord:
-    state: SessionState
+    """A known session. Live, it holds its state (``held``); hibernated (docs/api.md §13), only
+    the state's bytes (``row``, ~400 bytes where the model takes ~2 KB), decoded when asked
+    for and never kept decoded: 100,000 known sessions must fit the daemon cheaply. Slots,
+    and no deque until a first crash, for the same reason."""
+
+    session_id: str
+    held: SessionState | None
     slot: int
+    created_at: datetime  # the order of list_sessions
+    row: bytes | None = None
+    asleep_status: SessionStatus | None = None  # the status of a hibernated one, at hand
+    hibernated: bool = False  # no process, by hibernation: the next call revives it
+    hibernating: bool = False  # its process was told to leave (EOF) and has not been reaped
+    announce_revival: bool = False  # session_revived once the reviving process serves
     link: SessionLink | None = None
     restarts: int = 0  # restarts after crashes, as SessionInfo.restarts counts them
-    crashes: deque = field(default_factory=deque)  # times of the recent ones (restarts policy)
+    crashes: deque | None = None  # times of the recent ones (restarts policy), from a first crash
     announce_restart: bool = False  # a crash restart: session_restarted once it serves
     start_attempts: int = 0  # uncounted tries since the process last served (restarts policy)
     restart_timer: Timer | None = None
@@ -36,18 +50,57 @@ class SessionRecord:
     status_write_failed: bool = False  # an unasked status change the registry refused: said once
     dumped: tuple[SessionState, dict[str, Any]] | None = None  # the state and its model_dump()
 
+    # How a hibernated record's ``row`` becomes a state again (the registry's ``parse``: it
+    # keeps a newer version's keys aside, and moves a damaged row out with DamagedStoreError).
+    thaw: ClassVar[Callable[[str, bytes], SessionState]] = staticmethod(
+        lambda session_id, row: SessionState.deserialize(wire.decode(row)))
+
+    @classmethod
+    def of(cls, state: SessionState, slot: int) -> "SessionRecord":
+        return cls(state.session_id, state, slot, state.created_at)
+
+    @classmethod
+    def asleep(cls, session_id: str, row: bytes, status: SessionStatus, created_at: datetime,
+               slot: int) -> "SessionRecord":
+        """A hibernated session as a start finds it: its stored row, not yet validated."""
+        return cls(session_id, None, slot, created_at, row=row, asleep_status=status, hibernated=True)
+
     @property
-    def session_id(self) -> str:
-        return self.state.session_id
+    def state(self) -> SessionState:
+        held = self.held
+        return held if held is not None else self.thaw(self.session_id, self.row)
+
+    @state.setter
+    def state(self, state: SessionState) -> None:
+        if self.hibernated:
+            self.row, self.asleep_status, self.held = wire.encode(state.serialize()), state.status, None
+        else:
+            self.held, self.row, self.asleep_status = state, None, None
+
+    @property
+    def status(self) -> SessionStatus:
+        held = self.held
+        return held.status if held is not None else self.asleep_status
+
+    def fall_asleep(self) -> None:
+        """Hibernated now: the state kept as bytes only."""
+        state, self.hibernated, self.dumped = self.state, True, None
+        self.state = state
+
+    def wake(self) -> None:
+        """Being revived: the state decoded and held (DamagedStoreError if it cannot be)."""
+        state, self.hibernated = self.state, False
+        self.state = state
 
     @property
     def persistent(self) -> bool:
-        return self.state.config.persistence_enabled
+        return self.hibernated or self.state.config.persistence_enabled
 
     @property
     def serving(self) -> bool:
         link = self.link
-        return link is not None and link.ready and not link.eof and link.exit_status is None
+        return (link is not None and link.ready and not link.eof and link.exit_status is None
+                and not self.hibernating)
 
     @property
     def running(self) -> bool:
@@ -56,16 +109,19 @@ class SessionRecord:
 
     def dump(self) -> dict[str, Any]:
         """The state's fields, dumped once per state (a list of 1,000 sessions cost 32 ms when
-        every call validated and dumped each)."""
-        if self.dumped is None or self.dumped[0] is not self.state:
-            self.dumped = (self.state, self.state.model_dump())
+        every call validated and dumped each); a hibernated one's each time, kept by nobody."""
+        if self.hibernated:
+            return self.state.model_dump()
+        if self.dumped is None or self.dumped[0] is not self.held:
+            self.dumped = (self.held, self.held.model_dump())
         return self.dumped[1]
 
 
 def session_info(record: SessionRecord, message_count: int) -> dict[str, Any]:
     """A ``SessionInfo`` as sent: the state's fields and its process's facts."""
     return {**record.dump(), "conversation_count": message_count,
-            "pid": record.link.pid if record.serving else None, "restarts": record.restarts}
+            "pid": record.link.pid if record.serving else None, "restarts": record.restarts,
+            "hibernated": record.hibernated}
 
 
 def failed_info(state: SessionState) -> dict[str, Any]:

@@ -179,6 +179,9 @@ CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT
 {_FAILED_TABLE};
 """
 ORPHAN_ERROR = "its registry row was lost"
+# In a live row: the session was hibernated (docs/api.md §13), so a start leaves it so; a row
+# without it was live when the daemon stopped or died, and is restarted like a crash.
+HIBERNATED_KEY = "hibernated"
 _ERASABLE = {SessionStatus.TERMINATING.value, SessionStatus.TERMINATED.value}
 # seq/position are plain INTEGER PRIMARY KEYs (no AUTOINCREMENT): a new rowid is max + 1, so the
 # order of insertion is kept without the extra sqlite_sequence write on every insert.
@@ -254,12 +257,14 @@ class SessionFiles:
     lone_logs: tuple[str, ...] = ()
 
 
-def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFiles:
+def classify_session_files(state_dir: Path, registry: "Registry",
+                           statuses: dict[str, str | None] | None = None) -> SessionFiles:
     """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
     strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
     ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
     their files as orphans)."""
-    statuses = registry.row_statuses()
+    if statuses is None:  # a caller that has read every row already says what they hold
+        statuses = registry.row_statuses()
     directory = Path(state_dir) / SESSIONS_DIR
     ids, stray = _session_file_ids(directory)
     erase = sorted(i for i in ids if i in statuses and statuses[i] in _ERASABLE)
@@ -466,9 +471,10 @@ class Registry(_Database):
             self.close()
             raise
 
-    def put(self, state: SessionState) -> None:
-        """Insert or replace the session's state."""
-        blob = self._encode(state)
+    def put(self, state: SessionState, *, hibernated: bool = False) -> None:
+        """Insert or replace the session's state; ``hibernated``: its process left cleanly after
+        all of it was stored, and a start leaves it hibernated (docs/api.md §13)."""
+        blob = self._encode(state, hibernated)
         with self._write() as conn:
             conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
@@ -537,8 +543,27 @@ class Registry(_Database):
         statuses.update((session_id, _raw_status(blob)) for session_id, blob in live)
         return statuses
 
-    def _encode(self, state: SessionState) -> bytes:
-        return wire.encode(_with_extras(state.serialize(), self._extras.get(state.session_id)))
+    def load_rows(self) -> list[tuple[str, bytes]]:
+        """Every live row as stored, undecoded: a start reads 100,000 of them in ~0.1 s, and
+        validates each only when it is needed (``parse``)."""
+        with self._direct() as conn:
+            return conn.execute("SELECT session_id, state FROM sessions").fetchall()
+
+    def parse(self, session_id: str, blob: object) -> SessionState:
+        """A row of ``load_rows`` as a state (its unknown keys kept aside, as ``load_all``
+        does); a row that cannot be one is moved to ``damaged/`` and DamagedStoreError raised."""
+        state, extras, reason = _parse_row(session_id, blob)
+        if state is None:
+            self._move_row_out("sessions", session_id, blob, reason)
+            raise DamagedStoreError(f"the registry row of {session_id} is damaged ({reason}); "
+                                    "kept in damaged/", details={"session_id": session_id})
+        if extras:
+            self._extras[session_id] = extras
+        return state
+
+    def _encode(self, state: SessionState, hibernated: bool = False) -> bytes:
+        data = _with_extras(state.serialize(), self._extras.get(state.session_id))
+        return wire.encode({**data, HIBERNATED_KEY: True} if hibernated else data)
 
     def _load(self, table: str) -> tuple[list[SessionState], list[tuple[str, str]]]:
         with self._direct() as conn:
@@ -732,7 +757,10 @@ def _parse_row(session_id: str, blob: object) -> tuple[SessionState | None, dict
     if not isinstance(blob, bytes):  # SQLite columns take any type: someone wrote this by hand
         return None, {}, f"state is a {type(blob).__name__}, not encoded bytes"
     try:
-        known, extras = _split_extras(wire.decode(blob))
+        data = wire.decode(blob)
+        if isinstance(data, dict):  # the daemon's own mark, never a newer version's extra
+            data.pop(HIBERNATED_KEY, None)
+        known, extras = _split_extras(data)
         state = SessionState.deserialize(known)
     except (JidocoderError, ValueError, TypeError, AttributeError) as exc:
         return None, {}, f"{type(exc).__name__}: {exc}"

@@ -31,12 +31,14 @@ from typing import Any, Callable
 
 from .. import wire
 from ..config import Settings
-from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
+from ..context import page
+from ..errors import (DamagedStoreError, InvalidArgumentError, JidocoderError, LimitExceededError,
                       RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
 from ..models import SessionConfig, SessionState
 from ..states import LIVE, SERVING, SessionStatus
 from . import exits, ondisk, restarts, store, watchdog
 from .events import EventBus, session_topic
+from .hibernation import Hibernation
 from .link import Pending, SessionLink
 from .logs import write_session_record
 from .loop import Loop
@@ -62,7 +64,9 @@ class Supervisor:
         self.policy = RestartPolicy(settings.max_restarts, settings.max_seconds)
         self.state_dir = Path(settings.state_dir)
         self.table = SessionTable(settings.max_sessions)
-        self.records: dict[str, SessionRecord] = {}
+        self.records: dict[str, SessionRecord] = {}  # in the order of list_sessions: oldest first
+        SessionRecord.thaw = staticmethod(registry.parse)  # a sleeper's row, read as the registry reads it
+        self.hibernation = Hibernation(self)
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
         self.on_all_stopped: Callable[[], None] | None = None
@@ -93,7 +97,9 @@ class Supervisor:
             raise InvalidArgumentError("config must be a dict or None", code="invalid_config", field="config")
         session_id = f"session_{uuid.uuid4()}"
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
+        self.hibernation.make_room()
         record = self._admit(state)
+        self.hibernation.awake(record)
         # Stored only once it is active: an unacknowledged session leaves nothing to restore.
         record.create_waiter = pending
         self.spawn_session(record)
@@ -104,7 +110,9 @@ class Supervisor:
         if failed is None:
             raise SessionNotFoundError(f"no failed session {session_id!r}", field="session_id")
         state = SessionState.deserialize({**failed.serialize(), "status": "initializing", "error": None})
+        self.hibernation.make_room()
         record = self._admit(state)
+        self.hibernation.awake(record)
         del self.failed[session_id]
         record.recovered_from = failed  # its failed row stays until it serves: nothing is lost
         record.create_waiter = pending
@@ -114,22 +122,37 @@ class Supervisor:
         return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
 
     def restore_sessions(self) -> int:
-        """Bring back every persisted session (``ondisk``: what a start may do); how many."""
+        """Know again every persisted session (``ondisk``: what a start may do), oldest first;
+        how many. Hibernated ones stay so (no process until called); those that were live
+        when the daemon stopped unasked are restarted, as after a crash (docs/api.md §13)."""
         found = ondisk.take_stock(self.state_dir, self.registry)
         self.failed.update(found.failed)
         self._unerased |= found.unerased
-        for state in found.live:
-            self._restore(state)
+        for item in sorted([*found.live, *found.asleep], key=lambda s: (s.created_at, s.session_id)):
+            if self.table.capacity == len(self.records):  # its data stays, for a daemon with more room
+                log.error("session %s not restored: max_sessions=%d are known",
+                          item.session_id, self.settings.max_sessions)
+            elif isinstance(item, ondisk.Sleeper):
+                self._know_asleep(item)
+            else:
+                self._restore(item)
         self.loop.call_later(0, self.spawn_restored)
         return len(self.records)
 
+    def _know_asleep(self, sleeper: ondisk.Sleeper) -> None:
+        record = SessionRecord.asleep(sleeper.session_id, sleeper.row, sleeper.status,
+                                      sleeper.created_at, self.table.allocate())
+        self.records[record.session_id] = record
+        self._write_slot(record)
+        self.table.write_message_count(record.slot, sleeper.message_count)  # no process writes it
+        self.hibernation.asleep_active(record, sleeper.timeout_minutes)
+
     def _restore(self, state: SessionState) -> None:
-        try:
-            record = self._admit(state)
-        except LimitExceededError:  # its data stays, for a daemon with more room
-            log.error("session %s not restored: the table is full (max_sessions=%d)",
-                      state.session_id, self.settings.max_sessions)
+        record = self._admit(state)
+        if len(self.hibernation.live) >= self.settings.max_live_sessions:
+            record.fall_asleep()  # max_live_sessions was lowered: the rest wait for a call
             return
+        self.hibernation.awake(record)
         self._to_spawn.append(record)
         log.info("restoring session %s (%s)", state.session_id, state.status.value)
 
@@ -148,10 +171,19 @@ class Supervisor:
         if slot is None:
             raise LimitExceededError(f"the daemon holds its maximum of {self.settings.max_sessions} "
                                      "sessions (setting max_sessions)", details={"limit": self.settings.max_sessions})
-        record = SessionRecord(state=state, slot=slot)
-        self.records[state.session_id] = record
+        record = SessionRecord.of(state, slot)
+        self._insert(record)
         self._write_slot(record)
         return record
+
+    def _insert(self, record: SessionRecord) -> None:
+        """Into ``records`` in creation order; one created before the newest (a recovered
+        session, a clock stepped back) puts them in order again, which is rare."""
+        newest = next(reversed(self.records.values()), None)
+        self.records[record.session_id] = record
+        if newest is not None and (record.created_at, record.session_id) < (newest.created_at, newest.session_id):
+            ordered = sorted(self.records.values(), key=lambda r: (r.created_at, r.session_id))
+            self.records = {r.session_id: r for r in ordered}
 
     # -- processes ----------------------------------------------------------------------------
     def spawn_session(self, record: SessionRecord) -> None:
@@ -199,7 +231,7 @@ class Supervisor:
             record = self._awaiting_spare.popleft()
             if self.records.get(record.session_id) is not record:
                 continue
-            if record.state.status is SessionStatus.INITIALIZING:
+            if record.status is SessionStatus.INITIALIZING:
                 self._fail_creation(record, LimitExceededError(
                     f"cannot start a session process: {reason}", details={"reason": reason}))
             else:
@@ -251,13 +283,17 @@ class Supervisor:
         link.ready = True
         record.start_attempts = 0
         self._write_slot(record)
-        if record.state.status is SessionStatus.INITIALIZING:
+        if record.status is SessionStatus.INITIALIZING:
             if not self._activate(record):
                 return
         elif record.announce_restart:
             record.announce_restart = False
             self.bus.publish("session_restarted", record.session_id,
                              {"session_id": record.session_id, "pid": link.pid, "restarts": record.restarts})
+        if record.announce_revival:
+            record.announce_revival = False
+            self.bus.publish("session_revived", record.session_id,
+                             {"session_id": record.session_id, "pid": link.pid})
         waiting, record.waiting = record.waiting, []
         for _, resume in waiting:
             resume()
@@ -282,7 +318,7 @@ class Supervisor:
             raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
                                        field="session_id")
         record = self.records.get(session_id)
-        visible = record is not None and record.state.status in (LIVE if any_live else SERVING)
+        visible = record is not None and record.status in (LIVE if any_live else SERVING)
         if not visible:
             raise SessionNotFoundError(f"no session {session_id!r} (unknown or terminated)",
                                        field="session_id")
@@ -293,6 +329,8 @@ class Supervisor:
         self.touch(record)
         if not record.serving:
             record.waiting.append((pending, lambda: self.route(record, op, args, pending)))
+            if record.hibernated:
+                self.hibernation.revive(record)
         elif pending.abandoned():  # its client closed or lost its connection while it waited
             pending.reply({"error": RequestTimeoutError(f"{op} not sent: its client is gone").to_wire()})
         elif pending.expired(time.monotonic()):  # it waited for a restart longer than its client
@@ -309,31 +347,52 @@ class Supervisor:
             pending.reply({"result": record.link.pid})
         else:
             record.waiting.append((pending, lambda: self.answer_pid(record, pending)))
+            if record.hibernated:
+                self.hibernation.revive(record)
 
     def touch(self, record: SessionRecord) -> None:
         record.last_activity = time.monotonic()
         self.table.write_activity(record.slot, record.last_activity)
-        if record.state.status is SessionStatus.IDLE:
-            self._change_unasked(record, SessionStatus.ACTIVE)
+        self.hibernation.touch(record)
+        if record.status is SessionStatus.IDLE:
+            self.change_unasked(record, SessionStatus.ACTIVE)
 
     def info(self, record: SessionRecord) -> dict[str, Any]:
-        return session_info(record, self.table.read(record.slot).message_count)
+        """Its SessionInfo; a sleeper's row found damaged now is moved out (DamagedStoreError)."""
+        try:
+            return session_info(record, self.table.read(record.slot).message_count)
+        except DamagedStoreError:
+            self.forget_damaged(record)
+            raise
 
-    def live_records(self) -> list[SessionRecord]:
-        """Sessions not terminated, oldest first."""
-        listed = [r for r in self.records.values() if r.state.status in LIVE]
-        return sorted(listed, key=lambda r: r.state.created_at)
+    def list_infos(self, offset: Any, limit: Any) -> list[dict[str, Any]]:
+        """``list_sessions``: a page of ``records`` (kept oldest first), skipping nothing
+        before ``offset`` but pointers; a row found damaged is left out."""
+        infos = []
+        for record in page(self.records.values(), offset, limit):
+            try:
+                infos.append(self.info(record))
+            except DamagedStoreError:
+                pass
+        return infos
+
+    def forget_damaged(self, record: SessionRecord) -> None:
+        """A sleeper whose row was moved to damaged/ when it was read: no longer known."""
+        log.error("session %s dropped: its registry row is damaged (kept in damaged/)", record.session_id)
+        if self.records.get(record.session_id) is record:
+            self.table.release(record.slot)
+            del self.records[record.session_id]
 
     # -- status -------------------------------------------------------------------------------
     def change_status(self, record: SessionRecord, to: SessionStatus, *, persist: bool = True,
                       announce_created: bool = False, **changes: Any) -> None:
         """The one place a status changes: the edge checked, the new state stored (StorageError
         and nothing changed if it cannot be), then memory, the table slot and the events."""
-        previous = record.state.status
+        previous = record.status
         state = record.state.update(**changes) if changes else record.state
         state = state.transition(to)
         if persist and record.persistent:
-            self._store_state(record, state)
+            self._store_state(record, state, record.hibernated)
         record.state = state
         self.table.write_status(record.slot, to.code)
         if announce_created:
@@ -343,16 +402,16 @@ class Supervisor:
             "session_id": record.session_id, "status": to.value, "previous_status": previous.value,
             "updated_at": state.updated_at})
 
-    def _store_state(self, record: SessionRecord, state: SessionState) -> None:
+    def _store_state(self, record: SessionRecord, state: SessionState, hibernated: bool) -> None:
         """Live statuses and ``terminating`` (terminated by request: a start that finds it
         finishes the erase) are stored; ``terminated`` is the erase itself (``_erase``)."""
         if record.recovered_from is not None and state.status is SessionStatus.ACTIVE:
             self.registry.recover_failed(state)  # the failed row becomes the live one, at once
             record.recovered_from = None
         elif state.status is not SessionStatus.TERMINATED:
-            self.registry.put(state)
+            self.registry.put(state, hibernated=hibernated and state.status in SERVING)
 
-    def _change_unasked(self, record: SessionRecord, to: SessionStatus) -> None:
+    def change_unasked(self, record: SessionRecord, to: SessionStatus) -> None:
         """A change nobody asked for (idleness): if the registry refuses it, the session stays
         as it was and the next check tries again; said once in the log."""
         try:
@@ -360,12 +419,12 @@ class Supervisor:
             record.status_write_failed = False
         except StorageError as exc:
             if not record.status_write_failed:
-                log.error("session %s stays %s: %s", record.session_id, record.state.status.value, exc)
+                log.error("session %s stays %s: %s", record.session_id, record.status.value, exc)
             record.status_write_failed = True
 
     def _write_slot(self, record: SessionRecord) -> None:
         link = record.link
-        self.table.write_owner(record.slot, status_code=record.state.status.code,
+        self.table.write_owner(record.slot, status_code=record.status.code,
                                incarnation=link.incarnation if link else 0,
                                pid=link.pid if link else 0, restarts=record.restarts,
                                last_activity=record.last_activity)
@@ -376,7 +435,7 @@ class Supervisor:
         process's exit, the slow part, overlaps with the rest; the reaper finishes."""
         self.change_status(record, SessionStatus.TERMINATING)
         record.terminate_waiters.append(pending)
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
+        self.drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         if record.restart_timer is not None:
             record.restart_timer.cancel()
         if record.running:
@@ -392,13 +451,14 @@ class Supervisor:
 
     def finish_session(self, record: SessionRecord, reason: str, *, erase: bool) -> None:
         """The process is gone: release its resources (its data too if ``erase``), then say so."""
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
+        self.drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         erased = self._erase(record.session_id) if erase and record.persistent else None
         self.change_status(record, SessionStatus.TERMINATED, persist=False)
         self.bus.publish("session_terminated", record.session_id,
                          {"session_id": record.session_id, "reason": reason})
         self.table.release(record.slot)
         del self.records[record.session_id]
+        self.hibernation.forget(record)
         self.bus.forget_topic(session_topic(record.session_id))
         answer = {"result": None} if erased is None else {"error": erased.to_wire()}
         for waiter in record.terminate_waiters:
@@ -415,7 +475,7 @@ class Supervisor:
             self._unerased.add(session_id)
         return error
 
-    def _drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
+    def drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
         waiting, record.waiting = record.waiting, []
         for pending, _ in waiting:
             pending.reply({"error": error.to_wire()})
@@ -458,12 +518,15 @@ class Supervisor:
                         exits.NAMES[os.WEXITSTATUS(status)])
         self._settle_in_flight(record, link, judged.reason)
         if self.shutting_down:
+            self.hibernation.mark_stopped(record)  # the next start forks nothing for it
             return  # reap_children checks whether all are stopped
-        if record.state.status is SessionStatus.TERMINATING:
+        if record.status is SessionStatus.TERMINATING:
             self.finish_session(record, "terminated by request", erase=True)
+        elif record.hibernating:
+            self.hibernation.on_exit(record)
         elif judged.verdict is Verdict.RETRY:
             self.retry_start(record, judged.reason)
-        elif record.state.status is SessionStatus.INITIALIZING:
+        elif record.status is SessionStatus.INITIALIZING:
             self._fail_creation(record, SessionCrashedError(
                 f"the session's process failed to start: {judged.reason}"))
         elif judged.verdict is Verdict.CRASH:
@@ -493,6 +556,8 @@ class Supervisor:
                 self._on_frame(record, link, frame)
 
     def handle_crash(self, record: SessionRecord, reason: str) -> None:
+        if record.crashes is None:
+            record.crashes = deque()
         delay = self.policy.on_crash(record.crashes, time.monotonic())
         will_restart = delay is not None
         self.bus.publish("session_crashed", record.session_id, {
@@ -533,7 +598,7 @@ class Supervisor:
         """End the session as on terminate, but keep its data as a failed session (docs/api.md §7);
         if even that cannot be recorded, its live row stays and the next start restores it."""
         self.change_status(record, SessionStatus.TERMINATING, persist=False, error=reason)
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
+        self.drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
         self.finish_session(record, reason, erase=False)
         if record.persistent:
             try:
@@ -564,13 +629,14 @@ class Supervisor:
             record.restart_timer.cancel()
         self.table.release(record.slot)
         del self.records[record.session_id]
+        self.hibernation.forget(record)
 
     # -- the checks ---------------------------------------------------------------------------
     def check_sessions(self) -> None:
         """Every tick: hangs (a read of the shared table), idleness, and registry rows still to
         delete."""
         now = time.monotonic()
-        for record in list(self.records.values()):
+        for record in list(self.hibernation.live.values()):
             link = record.link
             if _watched(link):
                 beat = self.table.read(record.slot).heartbeat
@@ -578,9 +644,11 @@ class Supervisor:
                     log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
                               record.session_id, link.pid, now - max(beat, record.spawned_at))
                     self.kill_hung(link)
-            if (record.state.status is SessionStatus.ACTIVE and not (link and link.in_flight)
+            if (record.status is SessionStatus.ACTIVE and not (link and link.in_flight)
                     and watchdog.is_idle(record.last_activity, now, record.state.config.timeout_minutes)):
-                self._change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
+                self.change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
+        self.hibernation.expired(now)
+        self.hibernation.idle_sleepers(now)
         for session_id in list(self._unerased):
             try:
                 self.registry.delete(session_id)
@@ -590,7 +658,7 @@ class Supervisor:
 
     def check_memory(self) -> None:
         limit = self.settings.memory_limit_mb
-        for record in list(self.records.values()):
+        for record in list(self.hibernation.live.values()):
             link = record.link
             if _watched(link) and (rss := watchdog.over_memory(link.pid, limit)) is not None:
                 log.error("session %s (pid %d) uses %d MiB, over memory_limit_mb=%d: killing it",
@@ -630,7 +698,7 @@ class Supervisor:
         for record in self.records.values():
             if record.restart_timer is not None:
                 record.restart_timer.cancel()
-            self._drop_waiting(record, stopping)
+            self.drop_waiting(record, stopping)
             if record.running:
                 self.stop_process(record.link)
         self._check_all_stopped()

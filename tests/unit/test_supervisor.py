@@ -119,13 +119,13 @@ def test_an_unasked_change_the_registry_refuses_leaves_the_session_as_it_was(
     before = record.state
     break_registry(supervisor.registry)
     with caplog.at_level(logging.ERROR, logger="jidocoder.daemon"):
-        supervisor._change_unasked(record, SessionStatus.IDLE)
-        supervisor._change_unasked(record, SessionStatus.IDLE)
+        supervisor.change_unasked(record, SessionStatus.IDLE)
+        supervisor.change_unasked(record, SessionStatus.IDLE)
     assert record.state is before
     assert listener.events == []
     assert len([r for r in caplog.records if "stays active" in r.getMessage()]) == 1  # said once
     supervisor.registry._conn.execute("PRAGMA query_only = OFF")
-    supervisor._change_unasked(record, SessionStatus.IDLE)  # the next check tries again
+    supervisor.change_unasked(record, SessionStatus.IDLE)  # the next check tries again
     assert record.state.status is SessionStatus.IDLE
     assert stored(supervisor)["s1"].status is SessionStatus.IDLE
 
