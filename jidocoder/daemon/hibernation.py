@@ -166,6 +166,7 @@ class Hibernation:
             if isinstance(exc, DamagedStoreError):
                 sup.forget_damaged(record)
             return
+        log.info("session %s revives", record.session_id)
         record.announce_revival = True
         self.awake(record)
         sup.spawn_session(record)

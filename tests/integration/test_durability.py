@@ -60,7 +60,8 @@ def all_serving(client: Client, expected: set[str]) -> bool:
     none until a call: ``get_session_pid`` is one, docs/api.md §13)."""
     listed = client.list_sessions()
     return ({i.session_id for i in listed} == expected
-            and all(i.pid is not None or client.get_session_pid(i.session_id) for i in listed))
+            and all(i.pid is not None or (i.hibernated and client.get_session_pid(i.session_id))
+                    for i in listed))
 
 
 def traces_of(state_dir: Path, needle: str) -> list[str]:
