@@ -1,0 +1,127 @@
+"""Hibernation and scale (docs/api.md §13), each figure against its floor in the same run:
+
+- revive latency: a call to a hibernated session, answered (``get_session_pid``), against a
+  ``create_session`` on the same daemon (target ≤ 1.5×). The daemon keeps one process
+  (``max_live_sessions=1``), so each of the two sessions called in turn is revived, and each
+  create hibernates the other first: both pay for making room.
+- daemon start with N known sessions, all hibernated (a registry written by ``Registry.put``;
+  their session files are not made: a start does not open them), against a start with none
+  plus reading those N rows in this process (target ≤ 2×).
+- daemon RSS per known session: (RSS with N known − RSS with none) / N, against the bytes of a
+  stored row (the least the daemon could hold); the issue's target is ≤ 2 KiB.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from jidocoder import Client, SessionStatus
+from jidocoder.daemon.store import Registry
+from jidocoder.models import SessionState
+
+from .common import percentile
+from .daemon import BenchDaemon
+from .drivers import MS, Context, now, timed
+from .report import Row
+
+SETTLE = 0.3  # s after a start before RSS is read: the first tick and spares are done
+
+
+def measure_hibernation(ctx: Context) -> list[Row]:
+    return measure_revive(ctx) + measure_known(ctx)
+
+
+def measure_revive(ctx: Context) -> list[Row]:
+    n = ctx.counts["revive"]
+    daemon = BenchDaemon(max_live_sessions=1, hibernate_after_minutes=0).start()
+    try:
+        with Client(daemon.socket, timeout=60) as client:
+            made: list[str] = []
+            creates = [timed(lambda: made.append(client.create_session())) for _ in range(n)]
+            revives = []
+            for i in range(n):  # the oldest first: each one called is asleep
+                revives.append(timed(lambda: client.get_session_pid(made[i])))
+            for sid in made:
+                client.terminate_session(sid)
+    finally:
+        daemon.stop()
+        daemon.remove()
+    p50, floor = percentile(revives, 50), percentile(creates, 50)
+    return [Row("revive a hibernated session (call answered) p50", "ms", p50, floor, 1.5, p50=p50,
+                p99=percentile(revives, 99), floor_name="create_session p50, same daemon",
+                note=f"{n} each, max_live_sessions=1")]
+
+
+def write_known(state_dir: Path, count: int) -> float:
+    """``count`` hibernated rows in a new registry; the mean stored row size (bytes)."""
+    registry = Registry(state_dir)
+    total = 0
+    try:
+        for i in range(count):
+            state = SessionState.new(f"session_{uuid.uuid4()}", metadata={"project": f"p{i}"},
+                                     llm_config={"model": "bench"}).transition(SessionStatus.ACTIVE)
+            registry.put(state, hibernated=True)
+            if i < 100:
+                total += len(registry._encode(state, True))
+    finally:
+        registry.close()
+    return total / min(count, 100)
+
+
+def read_known(state_dir: Path) -> float:
+    """ms to open the registry and read every row, in this process."""
+    start = now()
+    registry = Registry(state_dir)
+    try:
+        registry.load_rows()
+    finally:
+        registry.close()
+    return (now() - start) * MS
+
+
+def start_rss(root: str | None, settings: dict) -> tuple[float, int, int]:
+    """(ms to accepting, the daemon's RSS in KiB, sessions listed) for a daemon on ``root``."""
+    daemon = BenchDaemon(root=root, **settings)
+    try:
+        daemon.start()
+        time.sleep(SETTLE)  # not a synchronisation: RSS read after the first ticks
+        with open(f"/proc/{daemon.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        with Client(daemon.socket, timeout=60) as client:
+            listed = len(client.list_sessions(offset=0, limit=None))
+        return daemon.start_seconds * MS, rss, listed
+    finally:
+        daemon.stop()
+        if root is None:
+            daemon.remove()
+
+
+def measure_known(ctx: Context) -> list[Row]:
+    count = ctx.counts["known"]
+    settings = {"max_sessions": max(count, 1024)}
+    empty = [start_rss(None, settings) for _ in range(ctx.counts["starts"])]
+    holder = BenchDaemon()  # only for its temporary root
+    try:
+        state_dir = Path(holder.state_dir)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        began = time.monotonic()
+        row_bytes = write_known(state_dir, count)
+        ctx.log(f"  wrote {count} hibernated rows in {time.monotonic() - began:.1f} s")
+        reading = min(read_known(state_dir) for _ in range(2))
+        full = [start_rss(holder.root, settings) for _ in range(ctx.counts["starts"])]
+    finally:
+        holder.remove()
+    if any(listed != count for _, _, listed in full):
+        raise RuntimeError(f"a start listed {[listed for *_, listed in full]}, expected {count}")
+    start0, start_n = percentile([e[0] for e in empty], 50), percentile([f[0] for f in full], 50)
+    rss0, rss_n = percentile([e[1] for e in empty], 50), percentile([f[1] for f in full], 50)
+    per_session = (rss_n - rss0) * 1024 / count
+    return [Row(f"daemon start with {count} known (hibernated) sessions", "ms", start_n,
+                2 * start0 + reading, 1.0, floor_name="2 × a start with none + reading the registry",
+                note=f"none: {start0:.0f} ms; reading {count} rows: {reading:.0f} ms"),
+            Row(f"daemon RSS per known session at {count}", "bytes", per_session, row_bytes, 6.0,
+                absolute_max=2048.0, floor_name="one stored registry row",
+                note=f"RSS {rss0 / 1024:.1f} MiB with none, {rss_n / 1024:.1f} MiB with {count}")]
