@@ -82,8 +82,12 @@ def read_known(state_dir: Path) -> float:
     return (now() - start) * MS
 
 
-def start_rss(root: str | None, settings: dict) -> tuple[float, int, int]:
-    """(ms to accepting, the daemon's RSS in KiB, sessions listed) for a daemon on ``root``."""
+PAGE = 100  # sessions per list_sessions page
+
+
+def start_rss(root: str | None, settings: dict) -> tuple[float, int, int, float]:
+    """(ms to accepting, the daemon's RSS in KiB, sessions listed, ms for the last page of
+    ``PAGE`` sessions, p50) for a daemon on ``root``."""
     daemon = BenchDaemon(root=root, **settings)
     try:
         daemon.start()
@@ -91,37 +95,52 @@ def start_rss(root: str | None, settings: dict) -> tuple[float, int, int]:
         with open(f"/proc/{daemon.pid}/status") as f:
             rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         with Client(daemon.socket, timeout=60) as client:
-            listed = len(client.list_sessions(offset=0, limit=None))
-        return daemon.start_seconds * MS, rss, listed
+            listed = len(client.list_sessions())
+            last = max(0, listed - PAGE)
+            pages = [timed(lambda: client.list_sessions(offset=last, limit=PAGE)) for _ in range(20)]
+        return daemon.start_seconds * MS, rss, listed, percentile(pages, 50)
     finally:
         daemon.stop()
         if root is None:
             daemon.remove()
 
 
+def known_registry(count: int, ctx: Context) -> tuple[BenchDaemon, float]:
+    """A root whose registry holds ``count`` hibernated sessions (a daemon object only for its
+    temporary root: the caller removes it); the mean stored row size."""
+    holder = BenchDaemon()
+    state_dir = Path(holder.state_dir)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    began = time.monotonic()
+    row_bytes = write_known(state_dir, count)
+    ctx.log(f"  wrote {count} hibernated rows in {time.monotonic() - began:.1f} s")
+    return holder, row_bytes
+
+
 def measure_known(ctx: Context) -> list[Row]:
-    count = ctx.counts["known"]
+    count, starts = ctx.counts["known"], ctx.counts["starts"]
     settings = {"max_sessions": max(count, 1024)}
-    empty = [start_rss(None, settings) for _ in range(ctx.counts["starts"])]
-    holder = BenchDaemon()  # only for its temporary root
+    empty = [start_rss(None, settings) for _ in range(starts)]
+    few, _ = known_registry(PAGE, ctx)
+    many, row_bytes = known_registry(count, ctx)
     try:
-        state_dir = Path(holder.state_dir)
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        began = time.monotonic()
-        row_bytes = write_known(state_dir, count)
-        ctx.log(f"  wrote {count} hibernated rows in {time.monotonic() - began:.1f} s")
-        reading = min(read_known(state_dir) for _ in range(2))
-        full = [start_rss(holder.root, settings) for _ in range(ctx.counts["starts"])]
+        page_floor = start_rss(few.root, settings)[3]
+        reading = min(read_known(Path(many.state_dir)) for _ in range(2))
+        full = [start_rss(many.root, settings) for _ in range(starts)]
     finally:
-        holder.remove()
-    if any(listed != count for _, _, listed in full):
-        raise RuntimeError(f"a start listed {[listed for *_, listed in full]}, expected {count}")
+        few.remove()
+        many.remove()
+    if any(f[2] != count for f in full):
+        raise RuntimeError(f"a start listed {[f[2] for f in full]}, expected {count}")
     start0, start_n = percentile([e[0] for e in empty], 50), percentile([f[0] for f in full], 50)
     rss0, rss_n = percentile([e[1] for e in empty], 50), percentile([f[1] for f in full], 50)
+    page = percentile([f[3] for f in full], 50)
     per_session = (rss_n - rss0) * 1024 / count
     return [Row(f"daemon start with {count} known (hibernated) sessions", "ms", start_n,
                 2 * start0 + reading, 1.0, floor_name="2 × a start with none + reading the registry",
                 note=f"none: {start0:.0f} ms; reading {count} rows: {reading:.0f} ms"),
             Row(f"daemon RSS per known session at {count}", "bytes", per_session, row_bytes, 6.0,
                 absolute_max=2048.0, floor_name="one stored registry row",
-                note=f"RSS {rss0 / 1024:.1f} MiB with none, {rss_n / 1024:.1f} MiB with {count}")]
+                note=f"RSS {rss0 / 1024:.1f} MiB with none, {rss_n / 1024:.1f} MiB with {count}"),
+            Row(f"list_sessions last page of {PAGE} at {count} known", "ms", page, page_floor, 1.5,
+                p50=page, floor_name=f"the same page with {PAGE} known")]

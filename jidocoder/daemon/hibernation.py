@@ -164,12 +164,20 @@ class Hibernation:
                 record.fall_asleep()
             sup.drop_waiting(record, exc)
             if isinstance(exc, DamagedStoreError):
-                sup.forget_damaged(record)
+                self.forget_damaged(record)
             return
         log.info("session %s revives", record.session_id)
         record.announce_revival = True
         self.awake(record)
         sup.spawn_session(record)
+
+    def forget_damaged(self, record: SessionRecord) -> None:
+        """A sleeper whose row was found damaged when read (moved to damaged/): not known now."""
+        sup = self.sup
+        log.error("session %s dropped: its registry row is damaged (kept in damaged/)", record.session_id)
+        if sup.records.get(record.session_id) is record:
+            sup.table.release(record.slot)
+            del sup.records[record.session_id]
 
     # -- sleepers that are active go idle --------------------------------------------------------
     def _due_idle(self, record: SessionRecord, timeout_minutes: float | None = None) -> None:

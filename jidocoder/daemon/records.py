@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Callable, ClassVar
 
 from .. import wire
+from ..context import page
 from ..models import SessionState
 from ..states import SessionStatus
 from .link import Pending, SessionLink
@@ -115,6 +116,24 @@ class SessionRecord:
         if self.dumped is None or self.dumped[0] is not self.held:
             self.dumped = (self.held, self.held.model_dump())
         return self.dumped[1]
+
+
+class KnownSessions(dict[str, SessionRecord]):
+    """Every known session by id, kept in creation order: ``list_sessions`` pages through it
+    (``page``) without sorting or decoding the sessions before ``offset``."""
+
+    def add(self, record: SessionRecord) -> None:
+        """Added last; one created before the newest (a recovered session, a clock stepped
+        back) puts them all in order again, which is rare."""
+        newest = next(reversed(self.values()), None)
+        self[record.session_id] = record
+        if newest is not None and (record.created_at, record.session_id) < (newest.created_at, newest.session_id):
+            ordered = sorted(self.values(), key=lambda r: (r.created_at, r.session_id))
+            self.clear()
+            self.update((r.session_id, r) for r in ordered)
+
+    def page(self, offset: Any, limit: Any) -> list[SessionRecord]:
+        return page(self.values(), offset, limit)
 
 
 def session_info(record: SessionRecord, message_count: int) -> dict[str, Any]:

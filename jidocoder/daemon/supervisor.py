@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 from .. import wire
 from ..config import Settings
-from ..context import page
 from ..errors import (DamagedStoreError, InvalidArgumentError, JidocoderError, LimitExceededError,
                       RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
 from ..models import SessionConfig, SessionState
@@ -42,7 +41,8 @@ from .hibernation import Hibernation
 from .link import Pending, SessionLink
 from .logs import write_session_record
 from .loop import Loop
-from .records import SessionRecord, failed_info, session_info
+from .records import KnownSessions, SessionRecord, failed_info, session_info
+from .restore import Restore
 from .restarts import RestartPolicy, Verdict
 from .session import SessionSpec
 from .spares import Spare, SparePool
@@ -50,9 +50,6 @@ from .table import SessionTable
 from .template import can_clone, run_forked_spare, run_template
 
 log = logging.getLogger("jidocoder.daemon")
-
-RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are served in between
-
 
 class Supervisor:
     def __init__(self, settings: Settings, loop: Loop, bus: EventBus,
@@ -64,16 +61,15 @@ class Supervisor:
         self.policy = RestartPolicy(settings.max_restarts, settings.max_seconds)
         self.state_dir = Path(settings.state_dir)
         self.table = SessionTable(settings.max_sessions)
-        self.records: dict[str, SessionRecord] = {}  # in the order of list_sessions: oldest first
+        self.records = KnownSessions()  # in the order of list_sessions: oldest first
         SessionRecord.thaw = staticmethod(registry.parse)  # a sleeper's row, read as the registry reads it
         self.hibernation = Hibernation(self)
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
-        self._to_spawn: deque[SessionRecord] = deque()
         self._awaiting_spare: deque[SessionRecord] = deque()
-        self._unerased: set[str] = set()  # ended sessions whose registry row is still to delete
+        self.unerased: set[str] = set()  # ended sessions whose registry row is still to delete
         self.daemon_pid = os.getpid()
         use_template = settings.spawn == "clone" or (settings.spawn == "auto" and can_clone())
         warm = self._spec("warm-up", SessionConfig(), slot=0)  # a throwaway with our settings
@@ -98,7 +94,7 @@ class Supervisor:
         session_id = f"session_{uuid.uuid4()}"
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
         self.hibernation.make_room()
-        record = self._admit(state)
+        record = self.admit(state)
         self.hibernation.awake(record)
         # Stored only once it is active: an unacknowledged session leaves nothing to restore.
         record.create_waiter = pending
@@ -111,7 +107,7 @@ class Supervisor:
             raise SessionNotFoundError(f"no failed session {session_id!r}", field="session_id")
         state = SessionState.deserialize({**failed.serialize(), "status": "initializing", "error": None})
         self.hibernation.make_room()
-        record = self._admit(state)
+        record = self.admit(state)
         self.hibernation.awake(record)
         del self.failed[session_id]
         record.recovered_from = failed  # its failed row stays until it serves: nothing is lost
@@ -122,68 +118,18 @@ class Supervisor:
         return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
 
     def restore_sessions(self) -> int:
-        """Know again every persisted session (``ondisk``: what a start may do), oldest first;
-        how many. Hibernated ones stay so (no process until called); those that were live
-        when the daemon stopped unasked are restarted, as after a crash (docs/api.md §13)."""
-        found = ondisk.take_stock(self.state_dir, self.registry)
-        self.failed.update(found.failed)
-        self._unerased |= found.unerased
-        for item in sorted([*found.live, *found.asleep], key=lambda s: (s.created_at, s.session_id)):
-            if self.table.capacity == len(self.records):  # its data stays, for a daemon with more room
-                log.error("session %s not restored: max_sessions=%d are known",
-                          item.session_id, self.settings.max_sessions)
-            elif isinstance(item, ondisk.Sleeper):
-                self._know_asleep(item)
-            else:
-                self._restore(item)
-        self.loop.call_later(0, self.spawn_restored)
-        return len(self.records)
+        """Know again every stored session (``restore``); how many."""
+        return Restore(self).run()
 
-    def _know_asleep(self, sleeper: ondisk.Sleeper) -> None:
-        record = SessionRecord.asleep(sleeper.session_id, sleeper.row, sleeper.status,
-                                      sleeper.created_at, self.table.allocate())
-        self.records[record.session_id] = record
-        self._write_slot(record)
-        self.table.write_message_count(record.slot, sleeper.message_count)  # no process writes it
-        self.hibernation.asleep_active(record, sleeper.timeout_minutes)
-
-    def _restore(self, state: SessionState) -> None:
-        record = self._admit(state)
-        if len(self.hibernation.live) >= self.settings.max_live_sessions:
-            record.fall_asleep()  # max_live_sessions was lowered: the rest wait for a call
-            return
-        self.hibernation.awake(record)
-        self._to_spawn.append(record)
-        log.info("restoring session %s (%s)", state.session_id, state.status.value)
-
-    def spawn_restored(self) -> None:
-        """Start restored sessions a batch per loop turn: the daemon serves from its first
-        moment, and a call to a session not yet started waits for it like one during a restart."""
-        for _ in range(min(RESTORE_BATCH, len(self._to_spawn))):
-            record = self._to_spawn.popleft()
-            if self.records.get(record.session_id) is record and record.link is None and not self.shutting_down:
-                self.spawn_session(record)
-        if self._to_spawn:
-            self.loop.call_later(0, self.spawn_restored)
-
-    def _admit(self, state: SessionState) -> SessionRecord:
+    def admit(self, state: SessionState) -> SessionRecord:
         slot = self.table.allocate()
         if slot is None:
             raise LimitExceededError(f"the daemon holds its maximum of {self.settings.max_sessions} "
                                      "sessions (setting max_sessions)", details={"limit": self.settings.max_sessions})
         record = SessionRecord.of(state, slot)
-        self._insert(record)
-        self._write_slot(record)
+        self.records.add(record)
+        self.write_slot(record)
         return record
-
-    def _insert(self, record: SessionRecord) -> None:
-        """Into ``records`` in creation order; one created before the newest (a recovered
-        session, a clock stepped back) puts them in order again, which is rare."""
-        newest = next(reversed(self.records.values()), None)
-        self.records[record.session_id] = record
-        if newest is not None and (record.created_at, record.session_id) < (newest.created_at, newest.session_id):
-            ordered = sorted(self.records.values(), key=lambda r: (r.created_at, r.session_id))
-            self.records = {r.session_id: r for r in ordered}
 
     # -- processes ----------------------------------------------------------------------------
     def spawn_session(self, record: SessionRecord) -> None:
@@ -215,7 +161,7 @@ class Supervisor:
         self.loop.watch(link, lambda: self._on_readable(record, link), link.flush)
         if link.send({"spec": spec.to_wire()}):
             self.loop.flush_soon(link)
-        self._write_slot(record)
+        self.write_slot(record)
 
     def _spec(self, session_id: str, config: SessionConfig, slot: int) -> SessionSpec:
         return SessionSpec(session_id=session_id, config=config, slot=slot, state_dir=self.state_dir,
@@ -282,7 +228,7 @@ class Supervisor:
     def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
         link.ready = True
         record.start_attempts = 0
-        self._write_slot(record)
+        self.write_slot(record)
         if record.status is SessionStatus.INITIALIZING:
             if not self._activate(record):
                 return
@@ -362,26 +308,19 @@ class Supervisor:
         try:
             return session_info(record, self.table.read(record.slot).message_count)
         except DamagedStoreError:
-            self.forget_damaged(record)
+            self.hibernation.forget_damaged(record)
             raise
 
     def list_infos(self, offset: Any, limit: Any) -> list[dict[str, Any]]:
         """``list_sessions``: a page of ``records`` (kept oldest first), skipping nothing
         before ``offset`` but pointers; a row found damaged is left out."""
         infos = []
-        for record in page(self.records.values(), offset, limit):
+        for record in self.records.page(offset, limit):
             try:
                 infos.append(self.info(record))
             except DamagedStoreError:
                 pass
         return infos
-
-    def forget_damaged(self, record: SessionRecord) -> None:
-        """A sleeper whose row was moved to damaged/ when it was read: no longer known."""
-        log.error("session %s dropped: its registry row is damaged (kept in damaged/)", record.session_id)
-        if self.records.get(record.session_id) is record:
-            self.table.release(record.slot)
-            del self.records[record.session_id]
 
     # -- status -------------------------------------------------------------------------------
     def change_status(self, record: SessionRecord, to: SessionStatus, *, persist: bool = True,
@@ -422,7 +361,7 @@ class Supervisor:
                 log.error("session %s stays %s: %s", record.session_id, record.status.value, exc)
             record.status_write_failed = True
 
-    def _write_slot(self, record: SessionRecord) -> None:
+    def write_slot(self, record: SessionRecord) -> None:
         link = record.link
         self.table.write_owner(record.slot, status_code=record.status.code,
                                incarnation=link.incarnation if link else 0,
@@ -470,9 +409,9 @@ class Supervisor:
         ``check_sessions``."""
         error = ondisk.erase(self.state_dir, self.registry, session_id)
         if error is None:
-            self._unerased.discard(session_id)
+            self.unerased.discard(session_id)
         else:
-            self._unerased.add(session_id)
+            self.unerased.add(session_id)
         return error
 
     def drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
@@ -649,10 +588,10 @@ class Supervisor:
                 self.change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
         self.hibernation.expired(now)
         self.hibernation.idle_sleepers(now)
-        for session_id in list(self._unerased):
+        for session_id in list(self.unerased):
             try:
                 self.registry.delete(session_id)
-                self._unerased.discard(session_id)
+                self.unerased.discard(session_id)
             except StorageError:
                 pass
 

@@ -52,7 +52,7 @@ def listener(supervisor: Supervisor) -> Listener:
 
 
 def active_record(supervisor: Supervisor, session_id: str = "s1"):
-    record = supervisor._admit(SessionState.new(session_id))
+    record = supervisor.admit(SessionState.new(session_id))
     supervisor.change_status(record, SessionStatus.ACTIVE)
     return record
 
@@ -131,7 +131,7 @@ def test_an_unasked_change_the_registry_refuses_leaves_the_session_as_it_was(
 
 
 def test_a_session_without_persistence_changes_without_a_registry_row(supervisor, listener) -> None:
-    record = supervisor._admit(SessionState.new("s2", config={"persistence_enabled": False}))
+    record = supervisor.admit(SessionState.new("s2", config={"persistence_enabled": False}))
     supervisor.change_status(record, SessionStatus.ACTIVE)
     assert record.state.status is SessionStatus.ACTIVE
     assert "s2" not in stored(supervisor)

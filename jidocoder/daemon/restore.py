@@ -1,0 +1,77 @@
+"""What a daemon start makes of the sessions it finds stored (docs/api.md §6, §7, §13).
+
+``ondisk.take_stock`` says what is there; here each becomes a record, oldest first. A row marked
+hibernated becomes a sleeper: known, listed, no process until a call (a start with 100,000 of
+them forks nothing and validates none: see ``ondisk.Sleeper``). A row not marked was live when
+the daemon stopped unasked (killed, crashed): its process is restarted, as after a crash of
+its own, a batch per loop turn so the daemon serves from its first moment; past
+``max_live_sessions`` the rest sleep. Sessions past ``max_sessions`` are not known by this
+daemon, and their data stays for one with more room.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from ..models import SessionState
+from . import ondisk
+from .records import SessionRecord
+
+log = logging.getLogger("jidocoder.daemon")
+
+RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are served in between
+
+
+class Restore:
+    def __init__(self, supervisor: Any) -> None:
+        self.sup = supervisor  # the Supervisor (not imported: it imports this module)
+        self.to_spawn: deque[SessionRecord] = deque()
+
+    def run(self) -> int:
+        """Know every stored session; how many are known."""
+        sup = self.sup
+        found = ondisk.take_stock(sup.state_dir, sup.registry)
+        sup.failed.update(found.failed)
+        sup.unerased |= found.unerased
+        for item in sorted([*found.live, *found.asleep], key=lambda s: (s.created_at, s.session_id)):
+            if sup.table.capacity == len(sup.records):
+                log.error("session %s not restored: max_sessions=%d are known",
+                          item.session_id, sup.settings.max_sessions)
+            elif isinstance(item, ondisk.Sleeper):
+                self.know_asleep(item)
+            else:
+                self.restart(item)
+        sup.loop.call_later(0, self.spawn_next)
+        return len(sup.records)
+
+    def know_asleep(self, sleeper: ondisk.Sleeper) -> None:
+        sup = self.sup
+        record = SessionRecord.asleep(sleeper.session_id, sleeper.row, sleeper.status,
+                                      sleeper.created_at, sup.table.allocate())
+        sup.records.add(record)
+        sup.write_slot(record)
+        sup.table.write_message_count(record.slot, sleeper.message_count)  # no process writes it
+        sup.hibernation.asleep_active(record, sleeper.timeout_minutes)
+
+    def restart(self, state: SessionState) -> None:
+        sup = self.sup
+        record = sup.admit(state)
+        if len(sup.hibernation.live) >= sup.settings.max_live_sessions:
+            record.fall_asleep()  # max_live_sessions was lowered: the rest wait for a call
+            return
+        sup.hibernation.awake(record)
+        self.to_spawn.append(record)
+        log.info("restoring session %s (%s)", state.session_id, state.status.value)
+
+    def spawn_next(self) -> None:
+        """A batch of restarts per loop turn; a call to one not yet started waits for it as
+        one during a restart does."""
+        sup = self.sup
+        for _ in range(min(RESTORE_BATCH, len(self.to_spawn))):
+            record = self.to_spawn.popleft()
+            if sup.records.get(record.session_id) is record and record.link is None and not sup.shutting_down:
+                sup.spawn_session(record)
+        if self.to_spawn:
+            sup.loop.call_later(0, self.spawn_next)
