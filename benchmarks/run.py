@@ -30,7 +30,7 @@ from .report import Row, table, write_json
 
 FULL = dict(fork=500, relay=3000, create=200, rtt=3000, events=1000, kills=40, terminate=100,
             duration=3.0, idle_sessions=200, starts=5, durable=1000, burst=100, storm=1000,
-            scale=[1, 1000, 10000], scale_rtt=1000, scale_most=10000, commits=1000, interpreters=10,
+            scale=[1, 100, 1000], scale_rtt=1000, scale_most=10000, commits=1000, interpreters=10,
             revive=200, known=100_000)
 QUICK = dict(fork=100, relay=500, create=30, rtt=500, events=100, kills=8, terminate=15,
              duration=0.7, idle_sessions=50, starts=2, durable=200, burst=100, storm=200,

@@ -22,7 +22,9 @@ hibernation keeps: a crash loop cannot sleep its way around ``max_restarts``.
 Who may hibernate: a persisted session that serves (``active`` or ``idle``), with no call in
 flight or waiting, no restart pending and no create waiting. Never one with persistence
 disabled (it would come back empty): such sessions count against ``max_live_sessions`` and
-cannot make room; when nothing can, a create or revival is ``LimitExceededError``.
+cannot make room. When none can go now, a create is ``LimitExceededError``; a revival
+waits in line (its calls within their timeouts) until one can, or is ``LimitExceededError``
+if none ever could (every live session has persistence disabled).
 
 A hibernated ``active`` session still goes ``idle`` after its ``timeout_minutes`` (a heap of
 deadlines, so that 100,000 sleepers cost nothing per tick).
@@ -35,7 +37,7 @@ import itertools
 import logging
 import signal
 import socket
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from ..errors import DamagedStoreError, LimitExceededError, StorageError
@@ -44,6 +46,8 @@ from .records import SessionRecord
 
 log = logging.getLogger("jidocoder.daemon")
 
+# A live session with one of these statuses may hibernate once it serves and is not busy.
+WILL_SERVE = frozenset({SessionStatus.INITIALIZING, *SERVING})
 IDLE_CHANGES_PER_TICK = 256  # sleepers gone idle per check: the loop keeps serving in between
 
 
@@ -59,6 +63,7 @@ class Hibernation:
         self.live: OrderedDict[str, SessionRecord] = OrderedDict()  # with a process, LRU first
         self._idle_due: list[tuple[float, int, float, SessionRecord]] = []  # sleepers that are active
         self._order = itertools.count()
+        self.in_line: deque[SessionRecord] = deque()  # sleepers called while no room could be made
 
     # -- who is live ---------------------------------------------------------------------------
     def awake(self, record: SessionRecord) -> None:
@@ -155,11 +160,12 @@ class Hibernation:
         """Start it from its store, as after a crash; the caller has queued its call in
         ``record.waiting``. Errors (room, registry, a damaged row) fail those calls."""
         sup = self.sup
+        if not self._room_for(record):
+            return
         try:
-            self.make_room()
             record.wake()
             sup.registry.put(record.state)  # marked live first: a daemon killed now restarts it
-        except (LimitExceededError, StorageError, DamagedStoreError) as exc:
+        except (StorageError, DamagedStoreError) as exc:
             if not record.hibernated and record.link is None:
                 record.fall_asleep()
             sup.drop_waiting(record, exc)
@@ -178,6 +184,36 @@ class Hibernation:
         if sup.records.get(record.session_id) is record:
             sup.table.release(record.slot)
             del sup.records[record.session_id]
+
+    def _room_for(self, record: SessionRecord) -> bool:
+        """Room for one more process now; else ``record`` waits in line (its calls with it,
+        within their timeouts) if a live session may hibernate later (one starting or busy),
+        or its calls fail with LimitExceededError if none ever may (none is persisted)."""
+        try:
+            self.make_room()
+            return True
+        except LimitExceededError as exc:
+            if not any(r.persistent and r.status in WILL_SERVE for r in self.live.values()):
+                self.sup.drop_waiting(record, exc)
+            elif record not in self.in_line:
+                log.info("session %s waits for a live session to hibernate", record.session_id)
+                self.in_line.append(record)
+            return False
+
+    def revive_in_line(self) -> None:
+        """Revive those waiting for room, in order, while room can be made (called every tick
+        and whenever a session starts serving)."""
+        line = self.in_line
+        while line:
+            record = line[0]
+            if (self.sup.records.get(record.session_id) is not record or not record.hibernated
+                    or not record.waiting):
+                line.popleft()  # terminated, revived otherwise, or its calls gave up
+                continue
+            if len(self.live) >= self.max_live and not any(map(self.may_hibernate, self.live.values())):
+                return
+            line.popleft()
+            self.revive(record)
 
     # -- sleepers that are active go idle --------------------------------------------------------
     def _due_idle(self, record: SessionRecord, timeout_minutes: float | None = None) -> None:

@@ -243,6 +243,7 @@ class Supervisor:
         waiting, record.waiting = record.waiting, []
         for _, resume in waiting:
             resume()
+        self.hibernation.revive_in_line()  # this one may make room now
 
     def _activate(self, record: SessionRecord) -> bool:
         """A created or recovered session serves: stored (its failed row dropped), then said."""
@@ -587,6 +588,7 @@ class Supervisor:
                     and watchdog.is_idle(record.last_activity, now, record.state.config.timeout_minutes)):
                 self.change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
         self.hibernation.expired(now)
+        self.hibernation.revive_in_line()
         self.hibernation.idle_sleepers(now)
         for session_id in list(self.unerased):
             try:

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from jidocoder import LimitExceededError, SessionStatus
-from tests.support import (LONG, SHORT, children_of, info_of, process_alive, process_name,
-                           take_events, wait_until)
+from tests.support import (LONG, SHORT, children_of, cpu_seconds, info_of, process_alive,
+                           process_name, take_events, wait_until)
 
 QUICK = {"hibernate_after_minutes": 0.01}  # 0.6 s without a call
 NEVER = {"hibernate_after_minutes": 0}
@@ -257,3 +257,24 @@ def test_a_daemon_start_forks_nothing_for_hibernated_sessions(daemon_factory):
         assert [i.session_id for i in client.list_sessions(offset=1, limit=1)] == [sids[1]]
         assert held(client, sids[1]) == contents[sids[1]]
         assert len(daemon.session_pids()) == 1  # only the one called
+
+
+def test_a_revival_with_no_room_waits_for_a_busy_session_to_finish_and_then_takes_its_place(daemon_factory):
+    daemon = daemon_factory(max_live_sessions=1, **NEVER)
+    with daemon.client() as client, daemon.client() as busy_client:
+        asleep = client.create_session()
+        client.send_message(asleep, "user", "kept")
+        busy = client.create_session()  # hibernates asleep
+        wait_until(lambda: client.get_session_info(asleep).hibernated, SHORT, "room made for busy")
+        busy_pid = client.get_session_pid(busy)
+        client.subscribe_to_all_sessions()
+        spent = cpu_seconds(busy_pid)
+        call = threading.Thread(target=lambda: busy_client._call("debug_hang", {"session_id": busy, "seconds": 1.0}))
+        call.start()
+        wait_until(lambda: cpu_seconds(busy_pid) > spent + 0.05, SHORT, "busy to be inside its call")
+        assert [m.content for m in client.get_conversation_history(asleep)] == ["kept"]  # waited
+        call.join(SHORT)
+        assert "waits for a live session to hibernate" in daemon.log_text()
+        assert sorted(types_of([next_of(client, ("session_hibernated", "session_revived"))
+                                for _ in range(2)])) == [("session_hibernated", busy),
+                                                         ("session_revived", asleep)]
