@@ -16,6 +16,8 @@ from tests.support import (LONG, SHORT, children_of, cpu_seconds, info_of, proce
 
 QUICK = {"hibernate_after_minutes": 0.01}  # 0.6 s without a call
 NEVER = {"hibernate_after_minutes": 0}
+# One process at most, and a process told to leave is given 30 s: a test SIGSTOPs it meanwhile.
+ONE_LIVE = {"max_live_sessions": 1, "terminate_grace": 30, **NEVER}
 
 
 def fill(client, sid: str) -> dict:
@@ -49,6 +51,14 @@ def next_of(client, kind: str, timeout: float = SHORT):
 
 def spares_of(daemon) -> list[int]:
     return [pid for pid in children_of(daemon.pid) if process_name(pid) == "jido-spare"]
+
+
+def stop_spares(daemon) -> list[int]:
+    """SIGSTOP the daemon's spares: the next revival is handed to a process that cannot start."""
+    spares = spares_of(daemon)
+    for spare in spares:
+        os.kill(spare, signal.SIGSTOP)
+    return spares
 
 
 def test_an_unused_session_hibernates_keeping_everything_and_a_call_revives_it(daemon_factory):
@@ -122,7 +132,7 @@ def test_a_session_without_persistence_is_never_hibernated_and_cannot_make_room(
 
 
 def test_a_call_arriving_while_its_session_hibernates_waits_and_is_served_by_the_revived_process(daemon_factory):
-    daemon = daemon_factory(max_live_sessions=1, terminate_grace=30, **NEVER)
+    daemon = daemon_factory(**ONE_LIVE)
     with daemon.client() as client, daemon.client() as other:
         sid = client.create_session()
         before = fill(client, sid)
@@ -148,7 +158,7 @@ def test_a_call_arriving_while_its_session_hibernates_waits_and_is_served_by_the
 
 @pytest.mark.parametrize("when", ["hibernating", "reviving"])
 def test_a_session_process_sigkilled_while_it_hibernates_or_revives_loses_nothing(daemon_factory, when):
-    daemon = daemon_factory(max_live_sessions=1, terminate_grace=30, **NEVER)
+    daemon = daemon_factory(**ONE_LIVE)
     with daemon.client() as client:
         sid = client.create_session()
         before = fill(client, sid)
@@ -163,9 +173,7 @@ def test_a_session_process_sigkilled_while_it_hibernates_or_revives_loses_nothin
         else:
             other = client.create_session()
             assert next_of(client, "session_hibernated").session_id == sid
-            for spare in spares_of(daemon):  # the process the revival will use, stopped
-                os.kill(spare, signal.SIGSTOP)
-            stopped = spares_of(daemon)
+            stopped = stop_spares(daemon)  # the process the revival will use among them
             answered = []
             call = threading.Thread(target=lambda: answered.append(held(client, sid)))
             call.start()
@@ -179,7 +187,7 @@ def test_a_session_process_sigkilled_while_it_hibernates_or_revives_loses_nothin
 
 @pytest.mark.parametrize("when", ["hibernating", "reviving"])
 def test_the_daemon_sigkilled_while_a_session_hibernates_or_revives_loses_nothing(daemon_factory, when):
-    daemon = daemon_factory(max_live_sessions=1, terminate_grace=30, **NEVER)
+    daemon = daemon_factory(**ONE_LIVE)
     with daemon.client() as client:
         sid = client.create_session()
         before = fill(client, sid)
@@ -190,8 +198,7 @@ def test_the_daemon_sigkilled_while_a_session_hibernates_or_revives_loses_nothin
         else:
             client.create_session()
             wait_until(lambda: client.get_session_info(sid).hibernated, SHORT, "sid to hibernate")
-            for spare in spares_of(daemon):
-                os.kill(spare, signal.SIGSTOP)
+            stop_spares(daemon)
             threading.Thread(target=lambda: _ignore(lambda: client.get_session_pid(sid)), daemon=True).start()
             wait_until(lambda: f"session {sid} revives" in daemon.log_text(), SHORT, "the revival to begin")
     daemon.kill()
