@@ -61,7 +61,7 @@ class Hibernation:
         self.after = settings.hibernate_after_minutes * 60  # 0: never for idleness
         self.max_live = settings.max_live_sessions
         self.live: OrderedDict[str, SessionRecord] = OrderedDict()  # with a process, LRU first
-        self._idle_due: list[tuple[float, int, float, SessionRecord]] = []  # sleepers that are active
+        self._idle_due: list[tuple[float, int, float, str]] = []  # sleepers that are active, by id
         self._order = itertools.count()
         self.in_line: deque[SessionRecord] = deque()  # sleepers called while no room could be made
 
@@ -140,7 +140,8 @@ class Hibernation:
         record.hibernating = False
         record.link = None
         record.fall_asleep()
-        self._due_idle(record)
+        if record.status is SessionStatus.ACTIVE:
+            self.due_idle(record.session_id, record.last_activity, record.state.config.timeout_minutes)
         self.sup.bus.publish("session_hibernated", record.session_id, {"session_id": record.session_id})
         if record.waiting:
             self.revive(record)
@@ -216,28 +217,22 @@ class Hibernation:
             self.revive(record)
 
     # -- sleepers that are active go idle --------------------------------------------------------
-    def _due_idle(self, record: SessionRecord, timeout_minutes: float | None = None) -> None:
-        if record.status is not SessionStatus.ACTIVE:
-            return
-        if timeout_minutes is None:
-            timeout_minutes = record.state.config.timeout_minutes
-        due = record.last_activity + timeout_minutes * 60
-        heapq.heappush(self._idle_due, (due, next(self._order), record.last_activity, record))
-
-    def asleep_active(self, record: SessionRecord, timeout_minutes: float) -> None:
-        """A start found this sleeper ``active``: it goes idle ``timeout_minutes`` from now."""
-        self._due_idle(record, timeout_minutes)
+    def due_idle(self, session_id: str, since: float, timeout_minutes: float) -> None:
+        """A sleeper that is active, with no call since ``since``: idle ``timeout_minutes``
+        later, unless a call comes first."""
+        due = since + timeout_minutes * 60
+        heapq.heappush(self._idle_due, (due, next(self._order), since, session_id))
 
     def idle_sleepers(self, now: float) -> None:
         due = self._idle_due
         for _ in range(IDLE_CHANGES_PER_TICK):
             if not due or due[0][0] >= now:
                 return
-            _, _, since, record = heapq.heappop(due)
-            if (record.hibernated and record.last_activity == since
-                    and self.sup.records.get(record.session_id) is record
+            _, _, since, session_id = heapq.heappop(due)
+            record = self.sup.records.get(session_id)
+            if (record is not None and record.hibernated and record.last_activity == since
                     and record.status is SessionStatus.ACTIVE):
                 self.sup.change_unasked(record, SessionStatus.IDLE)
                 if record.status is SessionStatus.ACTIVE:  # the registry refused: next tick
-                    heapq.heappush(due, (now + 1.0, next(self._order), since, record))
+                    heapq.heappush(due, (now + 1.0, next(self._order), since, session_id))
 

@@ -2,7 +2,7 @@
 
 ``ondisk.take_stock`` says what is there; here each becomes a record, oldest first. A row marked
 hibernated becomes a sleeper: known, listed, no process until a call (a start with 100,000 of
-them forks nothing and validates none: see ``ondisk.Sleeper``). A row not marked was live when
+them forks nothing, validates none and makes no record: see ``records.Sleeper``). A row not marked was live when
 the daemon stopped unasked (killed, crashed): its process is restarted, as after a crash of
 its own, a batch per loop turn so the daemon serves from its first moment; past
 ``max_live_sessions`` the rest sleep. Sessions past ``max_sessions`` are not known by this
@@ -12,12 +12,14 @@ daemon, and their data stays for one with more room.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any
 
 from ..models import SessionState
+from ..states import SessionStatus
 from . import ondisk
-from .records import SessionRecord
+from .records import SessionRecord, Sleeper
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -28,10 +30,12 @@ class Restore:
     def __init__(self, supervisor: Any) -> None:
         self.sup = supervisor  # the Supervisor (not imported: it imports this module)
         self.to_spawn: deque[SessionRecord] = deque()
+        self.began = time.monotonic()  # a sleeper's last activity, as idleness counts it
 
     def run(self) -> int:
         """Know every stored session; how many are known."""
         sup = self.sup
+        self.began = time.monotonic()
         found = ondisk.take_stock(sup.state_dir, sup.registry)
         sup.failed.update(found.failed)
         sup.unerased |= found.unerased
@@ -39,21 +43,24 @@ class Restore:
             if sup.table.capacity == len(sup.records):
                 log.error("session %s not restored: max_sessions=%d are known",
                           item.session_id, sup.settings.max_sessions)
-            elif isinstance(item, ondisk.Sleeper):
-                self.know_asleep(item)
+            elif type(item) is Sleeper:  # a record only once asked for (KnownSessions)
+                sup.records[item.session_id] = item
+                if item.status is SessionStatus.ACTIVE:
+                    sup.hibernation.due_idle(item.session_id, self.began, item.timeout_minutes)
             else:
                 self.restart(item)
         sup.loop.call_later(0, self.spawn_next)
         return len(sup.records)
 
-    def know_asleep(self, sleeper: ondisk.Sleeper) -> None:
+    def record_of(self, sleeper: Sleeper) -> SessionRecord:
+        """The record of a sleeper, made the first time it is asked for (``KnownSessions``)."""
         sup = self.sup
         record = SessionRecord.asleep(sleeper.session_id, sleeper.row, sleeper.status,
                                       sleeper.created_at, sup.table.allocate())
-        sup.records.add(record)
+        record.last_activity = self.began
         sup.write_slot(record)
         sup.table.write_message_count(record.slot, sleeper.message_count)  # no process writes it
-        sup.hibernation.asleep_active(record, sleeper.timeout_minutes)
+        return record
 
     def restart(self, state: SessionState) -> None:
         sup = self.sup

@@ -61,7 +61,8 @@ class Supervisor:
         self.policy = RestartPolicy(settings.max_restarts, settings.max_seconds)
         self.state_dir = Path(settings.state_dir)
         self.table = SessionTable(settings.max_sessions)
-        self.records = KnownSessions()  # in the order of list_sessions: oldest first
+        self.restore = Restore(self)
+        self.records = KnownSessions(self.restore.record_of)  # in list_sessions' order: oldest first
         SessionRecord.thaw = staticmethod(registry.parse)  # a sleeper's row, read as the registry reads it
         self.hibernation = Hibernation(self)
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
@@ -119,7 +120,7 @@ class Supervisor:
 
     def restore_sessions(self) -> int:
         """Know again every stored session (``restore``); how many."""
-        return Restore(self).run()
+        return self.restore.run()
 
     def admit(self, state: SessionState) -> SessionRecord:
         slot = self.table.allocate()
@@ -636,7 +637,7 @@ class Supervisor:
             if waiter is not None:
                 waiter.reply({"error": stopping.to_wire()})
         self._awaiting_spare.clear()
-        for record in self.records.values():
+        for record in self.records.records():
             if record.restart_timer is not None:
                 record.restart_timer.cancel()
             self.drop_waiting(record, stopping)
