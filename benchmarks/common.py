@@ -127,3 +127,33 @@ def close_other_fds(keep: int) -> None:
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE_KB / 1024
+
+
+def processes_with_env(prefix: bytes) -> set[int]:
+    """Live processes with an initial environment entry starting with ``prefix`` (for example
+    ``JIDOCODER_SOCKET=<ours>``).
+
+    Every process a daemon forks inherits its environment, so this finds the daemon and all its
+    children wherever they were re-parented after the daemon died, and nothing of anyone else.
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if any(item.startswith(prefix) for item in environ.split(b"\0")) and alive(int(entry)):
+            found.add(int(entry))
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS in /proc/<pid>/status), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")

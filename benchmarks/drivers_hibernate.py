@@ -2,8 +2,9 @@
 
 - revive latency: a call to a hibernated session, answered (``get_session_pid``), against a
   ``create_session`` on the same daemon (target ≤ 1.5×), neither having to make room.
-- daemon start with N known sessions (until a first call is answered), all hibernated (a registry written by ``Registry.put``;
-  their session files are not made: a start does not open them), against a start with none
+- daemon start with N known sessions (until a first call is answered), all hibernated (a
+  registry written by ``Registry.put``; their session files are not made: a start does not
+  open them), against a start with none
   plus reading those N rows in this process (target ≤ 2×).
 - daemon RSS per known session: (RSS with N known − RSS with none) / N, against the bytes of a
   stored row (the least the daemon could hold); the issue's target is ≤ 2 KiB.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -47,7 +49,7 @@ def measure_revive(ctx: Context) -> list[Row]:
                 client.terminate_session(sid)
             if not all(info.hibernated for info in client.list_sessions()):
                 raise RuntimeError("the first sessions did not all hibernate")
-            revives = [timed(lambda: client.get_session_pid(sid)) for sid in first]
+            revives = [timed(functools.partial(client.get_session_pid, sid)) for sid in first]
             for sid in first:
                 client.terminate_session(sid)
     finally:

@@ -38,8 +38,9 @@ from jidocoder import Client
 from jidocoder.errors import JidocoderError
 
 from .soak_fuzz import PROBE_WAIT, REPLY_WAIT, fuzz, unanswered_probes
-from .soak_load import (SoakDaemon, Writer, alive, check_histories, poll_until, rss_kib,
-                        start_writers, wait_for_progress)
+from .common import rss_kib
+from .soak_load import (SoakDaemon, Writer, alive, check_histories, poll_until, start_writers,
+                        wait_for_progress)
 
 FULL = dict(writers=4, sessions=8, kills=1000, daemon_kills=100, fuzz=100_000)
 QUICK = dict(writers=3, sessions=4, kills=30, daemon_kills=3, fuzz=2_000)
@@ -107,7 +108,7 @@ class Soak:
         with Client(self.daemon.socket) as client:
             for k in range(self.counts["kills"]):
                 sid = self.rng.choice(self.sessions)
-                pid = poll_until(lambda: (p := client.get_session_pid(sid)) != last_killed.get(sid) and p,
+                pid = poll_until(lambda sid=sid: (p := client.get_session_pid(sid)) != last_killed.get(sid) and p,
                                  PROGRESS_DEADLINE, f"a new process for {sid}")
                 os.kill(pid, signal.SIGKILL)
                 last_killed[sid] = pid

@@ -21,6 +21,7 @@ is not relied on), polling until the daemon answers again or the soak ends.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -30,9 +31,10 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
-from benchmarks.common import alive
+from benchmarks.common import alive, processes_with_env
 from jidocoder import Client
 from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, JidocoderError,
                               LimitExceededError, ProtocolError, SessionNotFoundError)
@@ -56,34 +58,6 @@ def poll_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
 
 
 # -- processes ----------------------------------------------------------------------------------
-def processes_with_env(marker: bytes) -> set[int]:
-    """Live processes whose initial environment holds ``marker`` (``JIDOCODER_SOCKET=<ours>``).
-
-    Every process a daemon forks inherits its environment, so this finds the daemon and all its
-    children wherever they were re-parented after the daemon died, and nothing of anyone else.
-    """
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and alive(int(entry)):
-            found.add(int(entry))
-    return found
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 class SoakDaemon:
     """One daemon started exactly as the tests start it (``python -m jidocoder.cli daemon start
     --foreground``, its own process group), on a socket and state dir that outlive it, so that a
@@ -359,7 +333,7 @@ def _check_one(verdict: Verdict, s: int, writer: Writer, counts: Counter, seen: 
             verdict.refused_but_applied += 1
             verdict.note(f"{tag}: refused #{n} was applied")
     first_copies = list(dict.fromkeys(seen))  # a duplicate is counted above, not as disorder
-    inversions = [(a, b) for a, b in zip(first_copies, first_copies[1:]) if b < a]
+    inversions = [(a, b) for a, b in itertools.pairwise(first_copies) if b < a]
     verdict.out_of_order += len(inversions)
     for a, b in inversions[:3]:
         verdict.note(f"{tag}: #{b} follows #{a} in the history")

@@ -6,24 +6,14 @@ import os
 
 import pytest
 
+from benchmarks.common import processes_with_env
 from tests.support import TEMP_PREFIX, children_of, process_alive
 
 
 def suite_daemons() -> set[int]:
     """Live jidocoder processes whose socket lives in a directory this run made (/tmp/jd-<pid>-*),
     wherever they are in the process tree (a background daemon is nobody's child)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if b"JIDOCODER_SOCKET=" + TEMP_PREFIX.encode() in environ and process_alive(int(entry)):
-            found.add(int(entry))
-    return found
+    return processes_with_env(b"JIDOCODER_SOCKET=" + TEMP_PREFIX.encode())
 
 
 @pytest.fixture(autouse=True, scope="session")

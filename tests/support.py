@@ -13,8 +13,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
+from benchmarks.common import rss_kib  # noqa: F401  re-exported: tests read RSS as the benchmarks do
 from jidocoder import Client
 
 SHORT = 5.0   # something that should happen at once
@@ -138,7 +140,7 @@ class DaemonProcess:
             flags += ["--" + name.replace("_", "-"), str(value)]
         return flags
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         command = [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground", *self.flags()]
         self.proc = subprocess.Popen(command, env=self.env(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
@@ -151,7 +153,7 @@ class DaemonProcess:
                                  f"{self.proc.stderr.read().decode()}")
         try:
             Client(self.socket, timeout=SHORT).close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to connect means not ready yet
             return False
         return True
 
@@ -210,15 +212,6 @@ def take_events(client: Client, count: int, timeout: float = SHORT) -> list:
                                  f"{[(e.type, e.topic) for e in events]}")
         events.append(event)
     return events
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process (VmRSS in /proc/<pid>/status), in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def cpu_seconds(pid: int) -> float:

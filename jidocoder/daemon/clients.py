@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from .. import wire
 from ..errors import JidocoderError
@@ -34,9 +36,9 @@ MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops r
 
 class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
-                 on_interest: Callable[["ClientConnection", bool, bool], None],
-                 on_closed: Callable[["ClientConnection"], None],
-                 flush_soon: Callable[["ClientConnection"], None]) -> None:
+                 on_interest: Callable[[ClientConnection, bool, bool], None],
+                 on_closed: Callable[[ClientConnection], None],
+                 flush_soon: Callable[[ClientConnection], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
@@ -52,6 +54,7 @@ class ClientConnection:
         self._flush_soon = flush_soon
         self._flush_due = False  # a flush is scheduled for the end of the loop's turn
         self.in_flight = 0
+        self.links: weakref.WeakSet[Any] = weakref.WeakSet()  # session links it sent calls on
         self.backlog: deque[Any] = deque()  # requests read but held back while throttled
         self.resume_scheduled = False
         self._on_closed = on_closed

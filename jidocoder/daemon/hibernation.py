@@ -92,10 +92,10 @@ class Hibernation:
                     details={"limit": self.max_live})
 
     def may_hibernate(self, record: SessionRecord) -> bool:
-        link = record.link
         return (record.serving and record.persistent and record.status in SERVING
-                and not link.in_flight and not link.unsent and not record.waiting
-                and record.restart_timer is None and record.create_waiter is None)
+                and not record.running_link.in_flight and not record.running_link.unsent
+                and not record.waiting and record.restart_timer is None
+                and record.create_waiter is None)
 
     # -- hibernating ---------------------------------------------------------------------------
     def hibernate(self, record: SessionRecord, why: str) -> bool:
@@ -111,7 +111,7 @@ class Hibernation:
         record.held = state  # updated_at unchanged: nothing the session holds changed
         record.hibernating = True
         self.forget(record)
-        link = record.link
+        link = record.running_link
         log.info("session %s (pid %d) hibernates (%s)", record.session_id, link.pid, why)
         try:
             link.sock.shutdown(socket.SHUT_WR)  # EOF: it closes its store and exits 0

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import itertools
 import socket
+import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from .. import wire
 from ..errors import JidocoderError
 
 
-
 class Replier(Protocol):
     closed: bool  # the client's connection is gone: nobody waits for an answer
+    # The links it has sent calls on (weakly held: a dead process's link goes when the
+    # supervisor drops it), so that its close can cancel them (``cancel_calls_of``).
+    links: weakref.WeakSet[SessionLink]
 
     def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
 
@@ -73,7 +77,7 @@ _request_ids = itertools.count(1)
 
 class SessionLink:
     def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
-                 on_writable_change: Callable[["SessionLink", bool], None],
+                 on_writable_change: Callable[[SessionLink, bool], None],
                  max_reply: int = wire.MAX_FRAME) -> None:
         self.pid = pid
         self.sock = sock
@@ -105,12 +109,22 @@ class SessionLink:
         link_id = next(_request_ids)
         buffers = wire.request_buffers(link_id, op, args, pending.deadline, self.max_frame)
         self.in_flight[link_id] = Call(op, args, pending)
+        pending.client.links.add(self)
         return self._queue(buffers)
 
     @property
     def unsent(self) -> bool:
         """Bytes queued for the process that it has not been sent yet."""
         return bool(self._out)
+
+    def cancel(self, client: Replier) -> bool:
+        """Tell the process that ``client`` is gone: it answers, unapplied, each of the client's
+        calls it has not begun (API.md §10: a call its Client gave up on is never applied
+        later). The ``cancel`` frame follows those calls on the socket, and the process reads
+        everything there before it begins a call, so no call it had not begun escapes. True
+        as for ``request``; False with nothing sent if the client had no call in flight here."""
+        ids = [link_id for link_id, call in self.in_flight.items() if call.pending.client is client]
+        return bool(ids) and not self.eof and self.send({"cancel": ids})
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; True as for ``request``."""

@@ -59,8 +59,8 @@ def take_stock(state_dir: Path, registry: store.Registry) -> Found:
         if erase(state_dir, registry, session_id) is not None:
             found.unerased.add(session_id)
     for session_id in files.orphans:
-        if (state := _adopt(registry, session_id)) is not None:
-            found.failed[session_id] = state
+        if (adopted := _adopt(registry, session_id)) is not None:
+            found.failed[session_id] = adopted
     for path in files.stray:
         log.warning("%s is no session's file: left alone", path)
     for session_id in files.lone_logs:
@@ -71,11 +71,11 @@ def take_stock(state_dir: Path, registry: store.Registry) -> Found:
 _SLEEPING_STATUSES = {status.value: status for status in SERVING}  # an enum call costs ~1 µs
 
 
-def peek(session_id: str, blob: object) -> Sleeper | None:
+def peek(session_id: str, blob: bytes) -> Sleeper | None:
     """The row as a ``Sleeper`` if it is marked hibernated and its few fields a start needs
     read well; None for anything else (parsed in full, as before hibernation existed)."""
     try:
-        data = wire.decode(blob)  # type: ignore[arg-type]
+        data = wire.decode(blob)
         if not isinstance(data, dict) or data.get(store.HIBERNATED_KEY) is not True:
             return None
         status = _SLEEPING_STATUSES[data["status"]]

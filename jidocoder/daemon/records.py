@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from .. import wire
 from ..context import page
@@ -38,7 +39,7 @@ class SessionRecord:
     announce_revival: bool = False  # session_revived once the reviving process serves
     link: SessionLink | None = None
     restarts: int = 0  # restarts after crashes, as SessionInfo.restarts counts them
-    crashes: deque | None = None  # times of the recent ones (restarts policy), from a first crash
+    crashes: deque[float] | None = None  # times of the recent ones (restarts policy), from a first crash
     announce_restart: bool = False  # a crash restart: session_restarted once it serves
     start_attempts: int = 0  # uncounted tries since the process last served (restarts policy)
     restart_timer: Timer | None = None
@@ -51,25 +52,23 @@ class SessionRecord:
     status_write_failed: bool = False  # an unasked status change the registry refused: said once
     dumped: tuple[SessionState, dict[str, Any]] | None = None  # the state and its model_dump()
 
-    # How a hibernated record's ``row`` becomes a state again (the registry's ``parse``: it
-    # keeps a newer version's keys aside, and moves a damaged row out with DamagedStoreError).
-    thaw: ClassVar[Callable[[str, bytes], SessionState]] = staticmethod(
-        lambda session_id, row: SessionState.deserialize(wire.decode(row)))
-
     @classmethod
-    def of(cls, state: SessionState, slot: int) -> "SessionRecord":
+    def of(cls, state: SessionState, slot: int) -> SessionRecord:
         return cls(state.session_id, state, slot, state.created_at)
 
     @classmethod
     def asleep(cls, session_id: str, row: bytes, status: SessionStatus, created_at: datetime,
-               slot: int) -> "SessionRecord":
+               slot: int) -> SessionRecord:
         """A hibernated session as a start finds it: its stored row, not yet validated."""
         return cls(session_id, None, slot, created_at, row=row, asleep_status=status, hibernated=True)
 
     @property
     def state(self) -> SessionState:
         held = self.held
-        return held if held is not None else self.thaw(self.session_id, self.row)
+        if held is not None:
+            return held
+        assert self.row is not None, f"session {self.session_id} holds neither state nor row"
+        return _read_row(self.session_id, self.row)
 
     @state.setter
     def state(self, state: SessionState) -> None:
@@ -81,7 +80,10 @@ class SessionRecord:
     @property
     def status(self) -> SessionStatus:
         held = self.held
-        return held.status if held is not None else self.asleep_status
+        if held is not None:
+            return held.status
+        assert self.asleep_status is not None, f"session {self.session_id} has no status"
+        return self.asleep_status
 
     def fall_asleep(self) -> None:
         """Hibernated now: the state kept as bytes only."""
@@ -108,13 +110,21 @@ class SessionRecord:
         """Its process exists (serving or not) and has not been reaped."""
         return self.link is not None and self.link.exit_status is None
 
+    @property
+    def running_link(self) -> SessionLink:
+        """The link that ``running`` or ``serving`` has just said exists (a checker cannot
+        follow a property, so this says it once instead of at each caller)."""
+        assert self.link is not None, f"session {self.session_id} has no process"
+        return self.link
+
     def dump(self) -> dict[str, Any]:
         """The state's fields, dumped once per state (a list of 1,000 sessions cost 32 ms when
         every call validated and dumped each); a hibernated one's each time, kept by nobody."""
-        if self.hibernated:
+        held = self.held
+        if self.hibernated or held is None:
             return self.state.model_dump()
-        if self.dumped is None or self.dumped[0] is not self.held:
-            self.dumped = (self.held, self.held.model_dump())
+        if self.dumped is None or self.dumped[0] is not held:
+            self.dumped = (held, held.model_dump())
         return self.dumped[1]
 
 
@@ -132,6 +142,21 @@ class Sleeper(NamedTuple):
     timeout_minutes: float
 
 
+def _parse_plain(session_id: str, row: bytes) -> SessionState:
+    return SessionState.deserialize(wire.decode(row))
+
+
+# How a hibernated record's ``row`` becomes a state again: the registry's ``parse`` once the
+# supervisor has one (``read_rows_with``), which keeps a newer version's keys aside and moves a
+# damaged row out with DamagedStoreError.
+_read_row: Callable[[str, bytes], SessionState] = _parse_plain
+
+
+def read_rows_with(parse: Callable[[str, bytes], SessionState]) -> None:
+    global _read_row
+    _read_row = parse
+
+
 class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
     """Every known session by id, kept in creation order: ``list_sessions`` pages through it
     (``page``) without sorting or decoding the sessions before ``offset``. A ``Sleeper`` in it
@@ -142,9 +167,9 @@ class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
         super().__init__()
         self.wake_entry = wake_entry
 
-    def get(self, session_id: Any, default: Any = None) -> Any:  # type: ignore[override]
-        value = dict.get(self, session_id, default)
-        return self._record(value) if type(value) is Sleeper else value
+    def get(self, session_id: str, default: None = None) -> SessionRecord | None:  # type: ignore[override]
+        value = dict.get(self, session_id)
+        return self._record(value) if isinstance(value, Sleeper) else value
 
     def _record(self, sleeper: Sleeper) -> SessionRecord:
         record = self.wake_entry(sleeper)
@@ -153,7 +178,7 @@ class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
 
     def records(self) -> list[SessionRecord]:
         """The entries that are records already (a sleeper has nothing to stop or settle)."""
-        return [value for value in self.values() if type(value) is not Sleeper]
+        return [value for value in self.values() if not isinstance(value, Sleeper)]
 
     def add(self, record: SessionRecord) -> None:
         """Added last; one created before the newest (a recovered session, a clock stepped
@@ -166,13 +191,13 @@ class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
             self.update((r.session_id, r) for r in ordered)
 
     def page(self, offset: Any, limit: Any) -> list[SessionRecord]:
-        return [self._record(v) if type(v) is Sleeper else v for v in page(self.values(), offset, limit)]
+        return [self._record(v) if isinstance(v, Sleeper) else v for v in page(self.values(), offset, limit)]
 
 
 def session_info(record: SessionRecord, message_count: int) -> dict[str, Any]:
     """A ``SessionInfo`` as sent: the state's fields and its process's facts."""
     return {**record.dump(), "conversation_count": message_count,
-            "pid": record.link.pid if record.serving else None, "restarts": record.restarts,
+            "pid": record.running_link.pid if record.serving else None, "restarts": record.restarts,
             "hibernated": record.hibernated}
 
 

@@ -39,11 +39,12 @@ class Restore:
         found = ondisk.take_stock(sup.state_dir, sup.registry)
         sup.failed.update(found.failed)
         sup.unerased |= found.unerased
-        for item in sorted([*found.live, *found.asleep], key=lambda s: (s.created_at, s.session_id)):
+        known: list[SessionState | Sleeper] = [*found.live, *found.asleep]
+        for item in sorted(known, key=lambda s: (s.created_at, s.session_id)):
             if sup.table.capacity == len(sup.records):
                 log.error("session %s not restored: max_sessions=%d are known",
                           item.session_id, sup.settings.max_sessions)
-            elif type(item) is Sleeper:  # a record only once asked for (KnownSessions)
+            elif isinstance(item, Sleeper):  # a record only once asked for (KnownSessions)
                 sup.records[item.session_id] = item
                 if item.status is SessionStatus.ACTIVE:
                     sup.hibernation.due_idle(item.session_id, self.began, item.timeout_minutes)

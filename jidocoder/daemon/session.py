@@ -31,10 +31,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from .. import wire
-from ..context import SessionContext
+from ..context import Events, SessionContext
 from ..errors import InvalidArgumentError, JidocoderError, RequestTimeoutError, StorageError
 from ..filecache import FileCache
 from ..models import SessionConfig
@@ -73,7 +73,7 @@ class SessionSpec:
         return dict(self.__dict__, config=self.config.model_dump(), state_dir=str(self.state_dir))
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "SessionSpec":
+    def from_wire(cls, data: dict[str, Any]) -> SessionSpec:
         return cls(**dict(data, config=SessionConfig(**data["config"]), state_dir=Path(data["state_dir"])))
 
 
@@ -145,7 +145,8 @@ def wait_for_spec(sock: socket.socket) -> SessionSpec | None:
             return None
         frames = decoder.feed(data)
         if frames:  # the daemon sends the spec alone, before any request
-            return SessionSpec.from_wire(frames[0]["spec"])
+            spec_frame = cast(dict[str, Any], frames[0])  # {"spec": ...}, from our own daemon
+            return SessionSpec.from_wire(spec_frame["spec"])
 
 
 def begin_session(spec: SessionSpec, log_fd: int) -> None:
@@ -173,7 +174,7 @@ class SessionProcess:
     def __init__(self, spec: SessionSpec, sock: socket.socket | None, table: SessionTable,
                  store: Any = _UNSET) -> None:
         self.spec = spec
-        self.sock = sock
+        self._sock = sock
         self.table = table
         self.cache = FileCache(spec.cache_max_bytes)
         self.store = open_store(spec) if store is _UNSET else store
@@ -181,6 +182,12 @@ class SessionProcess:
         self.beat_interval = min(1.0, spec.hang_timeout / 4)
         self.grouping = False  # inside serve_together: a failed write fails the whole group
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
+
+    @property
+    def sock(self) -> socket.socket:
+        """The daemon's end; only warm_up's throwaway process has none, and it never sends."""
+        assert self._sock is not None, "a session process without a socket cannot send"
+        return self._sock
 
     def serve(self) -> int:
         table, slot = self.table, self.spec.slot
@@ -205,6 +212,8 @@ class SessionProcess:
                 return exits.EXIT_OK
             try:
                 frames = decoder.feed(data)
+                if frames:
+                    frames = self.without_cancelled(frames + self.read_ahead(decoder))
             except JidocoderError:
                 return exits.EXIT_PROTOCOL
             if len(frames) == 1:
@@ -222,6 +231,38 @@ class SessionProcess:
                 self.store.close()
             except Exception as exc:  # noqa: BLE001 - leaving anyway
                 log.warning("closing the store on the way out failed: %s", exc)
+
+    def read_ahead(self, decoder: wire.FrameDecoder) -> list[Any]:
+        """Every whole frame already on the socket, without waiting: a ``cancel`` the daemon
+        sent after calls that are queued here must be seen before any of them begins."""
+        frames: list[Any] = []
+        while True:
+            try:
+                data = self.sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return frames
+            if not data:  # the daemon is gone: the next blocking recv says so too
+                return frames
+            frames += decoder.feed(data)
+
+    def without_cancelled(self, frames: list[Any]) -> list[Any]:
+        """The requests to serve: the daemon's ``{"cancel": [ids]}`` frames (their clients
+        closed) taken out, and each request they name answered, never begun."""
+        cancelled = {i for frame in frames if type(frame) is dict and "cancel" in frame
+                     for i in _ids(frame["cancel"])}
+        if not cancelled:
+            return [frame for frame in frames if not (type(frame) is dict and "cancel" in frame)]
+        served = []
+        for frame in frames:
+            if type(frame) is dict and "cancel" in frame:
+                continue
+            request_id = frame.get("id") if type(frame) is dict else None
+            if request_id in cancelled:
+                self.send({"id": request_id, "error": RequestTimeoutError(
+                    "its client closed before its session began it: not applied").to_wire()})
+            else:
+                served.append(frame)
+        return served
 
     def serve_together(self, frames: list[Any]) -> None:
         """Requests that arrived together: handled in order, their writes committed once and
@@ -282,12 +323,12 @@ class SessionProcess:
             return {"id": request_id, "error": exc.to_wire()}
         except StopServing:
             raise
-        except Exception as exc:  # a bug in a handler: answer, log, keep serving
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler: answer, log, keep serving
             return {"id": request_id, "error": internal_error(log, frame.get("op"), exc)}
         self.publish_counters()
         return {"id": request_id, "result": result, "events": events}
 
-    def persist(self, events: list[tuple[str, dict]]) -> None:
+    def persist(self, events: Events) -> None:
         """Write what the events say changed, before the reply goes out. A write that fails
         leaves nothing behind: not in the store (rolled back) nor in memory (read back)."""
         if self.store is None or not events:
@@ -331,6 +372,10 @@ class SessionProcess:
             return wire.pack_reply(envelope, envelope.pop("result"))
         except JidocoderError as exc:  # over 4 GiB, or not encodable: say so instead
             return wire.pack_frame({"id": frame.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
+
+
+def _ids(value: Any) -> list[int]:
+    return [i for i in value if type(i) is int] if type(value) is list else []
 
 
 def check_deadline(frame: dict[str, Any], op: str) -> None:

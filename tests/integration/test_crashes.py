@@ -16,7 +16,8 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -72,12 +73,18 @@ class EventLog:
         return [e for e in self.seen if e.session_id == session_id]
 
 
+def watch(watcher: Client, session_id: str) -> EventLog:
+    """Subscribe ``watcher`` to one session and log what it receives."""
+    watcher.subscribe_to_session(session_id)
+    return EventLog(watcher)
+
+
 def subset(payload: dict, expected: dict) -> dict:
     """The keys docs/api.md §4 lists for an event, taken from its payload (more keys may be added)."""
     return {key: payload.get(key) for key in expected}
 
 
-def expect_first_crash_and_restart(events: "EventLog", session: str, reason: str,
+def expect_first_crash_and_restart(events: EventLog, session: str, reason: str,
                                    timeout: float = SHORT) -> Event:
     """``session_crashed`` (``reason``, restarts 0, will restart), then ``session_restarted``,
     which is returned."""
@@ -179,7 +186,7 @@ def test_sigkill_of_one_of_ten_sessions_restarts_it_from_its_store_while_the_oth
             crashed = events.wait_type("session_crashed", victim)
             restarted = events.wait_type("session_restarted", victim)
             calls = [s.calls for s in senders]
-            wait_until(lambda: all(s.calls >= n + 3 or s.errors for s, n in zip(senders, calls)),
+            wait_until(lambda: all(s.calls >= n + 3 or s.errors for s, n in zip(senders, calls, strict=True)),
                        SHORT, "more calls after the restart")
         finally:
             join_senders(senders, stop)
@@ -210,8 +217,7 @@ def test_session_with_persistence_disabled_restarts_empty(daemon):
         session = c.create_session(config={"persistence_enabled": False})
         c.send_message(session, "user", "forgotten")
         c.add_file(session, "/tmp/forgotten.py")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         os.kill(c.get_session_pid(session), signal.SIGKILL)
         events.wait_type("session_crashed", session)
         events.wait_type("session_restarted", session)
@@ -236,7 +242,7 @@ def test_five_sessions_killed_at_once_are_all_restarted_and_serve(daemon):
         for session in victims:
             restarted = expect_first_crash_and_restart(events, session, "killed by SIGKILL")
             assert restarted.payload["restarts"] == 1
-        for session, old_pid in zip(victims, old_pids):
+        for session in victims:
             assert c.get_session_pid(session) not in old_pids
             c.send_message(session, "user", "after")
             assert contents(c, session) == [f"before {session}", "after"]
@@ -252,8 +258,7 @@ def test_sigsegv_is_reported_as_killed_by_sigsegv_and_the_session_restarts(daemo
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         pid = c.get_session_pid(session)
         resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))  # no core file left behind
         os.kill(pid, signal.SIGSEGV)
@@ -266,8 +271,7 @@ def test_exit_code_is_reported_and_the_call_inside_the_process_raises_session_cr
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         with pytest.raises(SessionCrashedError) as raised:
             debug(c, "debug_exit", session, code=3)
         assert raised.value.code == "session_crashed"
@@ -284,8 +288,7 @@ def test_stopped_session_is_killed_as_hung_and_restarted(daemon_factory):
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         old_pid = c.get_session_pid(session)
         os.kill(old_pid, signal.SIGSTOP)
         restarted = expect_first_crash_and_restart(events, session, "hung")
@@ -323,8 +326,7 @@ def test_session_past_the_restart_limit_is_terminated_and_the_others_carry_on(da
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         other = c.create_session()
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         os.kill(c.get_session_pid(session), signal.SIGKILL)
         for _ in range(2):
             events.wait_type("session_crashed", session)
@@ -374,8 +376,7 @@ def test_session_past_the_memory_limit_is_killed_and_restarted(daemon_factory):
     with daemon.client() as c, daemon.client() as watcher:
         session = c.create_session()
         c.send_message(session, "user", "hello")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         old_pid = c.get_session_pid(session)
         try:
             debug(c, "debug_allocate", session, megabytes=100)
@@ -416,7 +417,8 @@ def test_acknowledged_messages_survive_fifty_random_sigkills_in_order_without_du
             run_senders(senders)
             for _ in range(50):
                 target = sum(s.calls for s in senders) + rng.randint(1, 6)
-                wait_until(lambda: sum(s.calls for s in senders) >= target or any(s.errors for s in senders),
+                wait_until(lambda target=target: (sum(s.calls for s in senders) >= target
+                                                  or any(s.errors for s in senders)),
                            SHORT, "the senders to make progress")
                 session = rng.choice(sessions)
                 killed[session] = kill_new_pid(c, session, killed[session])

@@ -16,7 +16,7 @@ import pytest
 from jidocoder import Client, wire
 from jidocoder.errors import (JidocoderError, LimitExceededError, RequestTimeoutError, SessionNotFoundError,
                               StorageError)
-from tests.integration.test_crashes import EventLog, debug, kill_new_pid, subset
+from tests.integration.test_crashes import EventLog, debug, kill_new_pid, subset, watch
 from tests.integration.test_durability import traces_of
 from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, cpu_seconds, info_of, process_name,
                            wait_until)
@@ -42,7 +42,7 @@ class Inject:
         self.strace.wait(SHORT)
         self.strace.stderr.close()
 
-    def __enter__(self) -> "Inject":
+    def __enter__(self) -> Inject:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -77,8 +77,7 @@ def test_a_session_given_up_keeps_its_data_is_listed_as_failed_and_is_recovered(
         session = client.create_session()
         fill(client, session, ["one", "two"])
         before = snapshot(client, session)
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         pid = None
         for n, restarts in enumerate((True, True, False)):
             pid = kill_new_pid(client, session, pid)
@@ -120,8 +119,7 @@ def test_a_session_without_persistence_given_up_keeps_nothing(daemon_factory):
     with daemon.client() as client, daemon.client() as watcher:
         session = client.create_session(config={"persistence_enabled": False})
         client.send_message(session, "user", "gone")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         kill_new_pid(client, session, None)
         assert events.wait_type("session_crashed", session).payload["will_restart"] is False
         events.wait_type("session_terminated", session)
@@ -135,8 +133,7 @@ def test_a_full_disk_in_a_session_is_a_storage_error_not_a_crash(daemon_factory)
     with daemon.client() as client, daemon.client() as watcher:
         session = client.create_session()
         fill(client, session, ["a", "b"])
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         pid = client.get_session_pid(session)
         with Inject(pid, "pwrite64", "ENOSPC"):
             with pytest.raises(StorageError) as caught:
@@ -210,8 +207,7 @@ def test_a_session_that_breaks_framing_is_killed_and_restarted(daemon_factory):
         session = client.create_session()
         fill(client, session, ["p", "q"])
         before = snapshot(client, session)
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         pid = client.get_session_pid(session)
         try:
             debug(client, "debug_send_garbage", session)
@@ -232,8 +228,7 @@ def test_spawn_by_fork_restarts_with_data_and_has_no_template(daemon_factory):
         session = client.create_session()
         fill(client, session, ["f1", "f2"])
         before = snapshot(client, session)
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         kill_new_pid(client, session, None)
         events.wait_type("session_restarted", session)
         assert snapshot(client, session) == before
@@ -268,8 +263,7 @@ def test_a_fork_that_fails_is_a_limit_and_a_restart_that_cannot_fork_is_retried_
         session = client.create_session()
         fill(client, session, ["k"])
         before = snapshot(client, session)
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         forker = template_pid(daemon) if spawn == "clone" else daemon.pid
         with Inject(forker, "clone,clone3,fork,vfork", "EAGAIN"):
             with pytest.raises(LimitExceededError):
@@ -294,8 +288,7 @@ def test_a_message_whose_call_timed_out_on_a_hung_session_is_not_applied(daemon_
     with daemon.client() as client, daemon.client() as watcher:
         session = client.create_session()
         client.send_message(session, "user", "before")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         outcome: list = []
 
         def hang() -> None:
@@ -333,8 +326,7 @@ def test_a_message_whose_client_closed_while_its_session_hung_is_not_applied(dae
     with daemon.client() as client, daemon.client() as watcher:
         session = client.create_session()
         client.send_message(session, "user", "before")
-        watcher.subscribe_to_session(session)
-        events = EventLog(watcher)
+        events = watch(watcher, session)
         pid = client.get_session_pid(session)
         spent = cpu_seconds(pid)
         hanger = threading.Thread(target=lambda: _call_and_forget(daemon, "debug_hang", session))
@@ -351,6 +343,44 @@ def test_a_message_whose_client_closed_while_its_session_hung_is_not_applied(dae
             hanger.join(LONG)
         wait_until(lambda: info_of(client, session).status == "active", SHORT, "it to serve")
         assert contents(client, session) == ["before"]
+
+
+def test_a_message_whose_client_closed_while_its_live_session_was_busy_is_not_applied(daemon_factory):
+    """API.md §10 on a process that lives on: the call waits, written, in the busy process's
+    socket when its client closes; the daemon's ``cancel`` follows it there, and the process
+    reads it before it begins the call. A call from a client that stays is served as usual."""
+    daemon = daemon_factory(hang_timeout=60)
+    with daemon.client() as client:
+        session = client.create_session()
+        client.send_message(session, "user", "before")
+        pid = client.get_session_pid(session)
+        spent = cpu_seconds(pid)
+        outcome: list = []
+
+        def busy() -> None:
+            with daemon.client(timeout=LONG) as own:
+                debug(own, "debug_hang", session, seconds=2)
+                outcome.append("returned")
+        busier = threading.Thread(target=busy)
+        busier.start()
+        try:
+            wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to be busy")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stays:
+                stays.connect(daemon.socket)
+                wire.write_frame(stays, {"id": 1, "op": "send_message", "args": {
+                    "session_id": session, "role": "user", "content": "kept"}}, 1 << 20)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as leaves:
+                    leaves.connect(daemon.socket)
+                    wire.write_frame(leaves, {"id": 1, "op": "send_message", "args": {
+                        "session_id": session, "role": "user", "content": "dropped"}}, 1 << 20)
+                busier.join(LONG)
+                assert outcome == ["returned"]
+                stays.settimeout(LONG)
+                assert "result" in wire.read_frame(stays, 1 << 20)
+        finally:
+            busier.join(LONG)
+        assert contents(client, session) == ["before", "kept"]
+        assert client.get_session_pid(session) == pid
 
 
 def _call_and_forget(daemon, op: str, session: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,6 +28,7 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.closed = False
+        self.links: weakref.WeakSet[Any] = weakref.WeakSet()
         self.calls = 0
         self.replies: list[tuple[Any, dict[str, Any]]] = []
         self.events: list[dict[str, Any]] = []

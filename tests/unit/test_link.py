@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import weakref
 
 from jidocoder import wire
 from jidocoder.daemon.link import Pending, SessionLink
@@ -11,6 +12,8 @@ from jidocoder.daemon.link import Pending, SessionLink
 class Replies:
     def __init__(self) -> None:
         self.replies: list = []
+        self.closed = False
+        self.links: weakref.WeakSet = weakref.WeakSet()
 
     def reply(self, request_id, message) -> None:
         self.replies.append((request_id, message))
@@ -53,3 +56,19 @@ def test_a_packed_result_reaches_the_client_undecoded():
     client = Replies()
     Pending(client, 9, "get_file").reply_packed(wire.encode({"path": "/a"}))
     assert client.replies == [(9, {"path": "/a"})]
+
+
+def test_a_closed_clients_calls_are_cancelled_by_link_id_and_no_one_elses():
+    gone, stays = Replies(), Replies()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        link = SessionLink(0, ours, 1, wire.request_limit(1024), lambda link, wanted: None)
+        for n, client in enumerate([gone, stays, gone]):
+            link.request("get_file", wire.encode({"session_id": "s1", "path": f"/{n}"}),
+                         Pending(client, n, "get_file"))
+        assert set(gone.links) == {link}
+        assert link.cancel(gone) is False  # queued behind the calls: the caller need not flush
+        assert link.cancel(Replies()) is False  # nothing of its in flight: nothing sent
+        link.flush()
+        calls = [wire.read_frame(theirs, wire.MAX_FRAME) for _ in range(3)]
+        assert wire.read_frame(theirs, wire.MAX_FRAME) == {"cancel": [calls[0]["id"], calls[2]["id"]]}
