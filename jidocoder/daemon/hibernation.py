@@ -223,6 +223,13 @@ class Hibernation:
         due = since + timeout_minutes * 60
         heapq.heappush(self._idle_due, (due, next(self._order), since, session_id))
 
+    def due_idle_all(self, sleepers: list[tuple[str, float]], since: float) -> None:
+        """``due_idle`` for each (session id, timeout_minutes) a start found, heaped at once."""
+        order = self._order
+        self._idle_due += [(since + timeout * 60, next(order), since, session_id)
+                           for session_id, timeout in sleepers]
+        heapq.heapify(self._idle_due)
+
     def idle_sleepers(self, now: float) -> None:
         due = self._idle_due
         for _ in range(IDLE_CHANGES_PER_TICK):

@@ -86,7 +86,7 @@ def peek(session_id: str, blob: bytes) -> Sleeper | None:
     if (data.get("session_id") != session_id or created_at.tzinfo is None
             or type(count) is not int or type(timeout) not in (int, float)):
         return None
-    return Sleeper(session_id, blob, status, created_at, count, float(timeout))
+    return Sleeper(created_at, session_id, blob, status, count, float(timeout))
 
 
 def erase(state_dir: Path, registry: store.Registry, session_id: str) -> StorageError | None:

@@ -134,10 +134,10 @@ class Sleeper(NamedTuple):
     ``SessionRecord`` the first time anything asks for it (``KnownSessions``): a start with
     100,000 of them makes no record and decodes no model."""
 
+    created_at: datetime  # first: sleepers sort as tuples, oldest first (C speed: no key)
     session_id: str
     row: bytes
     status: SessionStatus
-    created_at: datetime
     message_count: int
     timeout_minutes: float
 
