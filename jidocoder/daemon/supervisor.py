@@ -124,7 +124,9 @@ class Supervisor:
         return self.restore.run()
 
     def admit(self, state: SessionState) -> SessionRecord:
-        slot = self.table.allocate()
+        # Counted in sessions known, not in slots: a sleeper holds none until it is asked for
+        # (records.Sleeper), and the table's max_sessions slots are enough for every one.
+        slot = self.table.allocate() if len(self.records) < self.settings.max_sessions else None
         if slot is None:
             raise LimitExceededError(f"the daemon holds its maximum of {self.settings.max_sessions} "
                                      "sessions (setting max_sessions)", details={"limit": self.settings.max_sessions})

@@ -285,3 +285,18 @@ def test_a_revival_with_no_room_waits_for_a_busy_session_to_finish_and_then_take
         assert sorted(types_of([next_of(client, ("session_hibernated", "session_revived"))
                                 for _ in range(2)])) == [("session_hibernated", busy),
                                                          ("session_revived", asleep)]
+
+
+def test_max_sessions_counts_hibernated_sessions_a_start_left_asleep(daemon_factory):
+    daemon = daemon_factory(max_sessions=2, **NEVER)
+    with daemon.client() as client:
+        kept = [client.create_session(), client.create_session()]
+    assert daemon.stop() == 0
+    daemon = daemon_factory(root=daemon.root, max_sessions=2, **NEVER)
+    with daemon.client() as client:
+        with pytest.raises(LimitExceededError) as raised:
+            client.create_session()  # two known, though neither has a process nor was asked for
+        assert "max_sessions" in str(raised.value)
+        assert [i.session_id for i in client.list_sessions()] == kept
+        client.terminate_session(kept[0])
+        assert client.create_session() not in kept
