@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-from .. import wire
-from ..errors import DamagedStoreError, JidocoderError, StorageError
+from ..errors import DamagedStoreError, StorageError
 from ..models import SessionState
 from ..states import SERVING, SessionStatus
 from . import store
@@ -34,13 +32,10 @@ class Found:
 
 def take_stock(state_dir: Path, registry: store.Registry) -> Found:
     found = Found()
-    statuses: dict[str, str | None] = {}
-    for session_id, blob in registry.load_rows():
-        sleeper = peek(session_id, blob)
-        if sleeper is not None:
-            found.asleep.append(sleeper)
-            statuses[session_id] = sleeper.status.value
-            continue
+    found.asleep, odd = sleepers(registry)
+    statuses: dict[str, str | None] = {s.session_id: s.status.value for s in found.asleep}
+    rows = registry.load_rows() + [(i, blob) for i in odd if (blob := registry.row(i)) is not None]
+    for session_id, blob in rows:
         try:
             state = registry.parse(session_id, blob)
         except DamagedStoreError as exc:
@@ -71,22 +66,17 @@ def take_stock(state_dir: Path, registry: store.Registry) -> Found:
 _SLEEPING_STATUSES = {status.value: status for status in SERVING}  # an enum call costs ~1 µs
 
 
-def peek(session_id: str, blob: bytes) -> Sleeper | None:
-    """The row as a ``Sleeper`` if it is marked hibernated and its few fields a start needs
-    read well; None for anything else (parsed in full, as before hibernation existed)."""
-    try:
-        data = wire.decode(blob)
-        if not isinstance(data, dict) or data.get(store.HIBERNATED_KEY) is not True:
-            return None
-        status = _SLEEPING_STATUSES[data["status"]]
-        created_at = datetime.fromisoformat(data["created_at"])
-        count, timeout = data.get("conversation_count", 0), data["config"]["timeout_minutes"]
-    except (JidocoderError, KeyError, TypeError, ValueError):
-        return None
-    if (data.get("session_id") != session_id or created_at.tzinfo is None
-            or type(count) is not int or type(timeout) not in (int, float)):
-        return None
-    return Sleeper(created_at, session_id, blob, status, count, float(timeout))
+def sleepers(registry: store.Registry) -> tuple[list[Sleeper], list[str]]:
+    """The hibernated sessions, oldest first, from the registry's columns (no state decoded);
+    and the ids whose columns hold no status a sleeper has (only by hand): read in full."""
+    found, odd = [], []
+    for micros, session_id, status, count, timeout in registry.load_asleep():
+        sleeping = _SLEEPING_STATUSES.get(status)
+        if sleeping is None:
+            odd.append(session_id)
+        else:
+            found.append(Sleeper(store.from_micros(micros), session_id, sleeping, count, timeout))
+    return found, odd
 
 
 def erase(state_dir: Path, registry: store.Registry, session_id: str) -> StorageError | None:

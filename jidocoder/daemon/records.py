@@ -129,14 +129,13 @@ class SessionRecord:
 
 
 class Sleeper(NamedTuple):
-    """A hibernated session as a start finds it (a row marked hibernated, read by
-    ``ondisk.peek`` without validating it): ~600 bytes, made at ~1 µs. It becomes a
-    ``SessionRecord`` the first time anything asks for it (``KnownSessions``): a start with
-    100,000 of them makes no record and decodes no model."""
+    """A hibernated session as a start finds it: its columns of the registry's ``asleep``
+    table, not its state (~300 bytes, made at ~1 µs). It becomes a ``SessionRecord`` (its row
+    read then) the first time anything asks for it (``KnownSessions``): a start with 100,000
+    of them decodes no state and makes no record."""
 
-    created_at: datetime  # first: sleepers sort as tuples, oldest first (C speed: no key)
+    created_at: datetime
     session_id: str
-    row: bytes
     status: SessionStatus
     message_count: int
     timeout_minutes: float

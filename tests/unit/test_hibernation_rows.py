@@ -1,5 +1,5 @@
-"""What the daemon keeps of a hibernated session (docs/api.md §13): the registry's hibernation
-mark, the start's cheap read of a marked row (``ondisk.peek``), and a record that holds the
+"""What the daemon keeps of a hibernated session (docs/api.md §13): the registry's ``asleep``
+columns a start reads instead of the states (``ondisk.sleepers``), and a record that holds the
 state's bytes, not its model."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from jidocoder import wire
 from jidocoder.daemon import ondisk
 from jidocoder.daemon.records import SessionRecord, session_info
-from jidocoder.daemon.store import HIBERNATED_KEY, Registry
+from jidocoder.daemon.store import Registry
 from jidocoder.errors import DamagedStoreError
 from jidocoder.models import SessionState
 from jidocoder.states import SessionStatus
@@ -20,42 +20,43 @@ def active(session_id: str = "session_a", **config) -> SessionState:
     return state.transition(SessionStatus.ACTIVE)
 
 
-def test_a_hibernated_put_is_marked_and_the_mark_is_never_kept_as_a_newer_versions_key(tmp_path):
-    with Registry(tmp_path) as registry:
-        state = active()
-        registry.put(state, hibernated=True)
-        [(session_id, blob)] = registry.load_rows()
-        assert session_id == state.session_id and wire.decode(blob)[HIBERNATED_KEY] is True
-        assert registry.parse(session_id, blob) == state
-        registry.put(state)  # revived: the mark goes
-        [(_, blob)] = registry.load_rows()
-        assert HIBERNATED_KEY not in wire.decode(blob)
-
-
-def test_a_marked_row_is_peeked_without_validation_and_anything_else_is_left_to_parse(tmp_path):
+def test_a_hibernated_put_is_listed_asleep_in_columns_and_a_live_put_or_delete_takes_it_out(tmp_path):
     state = active(timeout_minutes=2.5).model_copy(update={"conversation_count": 7})
     with Registry(tmp_path) as registry:
         registry.put(state, hibernated=True)
-        [(session_id, blob)] = registry.load_rows()
-    sleeper = ondisk.peek(session_id, blob)
-    assert (sleeper.status, sleeper.created_at, sleeper.message_count, sleeper.timeout_minutes) == (
-        SessionStatus.ACTIVE, state.created_at, 7, 2.5)
-    marked = {**state.serialize(), HIBERNATED_KEY: True}
-    assert ondisk.peek(session_id, wire.encode(state.serialize())) is None  # not marked: was live
-    assert ondisk.peek("session_other", blob) is None  # the row of another id
-    assert ondisk.peek(session_id, wire.encode({**marked, "status": "terminating"})) is None
-    assert ondisk.peek(session_id, wire.encode({**marked, "created_at": "yesterday"})) is None
-    assert ondisk.peek(session_id, wire.encode({**marked, "config": []})) is None
-    assert ondisk.peek(session_id, b"\xc1 not msgpack") is None
+        assert registry.load_rows() == []  # a start reads no state of a sleeper
+        [(micros, session_id, status, count, timeout)] = registry.load_asleep()
+        assert (session_id, status, count, timeout) == (state.session_id, "active", 7, 2.5)
+        [sleeper], odd = ondisk.sleepers(registry)
+        assert sleeper.created_at == state.created_at and odd == []
+        assert registry.parse(session_id, registry.row(session_id)) == state
+        registry.put(state)  # revived: no longer asleep
+        assert registry.load_asleep() == [] and [i for i, _ in registry.load_rows()] == [session_id]
+        registry.put(state, hibernated=True)
+        registry.delete(session_id)
+        assert registry.load_asleep() == [] and registry.load_rows() == []
+
+
+def test_sleepers_come_oldest_first_and_an_odd_status_is_read_in_full(tmp_path):
+    older, newer = active("session_b"), active("session_a")  # ids in the other order
+    with Registry(tmp_path) as registry:
+        registry.put(newer, hibernated=True)
+        registry.put(older, hibernated=True)
+        found, odd = ondisk.sleepers(registry)
+        assert [s.session_id for s in found] == ["session_b", "session_a"] and odd == []
+        with registry._write() as conn:
+            conn.execute("UPDATE asleep SET status = 'terminating' WHERE session_id = 'session_a'")
+        found, odd = ondisk.sleepers(registry)
+        assert [s.session_id for s in found] == ["session_b"] and odd == ["session_a"]
 
 
 def test_a_damaged_row_found_when_parsed_is_moved_out(tmp_path):
     with Registry(tmp_path) as registry:
         registry.put(active(), hibernated=True)
-        bad = wire.encode({**active().serialize(), HIBERNATED_KEY: True, "metadata": 5})
+        bad = wire.encode({**active().serialize(), "metadata": 5})
         with pytest.raises(DamagedStoreError):
             registry.parse("session_a", bad)
-        assert registry.load_rows() == []
+        assert registry.row("session_a") is None
     assert [p.name for p in (tmp_path / "damaged").iterdir() if p.suffix != ".reason"] == [
         "session_a.registry-row"]
 
