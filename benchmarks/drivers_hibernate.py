@@ -3,8 +3,8 @@
 - revive latency: a call to a hibernated session, answered (``get_session_pid``), against a
   ``create_session`` on the same daemon (target ≤ 1.5×), neither having to make room.
 - daemon start with N known sessions (until a first call is answered), all hibernated (a
-  registry written by ``Registry.put``; their session files are not made: a start does not
-  open them), against twice a start with none plus reading the registry as a start does, in
+  registry written by ``Registry.put``, and an empty file per session in sessions/: a start
+  lists them, never opens them), against twice a start with none plus reading the registry as a start does, in
   this process: the figure must not pass that sum.
 - daemon RSS per known session: (RSS with N known − RSS with none) / N, against the bytes of a
   stored row (the least the daemon could hold); the issue's target is ≤ 2 KiB.
@@ -62,14 +62,18 @@ def measure_revive(ctx: Context) -> list[Row]:
 
 
 def write_known(state_dir: Path, count: int) -> float:
-    """``count`` hibernated rows in a new registry; the mean stored row size (bytes)."""
+    """``count`` hibernated rows in a new registry, each with a (empty) database file in
+    sessions/, which a start lists; the mean stored row size (bytes)."""
     registry = Registry(state_dir)
+    sessions = state_dir / "sessions"
+    sessions.mkdir(mode=0o700, exist_ok=True)
     total = 0
     try:
         for i in range(count):
             state = SessionState.new(f"session_{uuid.uuid4()}", metadata={"project": f"p{i}"},
                                      llm_config={"model": "bench"}).transition(SessionStatus.ACTIVE)
             registry.put(state, hibernated=True)
+            (sessions / f"{state.session_id}.db").touch(mode=0o600)
             if i < 100:
                 total += len(registry._encode(state))
     finally:
