@@ -3,7 +3,8 @@
 Layout under the state dir::
 
     registry.db              owned by the daemon: one row per persisted session (its SessionState),
-                             live (``sessions``) or given up after crashes (``failed``)
+                             live (``sessions``) or given up after crashes (``failed``); a
+                             hibernated one also has its few start-time fields in ``asleep``
     sessions/<id>.db         owned by that session's process: messages, active files, file index
     damaged/                 files and registry rows we could not read, moved aside, never deleted
 
