@@ -59,8 +59,14 @@ class Settings(BaseModel):
 
     socket: str = Field("", description="Unix socket the daemon listens on (default: see README).")
     state_dir: str = Field("", description="Directory for the store and daemon.log (default: see README).")
-    max_sessions: int = Field(1024, ge=1, le=1_000_000,
-                              description="Capacity of the session table; one more is limit_exceeded.")
+    max_sessions: int = Field(100_000, ge=1, le=1_000_000,
+                              description="Sessions known at once, live or hibernated; one more is limit_exceeded.")
+    max_live_sessions: int = Field(4096, ge=1, le=1_000_000,
+                                   description="Session processes alive at once; creating or reviving one more "
+                                   "hibernates the least recently used live session first.")
+    hibernate_after_minutes: float = Field(60.0, ge=0,
+                                           description="A session with no call for this long (minutes; fractions "
+                                           "allowed) is hibernated: its process exits, its data stays. 0: never.")
     max_restarts: int = Field(10, ge=0, description="Restarts of one session allowed within max_seconds.")
     max_seconds: float = Field(60.0, gt=0, description="Window (s) in which max_restarts is counted.")
     max_request_bytes: int = Field(16 * MiB, ge=1024, le=1024 * MiB,

@@ -172,7 +172,7 @@ VALIDATION_CODES = frozenset({
     "invalid_json", "unsupported",  # the jidocoder command's own usage errors (cli/)
     # models._translate: "invalid_" + the failing model field
     "invalid_added_at", "invalid_content", "invalid_error", "invalid_features",
-    "invalid_llm_config", "invalid_max_files", "invalid_max_history", "invalid_metadata",
+    "invalid_hibernated", "invalid_llm_config", "invalid_max_files", "invalid_max_history", "invalid_metadata",
     "invalid_mtime", "invalid_path", "invalid_payload", "invalid_persistence_enabled",
     "invalid_pid", "invalid_seq", "invalid_size", "invalid_timeout_minutes", "invalid_timestamp",
     "invalid_topic", "invalid_type",

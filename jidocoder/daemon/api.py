@@ -14,7 +14,6 @@ from typing import Any
 from collections.abc import Callable
 
 from .. import __version__, wire
-from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .calls import call_handler, internal_error
 from .clients import ClientConnection
@@ -101,7 +100,7 @@ class Api:
 
     def handle_list_sessions(self, conn: ClientConnection, pending: Pending,
                              offset: Any = 0, limit: Any = None) -> list[dict[str, Any]]:
-        return [self.supervisor.info(r) for r in page(self.supervisor.live_records(), offset, limit)]
+        return self.supervisor.list_infos(offset, limit)
 
     def handle_get_session_info(self, conn: ClientConnection, pending: Pending,
                                 session_id: Any = None) -> dict[str, Any]:
@@ -153,7 +152,7 @@ class Api:
         supervisor = self.supervisor
         by_status: dict[str, int] = {}
         for record in supervisor.records.values():
-            by_status[record.state.status.value] = by_status.get(record.state.status.value, 0) + 1
+            by_status[record.status.value] = by_status.get(record.status.value, 0) + 1
         return {**METRICS.snapshot(), "sessions": by_status, "failed_sessions": len(supervisor.failed),
                 "live_processes": len(supervisor.by_pid), "clients": self._clients()}
 

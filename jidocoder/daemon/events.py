@@ -44,6 +44,8 @@ TOPICS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "session_terminated": (GLOBAL, SESSION),
     "session_crashed": (GLOBAL, SESSION),
     "session_restarted": (GLOBAL, SESSION),
+    "session_hibernated": (GLOBAL, SESSION),
+    "session_revived": (GLOBAL, SESSION),
     "conversation_added": (SESSION,),
     "conversation_cleared": (SESSION,),
     "file_added": (SESSION,),

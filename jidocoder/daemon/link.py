@@ -117,6 +117,11 @@ class SessionLink:
         pending.client.links.add(self)
         return self._queue(buffers)
 
+    @property
+    def unsent(self) -> bool:
+        """Bytes queued for the process that it has not been sent yet."""
+        return bool(self._out)
+
     def cancel(self, client: Replier) -> bool:
         """Tell the process that ``client`` is gone: it answers, unapplied, each of the client's
         calls it has not begun (API.md §10: a call its Client gave up on is never applied

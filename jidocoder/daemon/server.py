@@ -71,7 +71,7 @@ class Daemon:
         self._lock_fds.append(lock_socket(settings.socket))
         self._lock_fds.append(lock_state_dir(state_dir, settings.socket))
         setup_daemon_logging(state_dir, settings.log_level, settings.log_max_bytes, settings.log_backups)
-        raise_fd_limit(settings.max_sessions * 2 + 4096)
+        raise_fd_limit(min(settings.max_sessions, settings.max_live_sessions) * 2 + 4096)
         self.registry = open_registry(state_dir, settings.durability)
         self.registry.on_commit = METRICS.commit_seconds.observe
         self.listener = bind_socket(settings.socket)
@@ -110,7 +110,7 @@ class Daemon:
         assert self.supervisor is not None, "asked only while serve() runs"
         return {"pid": os.getpid(), "socket": self.settings.socket, "state_dir": self.settings.state_dir,
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "sessions": len(self.supervisor.live_records())}
+                "sessions": len(self.supervisor.records)}
 
     def begin_shutdown(self) -> None:
         if self.stopping:

@@ -212,8 +212,9 @@ class SessionProcess:
                 data = recv(READ_CHUNK)
             except BlockingIOError:  # the timeout: nothing came, beat and wait again
                 continue
-            if not data:
-                return exits.EXIT_OK  # the daemon is gone: nothing left to serve
+            if not data:  # hibernated (docs/api.md §13), or the daemon is gone
+                self.close_store()
+                return exits.EXIT_OK
             try:
                 frames = decoder.feed(data)
                 if frames:
@@ -225,6 +226,16 @@ class SessionProcess:
                 self.send(self.handle(frames[0]))
             elif frames:
                 self.serve_together(frames)
+
+    def close_store(self) -> None:
+        """Leave cleanly: every write was committed before its reply, so this only folds the
+        WAL into the file (SQLite does so on the last close). A failure loses nothing: the
+        next open reads the WAL."""
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception as exc:  # noqa: BLE001 - leaving anyway
+                log.warning("closing the store on the way out failed: %s", exc)
 
     def read_ahead(self, decoder: wire.FrameDecoder) -> list[Any]:
         """Every whole frame already on the socket, without waiting: a ``cancel`` the daemon

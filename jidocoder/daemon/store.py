@@ -3,7 +3,8 @@
 Layout under the state dir::
 
     registry.db              owned by the daemon: one row per persisted session (its SessionState),
-                             live (``sessions``) or given up after crashes (``failed``)
+                             live (``sessions``) or given up after crashes (``failed``); a
+                             hibernated one also has its few start-time fields in ``asleep``
     sessions/<id>.db         owned by that session's process: messages, active files, file index
     damaged/                 files and registry rows we could not read, moved aside, never deleted
 
@@ -183,16 +184,24 @@ _SEQ_MARKS_TABLE = ("CREATE TABLE IF NOT EXISTS seq_marks (topic TEXT PRIMARY KE
                     "mark INTEGER NOT NULL) WITHOUT ROWID")
 _CREATED_BY_TABLE = ("CREATE TABLE IF NOT EXISTS created_by (call_id TEXT PRIMARY KEY, "
                      "session_id TEXT NOT NULL) WITHOUT ROWID")
-_LATE_TABLES = (_FAILED_TABLE, _SCRUB_MARKER_TABLE, _SEQ_MARKS_TABLE, _CREATED_BY_TABLE)
 _SESSION_TOPIC = "client.session."  # docs/api.md §4
+# asleep holds, beside its row in sessions, each hibernated session (docs/api.md §13): what a
+# start needs of it, in columns, so that 100,000 of them are read without decoding one state.
+# Added after version 1 shipped, like failed: an older jidocoder ignores it and restores them.
+_ASLEEP_TABLE = ("CREATE TABLE IF NOT EXISTS asleep (session_id TEXT PRIMARY KEY, "
+                 "created_at INTEGER NOT NULL, status TEXT NOT NULL, message_count INTEGER NOT NULL, "
+                 "timeout_minutes REAL NOT NULL) WITHOUT ROWID")
+_LATE_TABLES = (_FAILED_TABLE, _SCRUB_MARKER_TABLE, _SEQ_MARKS_TABLE, _CREATED_BY_TABLE, _ASLEEP_TABLE)
 _REGISTRY_SCHEMA = f"""
 CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 {_SCRUB_MARKER_TABLE};
 {_FAILED_TABLE};
 {_SEQ_MARKS_TABLE};
 {_CREATED_BY_TABLE};
+{_ASLEEP_TABLE};
 """
 ORPHAN_ERROR = "its registry row was lost"
+
 _ERASABLE = {SessionStatus.TERMINATING.value, SessionStatus.TERMINATED.value}
 # seq/position are plain INTEGER PRIMARY KEYs (no AUTOINCREMENT): a new rowid is max + 1, so the
 # order of insertion is kept without the extra sqlite_sequence write on every insert.
@@ -274,12 +283,14 @@ class SessionFiles:
     lone_logs: tuple[str, ...] = ()
 
 
-def classify_session_files(state_dir: Path, registry: Registry) -> SessionFiles:
+def classify_session_files(state_dir: Path, registry: Registry,
+                           statuses: dict[str, str | None] | None = None) -> SessionFiles:
     """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
     strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
     ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
     their files as orphans)."""
-    statuses = registry.row_statuses()
+    if statuses is None:  # a caller that has read every row already says what they hold
+        statuses = registry.row_statuses()
     directory = Path(state_dir) / SESSIONS_DIR
     ids, stray = _session_file_ids(directory)
     erase = sorted(i for i in ids if i in statuses and statuses[i] in _ERASABLE)
@@ -489,8 +500,10 @@ class Registry(_Database):
             self.close()
             raise
 
-    def put(self, state: SessionState, *, call_id: str | None = None) -> None:
-        """Insert or replace the session's state; with the call id that created it, if given."""
+    def put(self, state: SessionState, *, call_id: str | None = None, hibernated: bool = False) -> None:
+        """Insert or replace the session's state; with the call id that created it, if given;
+        ``hibernated``: its process left cleanly after all of it was stored, and a start leaves
+        it hibernated (docs/api.md §13)."""
         blob = self._encode(state)
         with self._write() as conn:
             conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
@@ -498,6 +511,12 @@ class Registry(_Database):
             if call_id is not None:
                 conn.execute("INSERT OR IGNORE INTO created_by VALUES (?, ?)",
                              (call_id, state.session_id))
+            if hibernated:
+                conn.execute("INSERT OR REPLACE INTO asleep VALUES (?, ?, ?, ?, ?)",
+                             (state.session_id, to_micros(state.created_at), state.status.value,
+                              state.conversation_count, state.config.timeout_minutes))
+            else:
+                conn.execute("DELETE FROM asleep WHERE session_id = ?", (state.session_id,))
 
     def created_by(self, call_id: str) -> str | None:
         """The session that the create_session call ``call_id`` made, if it was stored."""
@@ -525,6 +544,7 @@ class Registry(_Database):
             conn.execute("DELETE FROM failed WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM created_by WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM seq_marks WHERE topic = ?", (_SESSION_TOPIC + session_id,))
+            conn.execute("DELETE FROM asleep WHERE session_id = ?", (session_id,))
             conn.execute("INSERT OR IGNORE INTO scrub_pending VALUES (1)")
         self._extras.pop(session_id, None)
         self._scrub(None if earlier else session_id)
@@ -540,6 +560,7 @@ class Registry(_Database):
         blob = self._encode(state)
         with self._write() as conn:
             conn.execute("DELETE FROM sessions WHERE session_id = ?", (state.session_id,))
+            conn.execute("DELETE FROM asleep WHERE session_id = ?", (state.session_id,))
             conn.execute("INSERT INTO failed VALUES (?, ?) ON CONFLICT (session_id) "
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
 
@@ -582,6 +603,37 @@ class Registry(_Database):
         statuses.update((session_id, _raw_status(blob)) for session_id, blob in live)
         return statuses
 
+    def load_rows(self) -> list[tuple[str, bytes]]:
+        """Every live row of a session not hibernated, as stored (``parse`` validates one)."""
+        with self._direct() as conn:
+            return conn.execute("SELECT session_id, state FROM sessions WHERE session_id NOT IN "
+                                "(SELECT session_id FROM asleep)").fetchall()
+
+    def load_asleep(self) -> list[tuple[int, str, str, int, float]]:
+        """(created_at µs, session_id, status, message_count, timeout_minutes) of every
+        hibernated session, oldest first: no state decoded (a start with 100,000)."""
+        with self._direct() as conn:
+            return conn.execute("SELECT created_at, session_id, status, message_count, "
+                                "timeout_minutes FROM asleep ORDER BY created_at, session_id").fetchall()
+
+    def row(self, session_id: str) -> bytes | None:
+        """One session's stored row (``parse`` reads it), None if it has none."""
+        with self._direct() as conn:
+            found = conn.execute("SELECT state FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        return None if found is None else _as_bytes(found[0])
+
+    def parse(self, session_id: str, blob: object) -> SessionState:
+        """A row of ``load_rows`` as a state (its unknown keys kept aside, as ``load_all``
+        does); a row that cannot be one is moved to ``damaged/`` and DamagedStoreError raised."""
+        state, extras, reason = _parse_row(session_id, blob)
+        if state is None:
+            self._move_row_out("sessions", session_id, blob, reason)
+            raise DamagedStoreError(f"the registry row of {session_id} is damaged ({reason}); "
+                                    "kept in damaged/", details={"session_id": session_id})
+        if extras:
+            self._extras[session_id] = extras
+        return state
+
     def _encode(self, state: SessionState) -> bytes:
         return wire.encode(_with_extras(state.serialize(), self._extras.get(state.session_id)))
 
@@ -616,7 +668,7 @@ class Registry(_Database):
         with self._direct() as conn:
             found = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_schema WHERE name IN "
-                "('scrub_pending', 'failed', 'seq_marks', 'created_by')")}
+                "('scrub_pending', 'failed', 'seq_marks', 'created_by', 'asleep')")}
             interrupted = "scrub_pending" in found and _marked(conn)
         if len(found) < len(_LATE_TABLES):
             with self._write() as conn:

@@ -140,7 +140,7 @@ def test_every_dispatch_begins_a_call(daemon: Daemon) -> None:
 
 def test_a_frames_deadline_reaches_the_pending(daemon: Daemon) -> None:
     # a session admitted but with no process: the routed call waits, holding its Pending
-    record = daemon.supervisor._admit(SessionState.new("s1"))
+    record = daemon.supervisor.admit(SessionState.new("s1"))
     daemon.supervisor.change_status(record, SessionStatus.ACTIVE)
     deadline = time.monotonic() + 30
     daemon.api.dispatch(daemon.client, wire.split_request(wire.encode(

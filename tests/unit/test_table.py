@@ -89,3 +89,10 @@ def test_a_view_of_the_shared_fd_sees_named_slots_live_and_cannot_write(table):
 
 def test_slot_size_keeps_every_field_aligned():
     assert SLOT_SIZE % 8 == 0
+
+
+def test_a_large_table_lists_no_slot_it_never_handed_out():
+    table = SessionTable(100_000)
+    assert table._free == [] and table.allocate() == 0 and table.allocate() == 1
+    table.release(0)
+    assert table.allocate() == 0 and table.allocate() == 2
