@@ -71,7 +71,7 @@ class Restore:
                                       sleeper.created_at, sup.table.allocate(sleeper.session_id))
         record.last_activity = self.began
         sup.write_slot(record)
-        sup.table.write_message_count(record.slot, sleeper.message_count)  # no process writes it
+        sup.table.write_counts(record.slot, sleeper.message_count, 0)  # no process writes them
         return record
 
     def restart(self, state: SessionState) -> None:
