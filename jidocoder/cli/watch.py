@@ -7,12 +7,9 @@ A line: time, type, session, ``#seq``, and a short payload a person reads at a g
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgumentError
 if TYPE_CHECKING:
     from ..client import Client
     from ..models import Event
@@ -46,17 +43,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def subscribe(client: Client, session_id: str | None, since: int | None) -> None:
-    """``--since`` needs a Client and daemon with resumable events (docs/api.md §10)."""
-    method = client.subscribe_to_all_sessions if session_id is None else client.subscribe_to_session
-    positional = () if session_id is None else (session_id,)
-    if since is None:
-        method(*positional)
-        return
-    if "since" not in inspect.signature(method).parameters:
-        raise InvalidArgumentError("--since needs resumable events, which this jidocoder does not "
-                                   "have yet; watch without it", code="unsupported", field="since")
-    resumable: Callable[..., None] = method  # typed loosely: a Client before §10 has no ``since``
-    resumable(*positional, since=since)
+    """All sessions' lifecycle or one session's events; with ``since``, every held event after
+    it first (docs/api.md §10: or one ``events_gap`` when they are no longer held)."""
+    if session_id is None:
+        client.subscribe_to_all_sessions(since=since)
+    else:
+        client.subscribe_to_session(session_id, since=since)
 
 
 def line_of(event: Event) -> str:

@@ -162,3 +162,29 @@ def test_logs_follow_prints_new_lines_and_carries_on_after_logrotate(daemon, cli
         reader.join(SHORT)
         follower.stdout.close()
         follower.stderr.close()
+
+
+def test_watch_since_prints_the_held_events_after_seq_then_the_live_ones(daemon, client):
+    sid = client.create_session()
+    client.send_message(sid, "user", "held")
+    watcher = subprocess.Popen([sys.executable, "-m", "jidocoder.cli", "watch", "--json", "--since", "0", sid],
+                               env={**os.environ, "JIDOCODER_SOCKET": daemon.socket,
+                                    "JIDOCODER_STATE_DIR": str(daemon.state_dir)},
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watcher.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("held" in line for line in lines), SHORT, "the held message")
+        client.send_message(sid, "user", "live")
+        wait_until(lambda: any("live" in line for line in lines), SHORT, "the live message")
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(SHORT) == 0
+        reader.join(SHORT)
+        watcher.stdout.close()
+        watcher.stderr.close()
+    events = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # from the first, no gap
+    added = [e["payload"]["content"] for e in events if e["type"] == "conversation_added"]
+    assert added == ["held", "live"]
