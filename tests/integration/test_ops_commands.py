@@ -4,6 +4,7 @@ checked through the Client, byte for byte."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -138,16 +140,30 @@ def test_logs_prints_the_daemon_log_and_one_sessions_lines(daemon, client):
     assert "no daemon.log" in one_line_error(missing, 1)
 
 
-def test_logs_follow_prints_new_lines_and_carries_on_after_logrotate(daemon, client):
-    sid = client.create_session()
-    follower = subprocess.Popen([sys.executable, "-m", "jidocoder.cli", "logs", "-f", "--session", sid],
-                                env={**os.environ, "JIDOCODER_SOCKET": daemon.socket,
-                                     "JIDOCODER_STATE_DIR": str(daemon.state_dir)},
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def following(daemon, *args: str) -> Iterator[list[str]]:
+    """A command that runs until ^C (``logs -f``, ``watch``): the lines it prints, as they come;
+    ended with SIGINT, as a person ends it, and it must exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "jidocoder.cli", *args],
+                            env={**os.environ, "JIDOCODER_SOCKET": daemon.socket,
+                                 "JIDOCODER_STATE_DIR": str(daemon.state_dir)},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     try:
+        yield lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(SHORT) == 0
+        reader.join(SHORT)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_logs_follow_prints_new_lines_and_carries_on_after_logrotate(daemon, client):
+    sid = client.create_session()
+    with following(daemon, "logs", "-f", "--session", sid) as lines:
         client._call("debug_log", {"session_id": sid, "marker": "before-rotation"})
         wait_until(lambda: any("before-rotation" in line for line in lines), SHORT, "the first line")
         (daemon.state_dir / "daemon.log").rename(daemon.state_dir / "daemon.log.1")
@@ -156,34 +172,15 @@ def test_logs_follow_prints_new_lines_and_carries_on_after_logrotate(daemon, cli
         client._call("debug_log", {"session_id": sid, "marker": "after-rotation"})
         wait_until(lambda: any("after-rotation" in line for line in lines), SHORT, "the line after rotation")
         assert all(sid in line for line in lines)
-    finally:
-        follower.send_signal(signal.SIGINT)  # ^C, as a person ends it
-        assert follower.wait(SHORT) == 0
-        reader.join(SHORT)
-        follower.stdout.close()
-        follower.stderr.close()
 
 
 def test_watch_since_prints_the_held_events_after_seq_then_the_live_ones(daemon, client):
     sid = client.create_session()
     client.send_message(sid, "user", "held")
-    watcher = subprocess.Popen([sys.executable, "-m", "jidocoder.cli", "watch", "--json", "--since", "0", sid],
-                               env={**os.environ, "JIDOCODER_SOCKET": daemon.socket,
-                                    "JIDOCODER_STATE_DIR": str(daemon.state_dir)},
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(watcher.stdout), daemon=True)
-    reader.start()
-    try:
+    with following(daemon, "watch", "--json", "--since", "0", sid) as lines:
         wait_until(lambda: any("held" in line for line in lines), SHORT, "the held message")
         client.send_message(sid, "user", "live")
         wait_until(lambda: any("live" in line for line in lines), SHORT, "the live message")
-    finally:
-        watcher.send_signal(signal.SIGINT)
-        assert watcher.wait(SHORT) == 0
-        reader.join(SHORT)
-        watcher.stdout.close()
-        watcher.stderr.close()
     events = [json.loads(line) for line in lines]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # from the first, no gap
     added = [e["payload"]["content"] for e in events if e["type"] == "conversation_added"]
