@@ -111,6 +111,19 @@ class Api:
         self.supervisor.answer_pid(self.supervisor.find(session_id), pending)
         return DEFERRED
 
+    def handle_open_channel(self, conn: ClientConnection, pending: Pending,
+                            session_id: Any = None) -> object:
+        """A direct channel to the session's process (channels.py); ``{"pid"}`` with the fd
+        attached, or ``{"relay": why}`` and none: its calls go relayed."""
+        self.supervisor.channels.open(self.supervisor.find(session_id), conn, pending)
+        return DEFERRED
+
+    def handle_channel_lost(self, conn: ClientConnection, pending: Pending,
+                            pid: Any = None, ids: Any = None) -> object:
+        """Which of a lost channel's calls its process had begun (channels.py)."""
+        answer = self.supervisor.channels.lost(pending, pid, ids)
+        return DEFERRED if answer is None else answer
+
     def handle_list_failed_sessions(self, conn: ClientConnection,
                                     pending: Pending) -> list[dict[str, Any]]:
         return self.supervisor.failed_sessions()

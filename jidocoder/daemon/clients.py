@@ -133,17 +133,19 @@ class ClientConnection:
                     self._queue(buffer)
         self._update_interest()
 
-    def reply_with_fd(self, request_id: Any, message: dict[str, Any], fd: int) -> None:
+    def reply_with_fd(self, request_id: Any, message: dict[str, Any], fd: int,
+                      refused: dict[str, Any] | None = None) -> None:
         """The answer to a call, with ``fd`` passed along (SCM_RIGHTS) on its first byte. Sent
         now, after whatever was queued before it (so the fd arrives with this reply and no
-        other); what the socket does not take at once is queued as usual."""
+        other); what the socket does not take at once is queued as usual. If it cannot go now,
+        ``refused`` is the answer (None: an ``invalid_request`` error)."""
         self.in_flight -= 1
         frame = wire.pack_frame({"id": request_id, **message}, wire.MAX_FRAME)
         self.flush()
         if self.closed or self.closing is not None:
             return
         if self._out:  # the peer is not reading: no fd for it
-            self._refuse_fd(request_id, "the client has not read its earlier replies")
+            self._refuse_fd(request_id, "the client has not read its earlier replies", refused)
             return
         try:
             sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -154,16 +156,20 @@ class ClientConnection:
             self.close(f"write failed: {exc}")
             return
         if sent == 0:
-            self._refuse_fd(request_id, "the connection could not take the reply")
+            self._refuse_fd(request_id, "the connection could not take the reply", refused)
             return
         if sent < len(frame):
             self._queue(frame[sent:])
         self._update_interest()
 
-    def _refuse_fd(self, request_id: Any, why: str) -> None:
-        error = InvalidArgumentError(f"{why}: ask for the table on a connection of its own, with "
-                                     "nothing else in flight", code="invalid_request", field="op")
-        self.send({"id": request_id, "error": error.to_wire()})
+    def _refuse_fd(self, request_id: Any, why: str, refused: dict[str, Any] | None) -> None:
+        if refused is not None:
+            self.send({"id": request_id, **refused})
+        else:
+            error = InvalidArgumentError(f"{why}: ask for the table on a connection of its own, "
+                                         "with nothing else in flight", code="invalid_request",
+                                         field="op")
+            self.send({"id": request_id, "error": error.to_wire()})
         self._update_interest()
 
     @property
