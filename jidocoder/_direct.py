@@ -128,8 +128,8 @@ class DirectCalls:
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
         session_id = args.get("session_id")
-        if not isinstance(session_id, str):
-            return conn.call(op, args)  # the daemon says what is wrong with it
+        if not isinstance(session_id, str) or not conn.core.channels:
+            return conn.call(op, args)  # the daemon says what is wrong, or has no channels
         deadline = time.monotonic() + conn.timeout
         with conn._lock:
             request_id, frame, args = conn.core.direct_request(op, args, deadline)

@@ -136,6 +136,7 @@ class ClientProtocol:
         self.max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
         self.daemon_pid: int | None = None
         self.daemon_version: str | None = None
+        self.channels = False  # the daemon hands out direct channels (hello says so)
         self._ids = itertools.count(1)  # atomic under the GIL: no lock needed to take one
         # Replies and events have no size limit (docs/api.md §9) but what a header can say; they
         # come from our own daemon, behind a 0600 socket, so they are decoded without a budget.
@@ -273,6 +274,7 @@ class ClientProtocol:
         if call.op == "hello" and isinstance(result, dict):
             self.daemon_pid = result.get("pid")
             self.daemon_version = result.get("version")
+            self.channels = result.get("channels") is True
             self.max_request_bytes = result.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES
         elif call.op.startswith("subscribe"):
             last = result.get("last_seq", 0) if isinstance(result, dict) else 0

@@ -40,6 +40,7 @@ class Api:
         self._status = status
         self._shutdown = shutdown
         self._clients = clients
+        self.channels = True  # direct channels (channels.py): False sends every call relayed
         # handle_<op> by name, looked up once: a failed getattr per session call costs more
         # than the rest of its dispatch.
         self.handlers = {name[len("handle_"):]: getattr(self, name)
@@ -75,7 +76,8 @@ class Api:
 
     # -- the daemon's own operations ---------------------------------------------------------------
     def handle_hello(self, conn: ClientConnection, pending: Pending, **_: Any) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes}
+        return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes,
+                "channels": self.channels}
 
     def handle_create_session(self, conn: ClientConnection, pending: Pending,
                               metadata: Any = None, llm_config: Any = None,
