@@ -86,7 +86,7 @@ class Channels:
     # -- frames from the process -------------------------------------------------------------
     def on_frame(self, record: SessionRecord, link: SessionLink, frame: dict[str, Any]) -> None:
         """A direct call's events, or a wake; ``link`` is the process that sent it."""
-        if "events" in frame:
+        if "mark" in frame:
             self.sup.bus.publish_all(record.session_id, frame.get("events") or (),
                                      [link.pid, frame.get("mark")])
         elif "wake" in frame:
