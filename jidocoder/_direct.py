@@ -161,8 +161,8 @@ class DirectCalls:
 
     def _outcome(self, session_id: str, channel: Channel, reply: dict[str, Any],
                  deadline: float) -> Any:
-        mark = reply.get("mark")
-        if type(mark) is int and self.conn.core.subscribed_to(session_id):
+        mark = self.conn.core.mark_to_await(session_id, reply)
+        if mark:
             self.conn.await_mark(session_id, channel.pid, mark, deadline)
         if "error" in reply:
             raise from_wire(reply["error"])

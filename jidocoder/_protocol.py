@@ -172,10 +172,16 @@ class ClientProtocol:
         frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
         return request_id, frame, args
 
-    def subscribed_to(self, session_id: str) -> bool:
-        """Whether this client receives the session's events (so must see a call's events
-        before its reply)."""
-        return GLOBAL_TOPIC in self.topics or SESSION_TOPIC_PREFIX + session_id in self.topics
+    def mark_to_await(self, session_id: str, reply: dict[str, Any]) -> int:
+        """The mark of the events this client receives that a direct reply must follow (0:
+        none): its events (``mark``) go on the session's topic, an ``idle → active`` (``woke``)
+        on both."""
+        mark, woke = reply.get("mark"), reply.get("woke")
+        mark = mark if type(mark) is int else 0
+        woke = woke if type(woke) is int else 0
+        if SESSION_TOPIC_PREFIX + session_id in self.topics:
+            return max(mark, woke)
+        return woke if GLOBAL_TOPIC in self.topics else 0
 
     def mark_seen(self, session_id: str, pid: int, mark: int) -> bool:
         seen = self.marks.get(session_id)

@@ -89,7 +89,10 @@ class Client:
         return request.convert(self._conn.call(request.op, request.args))
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
-        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here."""
+        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here, on
+        the session's channel as its other calls do."""
+        if op.startswith("debug_") and "session_id" in args:
+            return self._direct.call(op, args)
         return self._conn.call(op, args)
 
     # -- sessions ----------------------------------------------------------------------------

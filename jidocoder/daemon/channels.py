@@ -32,6 +32,7 @@ from typing import Any
 
 from ..states import SessionStatus
 from .link import Pending, SessionLink
+from .metrics import METRICS
 from .records import SessionRecord
 
 log = logging.getLogger("jidocoder.daemon")
@@ -85,12 +86,16 @@ class Channels:
 
     # -- frames from the process -------------------------------------------------------------
     def on_frame(self, record: SessionRecord, link: SessionLink, frame: dict[str, Any]) -> None:
-        """A direct call's events, or a wake; ``link`` is the process that sent it."""
+        """A direct call's events, a wake, or the calls served (for the metrics: the process
+        times them, the daemon never sees them); ``link`` is the process that sent it."""
         if "mark" in frame:
             self.sup.bus.publish_all(record.session_id, frame.get("events") or (),
                                      [link.pid, frame.get("mark")])
         elif "wake" in frame:
             self.wake(record, link, frame["wake"])
+        elif type(frame["served"]) is list:  # direct calls, for the metrics
+            for op, seconds, failed in frame["served"]:
+                METRICS.observe_call(str(op), float(seconds), bool(failed))
 
     def wake(self, record: SessionRecord, link: SessionLink, mark: Any) -> None:
         """``idle → active`` for a direct call, published with the call's mark, before the

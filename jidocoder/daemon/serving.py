@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
 from collections import deque
 from typing import Any
 
@@ -93,13 +94,20 @@ class SessionLoop:
         self.idle = False  # the daemon said so: a direct call first asks to be made active
         self.mark = 0  # event batches sent on the link for direct calls (and wakes)
         self.held: list[Any] = []  # link requests read while waiting to be woken
+        # Direct calls served, [op, seconds, failed], for the daemon's metrics (it sees none of
+        # them): sent in one frame whenever the loop is about to wait, never on a call's path.
+        self.served: list[list[Any]] = []
 
     def run(self) -> int:
         process, table, slot = self.process, self.process.table, self.process.spec.slot
         timeout_ms = process.beat_interval * 1000
         while True:
             table.beat(slot)
-            for fd, mask in self.poller.poll(timeout_ms):
+            ready = self.poller.poll(0 if self.served else timeout_ms)
+            if not ready and self.served:  # about to wait: the daemon's metrics first
+                self.report_calls()
+                continue
+            for fd, mask in ready:
                 if fd == self.link.fileno():
                     code = self.on_link()
                     if code is not None:
@@ -229,29 +237,44 @@ class SessionLoop:
             self.serve_channel(channel, frames)
 
     def serve_channel(self, channel: Channel, frames: list[Any]) -> None:
-        mark = self.wake() if self.idle else None
+        woke = self.wake() if self.idle else None
+        mark = None
         process = self.process
+        began = time.monotonic()
         if len(frames) == 1:
             process.mark_started(frames[0])
             replies = [process.handle(frames[0])]
         else:
             replies = process.serve_together(frames, send=False)
+        seconds = (time.monotonic() - began) / len(replies) if replies else 0.0
+        self.served += [[_op(frame), seconds, "error" in reply] for frame, reply in zip(frames, replies)]
         events = [event for reply in replies for event in reply.pop("events", None) or ()]
         if events:
             self.mark += 1
             mark = self.mark
             process.send({"events": events, "mark": mark})
-        for reply in replies:
+        for reply in replies:  # the marks its caller waits for, if subscribed (_direct.py)
             if mark is not None:
-                reply["mark"] = mark
+                reply["mark"] = mark  # its events: on the session's topic
+            if woke is not None:
+                reply["woke"] = woke  # idle → active: on both topics
             channel.out.append(_packed(reply))
         if not channel.flush():  # the client is not reading: read nothing more from it until
             self.poller.modify(channel.sock, select.POLLOUT)  # its replies are out
+
+    def report_calls(self) -> None:
+        self.process.send({"served": self.served})
+        self.served = []
 
     def drop(self, fd: int) -> None:
         channel = self.channels.pop(fd)
         self.poller.unregister(fd)
         channel.sock.close()
+
+
+def _op(frame: Any) -> str:
+    op = frame.get("op") if type(frame) is dict else None
+    return op if type(op) is str else "unknown"
 
 
 def _packed(reply: dict[str, Any]) -> bytes:

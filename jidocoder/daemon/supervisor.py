@@ -222,7 +222,7 @@ class Supervisor:
             link.last_word = str(frame.get("damaged") or frame.get("store_failed"))
         elif "ready" in frame:
             self._on_ready(record, link)
-        elif "mark" in frame or "wake" in frame:  # a direct call's events, a wake (channels.py)
+        elif "mark" in frame or "wake" in frame or "served" in frame:  # direct calls' (channels.py)
             self.channels.on_frame(record, link, frame)
         elif "id" in frame:
             call = link.in_flight.pop(frame["id"], None)

@@ -1,0 +1,102 @@
+"""Direct channels (docs/protocol.md): a Client's session calls go straight to the session's
+process. Most acceptance behaviour runs on this path through the other suites (a Client uses
+it by default: crashes, hangs, hibernation, reconnect); here, what is the channel's own."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from jidocoder import Client, SessionCrashedError, SessionNotFoundError
+from tests.integration.test_reconnect import in_background, restart
+from tests.support import LONG, SHORT, contents, fd_count, take_events, wait_until
+
+
+def channel_pid(client: Client, session_id: str) -> int:
+    return client._direct.channels[session_id].pid
+
+
+def test_calls_go_on_a_channel_the_daemon_does_not_keep(daemon):
+    with daemon.client() as client:
+        session_id = client.create_session()
+        daemon_fds = fd_count(daemon.pid)
+        client.send_message(session_id, "user", "one")
+        pid = client.get_session_pid(session_id)
+        assert channel_pid(client, session_id) == pid
+        assert fd_count(daemon.pid) == daemon_fds  # handed out, both ends closed
+        session_fds = fd_count(pid)
+        with daemon.client() as other:
+            other.get_active_files(session_id)
+            assert fd_count(pid) == session_fds + 1  # one per client using it
+        wait_until(lambda: fd_count(pid) == session_fds, SHORT, "the closed channel to go")
+        assert contents(client, session_id) == ["one"]
+
+
+def test_a_subscriber_sees_its_calls_events_before_the_reply(daemon):
+    with daemon.client() as client:
+        session_id = client.create_session()
+        client.subscribe_to_session(session_id)
+        for i in range(50):
+            client.send_message(session_id, "user", f"m{i}")
+            event = client.next_event(timeout=0)  # already here: the reply waited for it
+            assert event is not None and event.payload["content"] == f"m{i}"
+
+
+def test_a_call_its_process_dies_serving_raises_crashed_and_the_next_is_served(daemon_factory):
+    daemon = daemon_factory(debug_ops=True)
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session()
+        client.send_message(session_id, "user", "before")
+        pid = client.get_session_pid(session_id)
+        thread, outcome = in_background(
+            lambda: client._call("debug_hang", {"session_id": session_id, "seconds": 60}))
+        wait_until(lambda: client._direct.channels[session_id].lock.locked(), SHORT, "the call")
+        os.kill(pid, signal.SIGKILL)
+        thread.join(LONG)
+        assert isinstance(outcome.get("error"), SessionCrashedError)
+        client.send_message(session_id, "user", "after")  # on a channel to the successor
+        assert client.get_session_pid(session_id) != pid
+        assert contents(client, session_id) == ["before", "after"]
+
+
+def test_a_call_the_dead_process_never_read_is_served_by_its_successor(daemon):
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session()
+        client.send_message(session_id, "user", "before")
+        pid = client.get_session_pid(session_id)
+        os.kill(pid, signal.SIGSTOP)  # it reads nothing more
+        thread, outcome = in_background(lambda: client.send_message(session_id, "user", "queued"))
+        wait_until(lambda: client._direct.channels[session_id].lock.locked(), SHORT, "the call")
+        os.kill(pid, signal.SIGKILL)
+        thread.join(LONG)
+        assert outcome == {"result": None}
+        assert contents(client, session_id) == ["before", "queued"]
+
+
+def test_a_terminated_sessions_channel_ends_with_not_found(daemon):
+    with daemon.client() as client, daemon.client() as other:
+        session_id = client.create_session()
+        client.send_message(session_id, "user", "x")
+        other.terminate_session(session_id)
+        with pytest.raises(SessionNotFoundError):
+            client.send_message(session_id, "user", "y")
+
+
+def test_a_daemon_killed_while_a_direct_write_is_in_flight_stores_it_once(daemon_factory):
+    daemon = daemon_factory(debug_ops=True)
+    with Client(daemon.socket, timeout=LONG) as writer:
+        session_id = writer.create_session()
+        writer.subscribe_to_session(session_id)
+        writer.send_message(session_id, "user", "before")
+        writer._call("debug_kill_daemon_after_commit", {"session_id": session_id})
+        thread, outcome = in_background(lambda: writer.send_message(session_id, "user", "once"))
+        wait_until(lambda: daemon.proc.poll() is not None, SHORT, "the session to kill the daemon")
+        restart(daemon)
+        thread.join(LONG)
+        assert outcome == {"result": None}
+        writer.send_message(session_id, "user", "after")
+        assert contents(writer, session_id) == ["before", "once", "after"]
+        types = [e.type for e in take_events(writer, 3, timeout=SHORT)]
+        assert "conversation_added" in types or "events_gap" in types
