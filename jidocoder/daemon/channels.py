@@ -130,8 +130,9 @@ class Channels:
     # -- crashes -----------------------------------------------------------------------------
     def lost(self, pending: Pending, pid: Any, ids: Any) -> dict[str, Any] | None:
         """``channel_lost``: which of ``ids`` (in the order sent) process ``pid`` had begun;
-        answered once it is reaped (None: later, to ``pending``). ``{"begun": None}``: not a process of this daemon (it was
-        restarted): the Client resends, its call ids keep that at most once."""
+        answered once it is reaped (None: later, to ``pending``). ``{"begun": None}``: not a
+        process of this daemon (it was restarted): the Client resends, its call ids keep that
+        at most once."""
         ids = [i for i in ids if type(i) is int] if type(ids) is list else []
         if not isinstance(pid, int) or pid not in self.sup.by_pid and pid not in self.started_at_exit:
             return {"begun": None}

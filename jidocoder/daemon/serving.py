@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any
 
 from .. import wire
+from ..errors import JidocoderError
 from . import exits
 
 log = logging.getLogger("jidocoder.session")
@@ -120,7 +121,7 @@ class SessionLoop:
         """Serve what the daemon sent; an exit code when the process is to end."""
         try:
             frames, eof = self.read_link()
-        except wire.JidocoderError:
+        except JidocoderError:
             return exits.EXIT_PROTOCOL
         requests = self.take_control(frames)
         if self.held:
@@ -225,7 +226,7 @@ class SessionLoop:
             return
         try:
             frames, closed = channel.read_all()
-        except wire.JidocoderError as exc:  # a header over the limit: that channel is unusable
+        except JidocoderError as exc:  # a header over the limit: that channel is unusable
             channel.out.append(wire.pack_frame({"id": None, "error": exc.to_wire()}, wire.MAX_FRAME))
             channel.flush()
             self.drop(fd)
@@ -247,7 +248,8 @@ class SessionLoop:
         else:
             replies = process.serve_together(frames, send=False)
         seconds = (time.monotonic() - began) / len(replies) if replies else 0.0
-        self.served += [[_op(frame), seconds, "error" in reply] for frame, reply in zip(frames, replies)]
+        self.served += [[_op(frame), seconds, "error" in reply]  # a stop ends the batch early
+                        for frame, reply in zip(frames, replies, strict=False)]
         events = [event for reply in replies for event in reply.pop("events", None) or ()]
         if events:
             self.mark += 1
@@ -280,5 +282,5 @@ def _op(frame: Any) -> str:
 def _packed(reply: dict[str, Any]) -> bytes:
     try:
         return wire.pack_frame(reply, wire.MAX_FRAME)
-    except wire.JidocoderError as exc:  # over 4 GiB, or not encodable: say so instead
+    except JidocoderError as exc:  # over 4 GiB, or not encodable: say so instead
         return wire.pack_frame({"id": reply.get("id"), "error": exc.to_wire()}, wire.MAX_FRAME)
