@@ -177,6 +177,7 @@ class SessionLoop:
             process.send(process.handle(frames[0]))
         elif frames:
             process.serve_together(frames)
+        process.mark_done()
 
     def add_channel(self) -> None:
         if not self.fds:  # cannot be: the fd comes with its frame's first byte
@@ -261,8 +262,10 @@ class SessionLoop:
             if woke is not None:
                 reply["woke"] = woke  # idle → active: on both topics
             channel.out.append(_packed(reply))
-        if not channel.flush():  # the client is not reading: read nothing more from it until
-            self.poller.modify(channel.sock, select.POLLOUT)  # its replies are out
+        if channel.flush():
+            process.mark_done()
+        else:  # the client is not reading: read nothing more from it until its replies are out
+            self.poller.modify(channel.sock, select.POLLOUT)
 
     def report_calls(self) -> None:
         self.process.send({"served": self.served})

@@ -282,6 +282,11 @@ class SessionProcess:
             self.begun += 1
             self.table.write_started(self.spec.slot, frame["id"], self.begun)
 
+    def mark_done(self) -> None:
+        """Every call begun was answered: ``started`` back to 0, so the daemon sees the process
+        between calls (it may hibernate it) and, after a crash, that none was begun."""
+        self.table.write_started(self.spec.slot, 0, self.begun)
+
     def handle(self, frame: Any) -> dict[str, Any]:
         if type(frame) is wire.Refused:  # over its decoding budget (wire.decode_bounded)
             return frame.reply()
