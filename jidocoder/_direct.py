@@ -57,7 +57,7 @@ _LOST = object()  # the channel ended before the reply came
 class Channel:
     """One end of a channel to one process of one session."""
 
-    __slots__ = ("sock", "pid", "decoder", "frames", "lock", "last_used", "closed")
+    __slots__ = ("sock", "pid", "decoder", "frames", "lock", "last_used", "closed", "poller")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
@@ -67,6 +67,8 @@ class Channel:
         self.lock = threading.Lock()  # one call at a time
         self.last_used = time.monotonic()
         self.closed = False
+        self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
+        self.poller.register(self.sock, select.POLLIN)
 
     def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
                    deadline: float) -> Any:
@@ -93,7 +95,7 @@ class Channel:
         pending = self.frames
         while not pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+            if remaining <= 0 or not self.poller.poll(remaining * 1000):
                 raise timed_out(op, timeout, "no reply; the request may still be applied")
             try:
                 data = self.sock.recv(wire.RECV_CHUNK)
