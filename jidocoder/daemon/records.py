@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 from .. import wire
 from ..context import page
 from ..models import SessionState
-from ..states import SessionStatus
+from ..states import SERVING, SessionStatus
 from .link import Pending, SessionLink
+from .store import from_micros
 from .loop import Timer
 
 # A call held until the session's process serves: who waits, and what to do then.
@@ -130,16 +131,27 @@ class SessionRecord:
 
 
 class Sleeper(NamedTuple):
-    """A hibernated session as a start finds it: its columns of the registry's ``asleep``
-    table, not its state (~300 bytes, made at ~1 µs). It becomes a ``SessionRecord`` (its row
+    """A hibernated session as a start finds it: its row of the registry's ``asleep`` table
+    as read (``Registry.load_asleep``), not its state. It becomes a ``SessionRecord`` (its row
     read then) the first time anything asks for it (``KnownSessions``): a start with 100,000
-    of them decodes no state and makes no record."""
+    of them decodes no state, converts no column and makes no record."""
 
-    created_at: datetime
+    created_micros: int
     session_id: str
-    status: SessionStatus
+    status_value: str  # one of SLEEPING_STATUSES (ondisk.sleepers sets the others aside)
     message_count: int
     timeout_minutes: float
+
+    @property
+    def created_at(self) -> datetime:
+        return from_micros(self.created_micros)
+
+    @property
+    def status(self) -> SessionStatus:
+        return SLEEPING_STATUSES[self.status_value]
+
+
+SLEEPING_STATUSES = {status.value: status for status in SERVING}  # an enum call costs ~1 µs
 
 
 def _parse_plain(session_id: str, row: bytes) -> SessionState:
