@@ -2,7 +2,7 @@
 
 ``ondisk.take_stock`` says what is there; here each becomes a record, oldest first. A row marked
 hibernated becomes a sleeper: known, listed, no process until a call (a start with 100,000 of
-them forks nothing, validates none and makes no record: see ``records.Sleeper``). A row not marked was live when
+them forks nothing, validates none and makes no record: see ``records.SleeperRow``). A row not marked was live when
 the daemon stopped unasked (killed, crashed): its process is restarted, as after a crash of
 its own, a batch per loop turn so the daemon serves from its first moment; past
 ``max_live_sessions`` the rest sleep. Sessions past ``max_sessions`` are not known by this
@@ -22,7 +22,7 @@ from ..errors import DamagedStoreError
 from ..models import SessionState
 from ..states import SessionStatus
 from . import ondisk
-from .records import SessionRecord, Sleeper
+from .records import SessionRecord, Sleeper, SleeperRow, creation_order
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -49,7 +49,7 @@ class Restore:
         room = sup.table.capacity - len(sup.records)
         for item in known[room:]:
             log.error("session %s not restored: max_sessions=%d are known",
-                      item.session_id, sup.settings.max_sessions)
+                      creation_order(item)[1], sup.settings.max_sessions)
         known = known[:room]
         due: defaultdict[float, list[str]] = defaultdict(list)  # active sleepers by timeout
         for begin in range(0, len(known), PROGRESS_EVERY):
@@ -59,26 +59,26 @@ class Restore:
         sup.loop.call_later(0, self.spawn_next)
         return len(sup.records)
 
-    def know(self, items: list[SessionState | Sleeper], all_asleep: bool,
+    def know(self, items: list[SessionState | SleeperRow], all_asleep: bool,
              due: defaultdict[float, list[str]]) -> None:
         """Each in order: a sleeper kept as found (a record only once asked for: KnownSessions),
         a live one restarted; the active sleepers' ids added to ``due`` by their timeout. All
         sleepers (a start after ``daemon stop``) go in one call a batch: 100,000 in ~12 ms."""
         records = self.sup.records
         if all_asleep:
-            asleep = cast(list[Sleeper], items)
+            asleep = cast(list[SleeperRow], items)
             records.update(zip(map(itemgetter(1), asleep), asleep, strict=True))
         else:
             asleep = []
             for item in items:
-                if isinstance(item, Sleeper):
-                    records[item.session_id] = item
-                    asleep.append(item)
-                else:
+                if isinstance(item, SessionState):
                     self.restart(item)
-        for sleeper in asleep:
-            if sleeper.status_value == _ACTIVE:
-                due[sleeper.timeout_minutes].append(sleeper.session_id)
+                else:
+                    records[item[1]] = item
+                    asleep.append(item)
+        for _, session_id, status, _, timeout in asleep:
+            if status == _ACTIVE:
+                due[timeout].append(session_id)
 
     def record_of(self, sleeper: Sleeper) -> SessionRecord:
         """The record of a sleeper, made the first time it is asked for (``KnownSessions``)."""
@@ -116,10 +116,9 @@ class Restore:
             sup.loop.call_later(0, self.spawn_next)
 
 
-def _oldest_first(live: list[SessionState], asleep: list[Sleeper]) -> list[SessionState | Sleeper]:
+def _oldest_first(live: list[SessionState], asleep: dict[str, SleeperRow]) -> list[SessionState | SleeperRow]:
     """By creation (then id). Sleepers, usually all of them, come so from the registry; a sort
     (with a key function, ~0.5 µs a call) only when live rows are to be merged in."""
     if not live:
-        return list(asleep)  # the registry gives them oldest first
-    known: list[SessionState | Sleeper] = [*live, *asleep]
-    return sorted(known, key=lambda s: (s.created_at, s.session_id))
+        return list(asleep.values())  # the registry gives them oldest first
+    return sorted([*live, *asleep.values()], key=creation_order)
