@@ -1,0 +1,77 @@
+"""The session side of the Ray backend: one session's logic in a Ray actor (docs/ray.md).
+
+The actor is the forked session's ``SessionProcess``, handed a ``WriteRecorder`` for a store:
+the same handlers, the same context, the same cache, the same replies and events. It is compute
+and cache only; the calls' writes go back with their replies, and the daemon stores them before
+it answers (``ray_backend``). So the actor holds nothing the daemon does not also hold, and a
+node that dies takes only what no client was told was stored.
+
+This module does not import Ray: ``ray_backend`` wraps ``SessionActor`` with ``ray.remote``, so
+the class is also usable (and tested) in a plain process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from .exits import StopServing
+from .session import SessionProcess, SessionSpec, load_context
+from .writes import Stored, Write, WriteRecorder
+
+# A request's ``deadline`` is CLOCK_MONOTONIC, which is one clock per machine: across nodes it
+# travels as the seconds its client still waits (``budget``), turned back into this node's clock
+# on arrival. Lenient by the transit time only, never strict by a clock offset.
+BUDGET = "budget"
+
+
+class _NoTable:
+    """The shared-memory table a forked session writes to; an actor shares no memory with the
+    daemon (its counters travel with its replies)."""
+
+    def beat(self, slot: int, now: float | None = None) -> None:
+        pass
+
+    def write_message_count(self, slot: int, count: int) -> None:
+        pass
+
+    def write_started(self, slot: int, request_id: int) -> None:
+        pass
+
+
+class SessionActor:
+    """One session, served where Ray placed it."""
+
+    def __init__(self, spec: SessionSpec, stored: Stored) -> None:
+        self.recorder = WriteRecorder(stored)
+        self.process = SessionProcess(spec, None, _NoTable(), store=self.recorder)  # type: ignore[arg-type]
+
+    def ready(self, node_id: str = "") -> dict[str, Any]:
+        """Where it runs: the ``pid`` a client is told (§14: the actor's process on its node)."""
+        return {"pid": os.getpid(), "node": node_id, "message_count": self.process.context.message_count}
+
+    def handle(self, frame: Any) -> tuple[dict[str, Any], list[Write], int]:
+        """One call: ``(reply, the writes it made, messages held)``. A call that asks the
+        session to stop (a test hook) ends the actor's process, as it ends a forked one."""
+        if isinstance(frame, dict) and isinstance(frame.get(BUDGET), (int, float)):
+            frame = dict(frame, deadline=time.monotonic() + frame.pop(BUDGET))
+        try:
+            reply = self.process.handle(frame)
+        except StopServing as exc:
+            os._exit(exc.exit_code)
+        return reply, self.recorder.take(), self.process.context.message_count
+
+    def restore(self, stored: Stored) -> int:
+        """Start again from what the daemon stored: after a write the daemon could not store,
+        whose change this actor had already made in memory."""
+        self.recorder = WriteRecorder(stored)
+        self.process.store = self.recorder
+        self.process.context = load_context(self.process.spec, self.recorder)
+        return self.process.context.message_count
+
+    def watch(self) -> None:
+        """Never returns: the daemon holds this call open, and its failure is how the daemon
+        hears of the actor's death (process killed, node lost) while no call is in flight."""
+        threading.Event().wait()

@@ -1,0 +1,242 @@
+"""The Ray backend: each session a Ray actor, placed by Ray anywhere in its cluster (API.md §14,
+docs/ray.md).
+
+Where what a call stores is written: on the daemon's disk, before the reply goes out. The actor
+(``ray_actor.SessionActor``) is compute and cache; its reply carries the writes it made, the
+backend stores them in the session's ``SessionStore`` here (one transaction per call) and only
+then hands the reply up. A node that dies loses replies nobody was given, never a stored write;
+a session restarted on another node starts from this store. A write the store cannot take is
+the caller's ``StorageError``, nothing of it kept: the actor is sent the stored state again,
+and the calls already sent behind the failed one (they ran on the unstored change) are answered
+``StorageError`` too, unapplied.
+
+How a death is noticed: every actor holds one call open for the daemon (``watch``, in its own
+concurrency group so that it never waits behind a call), and Ray fails it when the actor's
+process dies or its node is lost, with a reason. Ray's own restarts are off (``max_restarts=0``):
+what a death leads to is the daemon's restart policy (``restarts``).
+
+The loop is never blocked: each call is an ObjectRef whose completion (on a thread of Ray's)
+only notes the session and writes a byte to ``fileno``; ``collect`` does the rest on the
+daemon's thread, each session's calls strictly in the order they were sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from ..errors import StorageError
+from .backend import Answered, Died, Happening, Ready
+from .ray_actor import BUDGET, SessionActor
+from .session import SessionSpec, as_storage_error
+from .writes import apply_writes
+
+log = logging.getLogger("jidocoder.daemon")
+
+# Ray schedules an actor by its resources: a session is idle most of the time, so it asks for
+# no CPU (the default asks 1 to place and 0 to run). SPREAD: sessions over every node, so that
+# losing one loses the fewest.
+DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+
+
+@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"watch": 1})
+class RaySessionActor(SessionActor):
+    def ready(self, node_id: str = "") -> dict[str, Any]:
+        return SessionActor.ready(self, ray.get_runtime_context().get_node_id())
+
+    @ray.method(concurrency_group="watch")
+    def watch(self) -> None:
+        SessionActor.watch(self)
+
+
+@dataclass(eq=False)
+class _Call:
+    request: dict[str, Any]
+    future: Future
+    doomed: bool = False  # sent before the actor was given back the stored state: not applied
+
+
+@dataclass(eq=False)
+class _Session:
+    spec: SessionSpec
+    store: Any  # store.SessionStore, or None for a session with persistence disabled
+    actor: Any
+    ready: Future | None
+    watch: Future
+    calls: deque[_Call] = field(default_factory=deque)
+    stopping: bool = False
+
+
+class RayBackend:
+    """``backend.SessionBackend`` over a Ray cluster (``address``; None starts a local one)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, actor_options: dict[str, Any] | None = None,
+                 namespace: str = "jidocoder") -> None:
+        self.owns_ray = not ray.is_initialized()
+        if self.owns_ray:
+            ray.init(address=address, namespace=namespace, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        self.actor_options = {**DEFAULT_ACTOR_OPTIONS, **(actor_options or {})}
+        self.sessions: dict[str, _Session] = {}
+        self._noted: deque[str] = deque()  # appended by Ray's threads, taken by collect
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- the seam ---------------------------------------------------------------------------
+    def start_session(self, spec: SessionSpec) -> None:
+        """Raises what the store raised (nothing started) if the stored state cannot be read."""
+        store = _open_store(spec)
+        try:
+            stored = store.load() if store is not None else ([], [], {})
+            actor = RaySessionActor.options(**self.actor_options).remote(spec, stored)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+        sid = spec.session_id
+        session = _Session(spec, store, actor, self._future(sid, actor.ready.remote()),
+                           self._future(sid, actor.watch.remote()))
+        self.sessions[sid] = session
+
+    def send(self, session_id: str, request: dict[str, Any]) -> None:
+        frame = dict(request)
+        deadline = frame.pop("deadline", None)
+        if isinstance(deadline, (int, float)):
+            frame[BUDGET] = deadline - time.monotonic()
+        session = self.sessions[session_id]
+        session.calls.append(_Call(request, self._future(session_id, session.actor.handle.remote(frame))))
+
+    def stop_session(self, session_id: str) -> None:
+        session = self.sessions[session_id]
+        session.stopping = True
+        ray.kill(session.actor, no_restart=True)
+
+    def fileno(self) -> int:
+        return self._wake_r.fileno()
+
+    def collect(self) -> list[Happening]:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        noted = set()
+        while self._noted:
+            noted.add(self._noted.popleft())
+        happened: list[Happening] = []
+        for sid in noted:
+            session = self.sessions.get(sid)
+            if session is not None:
+                happened += self._progress(session)
+        return happened
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            ray.kill(session.actor, no_restart=True)
+            if session.store is not None:
+                session.store.close()
+        self.sessions.clear()
+        if self.owns_ray:
+            ray.shutdown()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- what a session's completions mean --------------------------------------------------
+    def _progress(self, session: _Session) -> list[Happening]:
+        happened: list[Happening] = []
+        sid = session.spec.session_id
+        if session.ready is not None:
+            if not session.ready.done():
+                return happened
+            ready, session.ready = session.ready, None
+            if ready.exception() is None:
+                info = ready.result()
+                happened.append(Ready(sid, info["pid"], info["node"], info["message_count"]))
+        while session.calls and session.calls[0].future.done():
+            call = session.calls[0]
+            if call.future.exception() is not None:
+                break  # the actor is gone: its watch says why
+            session.calls.popleft()
+            happened.append(self._answer(session, call, *call.future.result()))
+        if session.watch.done() and all(call.future.done() for call in session.calls):
+            happened.append(self._died(session))
+        return happened
+
+    def _answer(self, session: _Session, call: _Call, reply: dict[str, Any], writes: list,
+                message_count: int) -> Answered:
+        """The reply, once its writes are stored; a StorageError (nothing kept) if they cannot be."""
+        sid = session.spec.session_id
+        if call.doomed:
+            error = StorageError("an earlier call's write could not be stored, and this call ran "
+                                 "after it: nothing of this call was applied")
+            return Answered(sid, {"id": reply.get("id"), "error": error.to_wire()}, message_count)
+        if writes and session.store is not None:
+            try:
+                apply_writes(session.store, writes)
+            except Exception as exc:
+                log.error("session %s: a write could not be stored, nothing of it kept: %s", sid, exc)
+                self._give_back_stored(session)
+                return Answered(sid, {"id": reply.get("id"), "error": as_storage_error(exc).to_wire()},
+                                message_count)
+        return Answered(sid, reply, message_count)
+
+    def _give_back_stored(self, session: _Session) -> None:
+        """The actor made a change that was not stored: it starts again from the store, and
+        every call sent before it hears so ran on the change, so none of them is applied."""
+        for call in session.calls:
+            call.doomed = True
+        try:
+            stored = session.store.load()
+        except Exception as exc:  # the store cannot even be read: the session cannot go on
+            log.error("session %s: its store cannot be read back (%s); ending its actor",
+                      session.spec.session_id, exc)
+            ray.kill(session.actor, no_restart=True)
+            return
+        session.actor.restore.remote(stored)
+
+    def _died(self, session: _Session) -> Died:
+        sid = session.spec.session_id
+        del self.sessions[sid]
+        if session.store is not None:
+            session.store.close()
+        reason = "stopped" if session.stopping else death_reason(session.watch.exception())
+        return Died(sid, reason, session.stopping, [call.request for call in session.calls])
+
+    def _future(self, session_id: str, ref: Any) -> Future:
+        future = ref.future()
+        future.add_done_callback(lambda _: self._note(session_id))
+        return future
+
+    def _note(self, session_id: str) -> None:
+        """On a thread of Ray's: note, and wake the loop; nothing else."""
+        self._noted.append(session_id)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):  # full: the loop will wake anyway; closed: shut down
+            pass
+
+
+def _open_store(spec: SessionSpec) -> Any:
+    if not spec.config.persistence_enabled:
+        return None
+    from .store import SessionStore
+    return SessionStore(spec.state_dir, spec.session_id, spec.durability, lazy=True)
+
+
+def death_reason(exc: BaseException | None) -> str:
+    """One line of why Ray says the actor died: its process, or its node."""
+    text = getattr(exc, "error_msg", None) or str(exc)
+    found = re.search(r"The actor (?:is dead|died) because (.*)", text, re.S)
+    reason = " ".join((found.group(1) if found else text).split())
+    return "actor died: " + reason.split(" Some common causes")[0][:300]
