@@ -73,6 +73,24 @@ def _on_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return address.is_loopback or address.is_unspecified or bool(mapped and mapped.is_loopback)
 
 
+def descendants(pid: int) -> set[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.update(children)
+        todo += children
+    return found
+
+
 class LocalCluster:
     """A head with no CPU for sessions and ``nodes`` worker nodes, each ``cpus`` CPUs."""
 
@@ -97,7 +115,19 @@ class LocalCluster:
     def add_node(self):
         return self.cluster.add_node(num_cpus=self.cpus, node_ip_address="127.0.0.1")
 
-    def remove_node(self, node) -> None:
+    def lose_node(self, node) -> None:
+        """The node's machine dies: every process of it, its actors' workers included, is
+        SIGKILLed at once (Ray's ``remove_node`` alone kills its own processes, and the workers,
+        which the daemon reaches directly, would go on serving for a while)."""
+        doomed = set()
+        for infos in node.all_processes.values():
+            for info in infos:
+                doomed |= {info.process.pid} | descendants(info.process.pid)
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.cluster.remove_node(node, allow_graceful=False)
         self.workers.remove(node)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnavailableError
 
 from ..errors import StorageError
 from .backend import Answered, Died, Happening, Ready
@@ -73,6 +74,7 @@ class _Session:
     watch: Future
     calls: deque[_Call] = field(default_factory=deque)
     stopping: bool = False
+    unreachable: str = ""  # why the daemon ended an actor it could no longer reach
 
 
 class RayBackend:
@@ -166,12 +168,25 @@ class RayBackend:
         while session.calls and session.calls[0].future.done():
             call = session.calls[0]
             if call.future.exception() is not None:
-                break  # the actor is gone: its watch says why
+                self._end_unreachable(session, call.future.exception())
+                break  # the actor is gone, or is being ended: its watch says when
             session.calls.popleft()
             happened.append(self._answer(session, call, *call.future.result()))
-        if session.watch.done() and all(call.future.done() for call in session.calls):
+        if session.watch.done() and isinstance(session.watch.exception(), ActorUnavailableError):
+            self._end_unreachable(session, session.watch.exception())
+        elif session.watch.done() and all(call.future.done() for call in session.calls):
             happened.append(self._died(session))
         return happened
+
+    def _end_unreachable(self, session: _Session, error: BaseException | None) -> None:
+        """Ray could not reach the actor (its node's connection lost): the actor may still be
+        alive and may have made a change the daemon never heard of, so the daemon ends it, and
+        its successor starts from the store. Its watch is held again to hear the end."""
+        if not isinstance(error, ActorUnavailableError) or session.unreachable:
+            return
+        session.unreachable = death_reason(error).replace("actor died: ", "actor unreachable: ", 1)
+        ray.kill(session.actor, no_restart=True)
+        session.watch = self._future(session.spec.session_id, session.actor.watch.remote())
 
     def _answer(self, session: _Session, call: _Call, reply: dict[str, Any], writes: list,
                 message_count: int) -> Answered:
@@ -211,6 +226,8 @@ class RayBackend:
         if session.store is not None:
             session.store.close()
         reason = "stopped" if session.stopping else death_reason(session.watch.exception())
+        if session.unreachable and not session.stopping:
+            reason = session.unreachable  # what the end by ray.kill that followed would hide
         return Died(sid, reason, session.stopping, [call.request for call in session.calls])
 
     def _future(self, session_id: str, ref: Any) -> Future:
