@@ -45,6 +45,14 @@ class WriteRecorder:
         writes, self._writes = self._writes, []
         return writes
 
+    # The daemon stores each call's writes in one transaction of its own (apply_writes), so a
+    # group of calls served together needs no boundary here.
+    def begin_group(self) -> None:
+        pass
+
+    def end_group(self) -> None:
+        pass
+
     def append_message(self, message: Message, keep: int) -> None:
         self._writes.append(("append_message", (message, keep)))
 
