@@ -12,6 +12,7 @@ from jidocoder.daemon.backend import Answered, Died, Ready
 from jidocoder.daemon.store import SessionStore
 from tests.ray.helpers import Collector, spec
 from tests.support import process_alive, wait_until
+from tests.unit.test_store_faults import FullDisk, needs_strace
 
 
 def start(backend, state_dir, sid: str, **config) -> Ready:
@@ -109,3 +110,27 @@ def test_a_session_with_persistence_disabled_stores_nothing(backend, tmp_path):
     assert "result" in seen.of(Answered, sid)[0].reply
     stop(backend, seen, sid)
     assert not (tmp_path / "sessions").exists() or list((tmp_path / "sessions").iterdir()) == []
+
+
+@needs_strace
+def test_a_write_the_daemon_cannot_store_is_a_storage_error_and_the_actor_goes_back_to_the_store(backend, tmp_path):
+    sid = "session_ray_full"
+    start(backend, tmp_path, sid)
+    seen = Collector(backend)
+    send(backend, sid, 1, "send_message", role="user", content="stored")
+    seen.until(lambda s: seen.of(Answered, sid), what="the first answer")
+    disk = FullDisk(os.getpid())  # the daemon's disk is full: this process's pwrite64 fails
+    try:
+        send(backend, sid, 2, "send_message", role="user", content="not storable")
+        send(backend, sid, 3, "get_conversation_history")  # ran after the unstored change
+        seen.until(lambda s: len(seen.of(Answered, sid)) == 3, what="two more answers")
+    finally:
+        disk.close()
+    failed, behind = (a.reply for a in seen.of(Answered, sid)[1:])
+    assert failed["error"]["code"] == behind["error"]["code"] == "storage_unavailable"
+    assert "disk is full" in failed["error"]["message"], failed
+    send(backend, sid, 4, "send_message", role="user", content="stored again")
+    send(backend, sid, 5, "get_conversation_history")
+    seen.until(lambda s: len(seen.of(Answered, sid)) == 5, what="the answers after the fault")
+    assert [m["content"] for m in seen.of(Answered, sid)[4].reply["result"]] == ["stored", "stored again"]
+    assert stored_messages_after_stop(backend, tmp_path, sid) == ["stored", "stored again"]

@@ -1,6 +1,10 @@
 """A node lost (its processes SIGKILLed, as a machine that dies) while clients write to the
 sessions it held: each of them dies with the node as its reason, starts again on a node that
-lives, and what the daemon stored is exactly every message it acknowledged, in order."""
+lives, and what the daemon stored is exactly every message it acknowledged, in order.
+
+Last of the cluster's tests on purpose (file order): for ~12 s after the loss, Ray goes on
+counting the lost node as alive and places new actors there, which a test after this one with a
+backend of its own (not knowing the node was lost) would meet."""
 
 from __future__ import annotations
 
@@ -29,8 +33,7 @@ def test_losing_a_node_while_writing_loses_nothing_acknowledged(cluster, backend
 
     acknowledged: dict[str, list[str]] = {sid: [] for sid in sids}
     sent = {sid: 0 for sid in sids}
-    restarted: set[str] = set()
-    reasons: set[str] = set()
+    restarted: list[str] = []
 
     def send_next(sid: str) -> None:
         sent[sid] += 1
@@ -48,8 +51,7 @@ def test_losing_a_node_while_writing_loses_nothing_acknowledged(cluster, backend
                 # Ray says the node died, or (first, when the daemon's connection to the actor
                 # broke before the cluster noticed) that the actor was unreachable.
                 assert re.search("node has died|actor unreachable", happening.reason), happening.reason
-                reasons.add(happening.reason.split(":")[0])
-                restarted.add(happening.session_id)
+                restarted.append(happening.session_id)
                 sent[happening.session_id] = len(acknowledged[happening.session_id])
                 backend.start_session(spec(tmp_path, happening.session_id))  # our restart
             elif isinstance(happening, Ready) and happening.session_id in restarted:
@@ -70,12 +72,11 @@ def test_losing_a_node_while_writing_loses_nothing_acknowledged(cluster, backend
 
     seen.until(written(LOSE_AFTER), what=f"{LOSE_AFTER} messages each")
     cluster.lose_node(doomed_node)  # a round is in flight on it now
-    try:
-        seen.until(written(ROUNDS), timeout=2 * LONG, what="every message, after the node loss")
-    finally:
-        cluster.workers.append(cluster.add_node())  # the next test has two worker nodes again
-    assert restarted == held
-    print("reasons:", reasons)
+    seen.until(written(ROUNDS), timeout=2 * LONG, what="every message, after the node loss")
+    # Each died, and ended on a node that lives. Mostly once: its restart is placed away from
+    # the lost node (ray_backend.lost_nodes); but Ray 2.60 now and then still placed a first
+    # restart there before it noticed the node was gone, and it died there a second time.
+    assert set(restarted) == held
 
     for sid in sids:
         backend.stop_session(sid)
