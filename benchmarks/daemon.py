@@ -17,7 +17,7 @@ import time
 
 from .common import kill_group
 
-STARTED: list["BenchDaemon"] = []  # every daemon of this run, for the last-resort cleanup
+STARTED: list[BenchDaemon] = []  # every daemon of this run, for the last-resort cleanup
 
 
 class BenchDaemon:
@@ -36,7 +36,7 @@ class BenchDaemon:
             flags += ["--" + name.replace("_", "-"), str(value)]
         return [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground", *flags]
 
-    def start(self, timeout: float = 60.0) -> "BenchDaemon":
+    def start(self, timeout: float = 60.0) -> BenchDaemon:
         """Start and wait until the socket accepts a connection; ``start_seconds`` is that time."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOCODER_")}
         env.update(JIDOCODER_SOCKET=self.socket, JIDOCODER_STATE_DIR=self.state_dir)

@@ -12,12 +12,16 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from jidocoder import Client
 
 from .common import PAUSE, percentile
 from .report import Row
+
+if TYPE_CHECKING:  # daemon.py is not imported at run time here: only drivers_more starts one
+    from .daemon import BenchDaemon
 
 now = time.perf_counter
 MS = 1000.0
@@ -190,7 +194,7 @@ def measure_terminate(ctx: Context) -> list[Row]:
         for _ in range(ctx.counts["terminate"]):
             sid = client.create_session()
             pid = client.get_session_pid(sid)
-            samples.append(timed(lambda: client.terminate_session(sid)))
+            samples.append(timed(lambda sid=sid: client.terminate_session(sid)))
             if os.path.exists(f"/proc/{pid}"):
                 raise RuntimeError("terminate_session returned before the process was reaped")
     return latency_rows("terminate_session → reaped", samples, f.p50("exit_reap"),
@@ -225,7 +229,7 @@ def run_load(socket_path: str, clients: int, threads_per_client: int, duration: 
         for t in threads:
             t.join()
         elapsed = now() - start
-        for client, sid in zip(handles, sessions):
+        for client, sid in zip(handles, sessions, strict=True):
             client.terminate_session(sid)
         return sum(counts) / elapsed
     finally:

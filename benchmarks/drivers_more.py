@@ -113,7 +113,7 @@ def measure_durability(ctx: Context) -> list[Row]:
                 sid = client.create_session()
                 for _ in range(20):
                     client.send_message(sid, "user", CONTENT)
-                samples = [timed(lambda: client.send_message(sid, "user", CONTENT))
+                samples = [timed(lambda sid=sid: client.send_message(sid, "user", CONTENT))
                            for _ in range(ctx.counts["durable"])]
                 client.terminate_session(sid)
         finally:

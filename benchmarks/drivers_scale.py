@@ -83,7 +83,7 @@ def grow_to_most(ctx: Context, daemon: BenchDaemon, have: int, cap: int,
             batch = max(8, min(batch, int((left - min_available) / per_session) + 1))
         try:
             create_many(daemon.socket, batch)
-        except Exception as exc:  # e.g. the machine refused a fork: that is the most it holds
+        except Exception as exc:  # noqa: BLE001 - e.g. the machine refused a fork: that is the most it holds
             with Client(daemon.socket, timeout=60) as client:
                 have = len(client.list_sessions())
             reason = f"{type(exc).__name__}: {exc}"
@@ -184,7 +184,8 @@ def measure_fork_choice(ctx: Context) -> list[Row]:
         direct, template, spare = f"fork_ready_{size}", f"template_fork_{size}", f"spare_start_{size}"
         other, other_name = min(((f.p50(direct), "direct fork→ready"),
                                  (f.p50(template), "fork→ready via a template")))
-        rows.append(Row(f"start a worker for a {f.values[direct + '_rss']:.0f} MB parent: spare from a template (chosen)",
+        rows.append(Row(f"start a worker for a {f.values[direct + '_rss']:.0f} MB parent: "
+                        "spare from a template (chosen)",
                         "ms", f.p50(spare), other, 1.0, p50=f.p50(spare), p99=f.p99(spare),
                         floor_name=other_name,
                         note=f"direct fork {f.p50(direct):.2f} ms, via a template {f.p50(template):.2f} ms"))

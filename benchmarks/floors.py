@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack  # noqa: F401 -- the preload: a session's parent has these imported
 import pydantic  # noqa: F401

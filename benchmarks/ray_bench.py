@@ -30,6 +30,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
 
 
+def mib(uss_pss: tuple[float, float]) -> str:
+    return f"{uss_pss[0]:.1f} / {uss_pss[1]:.1f} MiB"
+
+
 def p50_p99(samples: list[float]) -> str:
     return f"p50 {ms(percentile(samples, 50))}, p99 {ms(percentile(samples, 99))}"
 
@@ -115,8 +119,8 @@ def ray_rows(cluster: LocalCluster, counts: dict, state_dir: Path) -> list[tuple
                      p50_p99([timed(lambda: drive.call(volatile.session_id, "send_message", role="user",
                                                        content=CONTENT)) for _ in range(counts["rtt"])])))
         rows.append(("memory: a session actor's process (USS / PSS)",
-                     "%.1f / %.1f MiB" % uss_pss_mb(ready.pid)))
-        rows.append(("memory: a plain actor's process (USS / PSS, anchor)", "%.1f / %.1f MiB" % uss_pss_mb(plain_pid)))
+                     mib(uss_pss_mb(ready.pid))))
+        rows.append(("memory: a plain actor's process (USS / PSS, anchor)", mib(uss_pss_mb(plain_pid))))
         rows.append(throughput(drive, state_dir, counts))
         rows.append(("session actor created (store read, actor placed, ready)",
                      p50_p99([timed(lambda i=i: drive.start(state_dir, f"session_bench_c{i}"))
@@ -186,7 +190,7 @@ def local_rows(counts: dict) -> list[tuple[str, str]]:
             rtt = [timed(lambda: client.send_message(sid, "user", CONTENT)) for _ in range(counts["rtt"])]
             creates = [timed(client.create_session) for _ in range(counts["creates"])]
             pid = client.get_session_pid(sid)
-            memory = "%.1f / %.1f MiB" % uss_pss_mb(pid)
+            memory = mib(uss_pss_mb(pid))
     finally:
         daemon.stop()
         daemon.remove()

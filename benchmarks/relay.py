@@ -101,7 +101,7 @@ class Relay:
                 target.sendall(pack_frame(frame, MAX))
 
     def stop(self) -> None:
-        for pid, sock in self.workers:
+        for _, sock in self.workers:
             sock.close()
         for pid, _ in self.workers:
             reap(pid)

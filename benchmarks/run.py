@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.monotonic()
                 try:
                     rows += driver(ctx)
-                except Exception:  # a broken figure is reported, the others still run
+                except Exception:  # noqa: BLE001 - a broken figure is reported, the others still run
                     log(traceback.format_exc())
                     rows.append(Row(f"{name} (failed)", "-", float("nan"), float("nan"), 1.0))
                 log(f"  {time.monotonic() - t0:.1f} s")

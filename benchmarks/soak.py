@@ -108,7 +108,7 @@ class Soak:
         with Client(self.daemon.socket) as client:
             for k in range(self.counts["kills"]):
                 sid = self.rng.choice(self.sessions)
-                pid = poll_until(lambda: (p := client.get_session_pid(sid)) != last_killed.get(sid) and p,
+                pid = poll_until(lambda sid=sid: (p := client.get_session_pid(sid)) != last_killed.get(sid) and p,
                                  PROGRESS_DEADLINE, f"a new process for {sid}")
                 os.kill(pid, signal.SIGKILL)
                 last_killed[sid] = pid

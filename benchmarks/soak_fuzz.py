@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack
 
@@ -180,7 +180,7 @@ def unanswered_probes(socket_path: str) -> list[str]:
                 sock.recv(65536)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            except socket.timeout:
+            except TimeoutError:
                 silent.append(name)
     return silent
 
@@ -207,7 +207,7 @@ def one_connection(socket_path: str, payload: bytes, wait: bool) -> str:
             return "answered"
         except (BrokenPipeError, ConnectionResetError):
             return "reset"
-        except socket.timeout:
+        except TimeoutError:
             return "silent"
     finally:
         sock.close()

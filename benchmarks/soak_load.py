@@ -21,6 +21,7 @@ is not relied on), polling until the daemon answers again or the soak ends.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -30,7 +31,8 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from benchmarks.common import alive, processes_with_env
 from jidocoder import Client
@@ -331,7 +333,7 @@ def _check_one(verdict: Verdict, s: int, writer: Writer, counts: Counter, seen: 
             verdict.refused_but_applied += 1
             verdict.note(f"{tag}: refused #{n} was applied")
     first_copies = list(dict.fromkeys(seen))  # a duplicate is counted above, not as disorder
-    inversions = [(a, b) for a, b in zip(first_copies, first_copies[1:]) if b < a]
+    inversions = [(a, b) for a, b in itertools.pairwise(first_copies) if b < a]
     verdict.out_of_order += len(inversions)
     for a, b in inversions[:3]:
         verdict.note(f"{tag}: #{b} follows #{a} in the history")

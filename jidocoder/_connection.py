@@ -195,6 +195,7 @@ class Connection(Reader):
                 with self._lock:
                     self._pending.pop(request_id, None)  # a late reply now finds no slot: dropped
         reply = slot.reply
+        assert reply is not None  # _await returned True: has_reply() held
         if "error" not in reply:
             return reply.get("result")
         if not isinstance(reply["error"], dict):

@@ -113,7 +113,8 @@ class Reader:
     _pending: dict[int, _Slot]
     _events: deque[Event]
     event_buffer: int  # the most events held before the oldest is dropped
-    _gaps: dict[str, list[int]]  # topic → [first_missing, next_seq] of events dropped    # Each waiting thread's Condition → whether what it waits for has come.
+    _gaps: dict[str, list[int]]  # topic → [first_missing, next_seq] of events dropped
+    # Each waiting thread's Condition → whether what it waits for has come.
     _waiters: dict[threading.Condition, Callable[[], bool]]
     _local: threading.local  # each thread's Condition (_thread_condition)
     _reading: bool  # the reader role is held
@@ -172,7 +173,7 @@ class Reader:
     # -- the reader role (every method below runs with _lock held) ---------------------------
 
     def _await(self, ready: Callable[[], bool], deadline: float | None,
-               slot: "_Slot | None" = None) -> bool:
+               slot: _Slot | None = None) -> bool:
         """Wait until ``ready()``, reading the socket whenever the role is free; False once the
         deadline (None: never) passes first. What is ready wins over a lost connection. A
         caller waiting for ``slot`` is woken by its reply directly (no scan of every waiter)."""
@@ -221,12 +222,11 @@ class Reader:
                     return False
                 polled = True
                 self._lock.release()
+                failure: Exception | None = None
                 try:
                     frames = self._read_frames(remaining)
                 except Exception as e:  # noqa: BLE001 -- whatever ends the stream ends it for all
                     frames, failure = [], e
-                else:
-                    failure = None
                 finally:
                     self._lock.acquire()
                 self._route(frames or [])
@@ -347,7 +347,7 @@ class Reader:
             self._role_free.notify_all()
 
 
-def _drain_loop(ref: "weakref.ref[Reader]", sock: socket.socket, stop: threading.Event) -> None:
+def _drain_loop(ref: weakref.ref[Reader], sock: socket.socket, stop: threading.Event) -> None:
     """The lowest-priority participant: it waits for the socket to turn readable without the
     role, and takes the role only when it is free, for one read. It never contends with a caller
     reading its own reply: seeing the role held (read without the lock, a hint) it backs off

@@ -19,7 +19,7 @@ import socket
 import stat
 import struct
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 SOCKET_NAME = "daemon.sock"
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid

@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from . import _no_plugins  # noqa: F401  first, before any model is built (see its docstring)
 from .config import Settings, flag_name
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--foreground", action="store_true", help="stay attached (systemd, containers)")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     for name, info in Settings.model_fields.items():
-        switch = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --debug-ops
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --debug-ops
         start.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=info.description,
                            **switch)
     for action in ("stop", "status"):
@@ -165,7 +166,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with client:
         pid = client.daemon_pid
         client.shutdown()
-    if not wait_gone(pid, STOP_TIMEOUT):
+    if pid is not None and not wait_gone(pid, STOP_TIMEOUT):  # hello always tells the pid
         print(f"jidocoder: the daemon (pid {pid}) is still running {STOP_TIMEOUT:.0f} s after it was "
               "asked to stop", file=sys.stderr)
         return EXIT_FAILED

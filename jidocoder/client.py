@@ -33,7 +33,7 @@ class Client(Connection):
         super().__init__(socket_path if socket_path is not None else default_socket_path(),
                          timeout, event_buffer)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -45,12 +45,14 @@ class Client(Connection):
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def create_session(self, *, metadata: dict | None = None, llm_config: dict | None = None,
-                       config: dict | SessionConfig | None = None) -> str:
+    def create_session(self, *, metadata: dict[str, Any] | None = None,
+                       llm_config: dict[str, Any] | None = None,
+                       config: dict[str, Any] | SessionConfig | None = None) -> str:
         if isinstance(config, SessionConfig):
             config = config.model_dump()
-        return self._call("create_session",
-                          {"metadata": metadata, "llm_config": llm_config, "config": config})
+        session_id: str = self._call(
+            "create_session", {"metadata": metadata, "llm_config": llm_config, "config": config})
+        return session_id
 
     def terminate_session(self, session_id: str) -> None:
         self._call("terminate_session", {"session_id": session_id})
@@ -64,7 +66,8 @@ class Client(Connection):
         return to_model(SessionInfo, self._call("get_session_info", {"session_id": session_id}))
 
     def get_session_pid(self, session_id: str) -> int:
-        return self._call("get_session_pid", {"session_id": session_id})
+        pid: int = self._call("get_session_pid", {"session_id": session_id})
+        return pid
 
     def list_failed_sessions(self) -> list[SessionInfo]:
         """Sessions given up after crashes, their data kept; ``error`` says why (docs/api.md §7)."""
@@ -101,18 +104,20 @@ class Client(Connection):
         result = self._call("get_active_files", {"session_id": session_id})
         return [to_model(ActiveFile, item) for item in result]
 
-    def update_file_index(self, session_id: str, path: str, metadata: dict) -> None:
+    def update_file_index(self, session_id: str, path: str, metadata: dict[str, Any]) -> None:
         self._call("update_file_index",
                    {"session_id": session_id, "path": path, "metadata": metadata})
 
-    def get_file_index(self, session_id: str) -> dict[str, dict]:
-        return self._call("get_file_index", {"session_id": session_id})
+    def get_file_index(self, session_id: str) -> dict[str, dict[str, Any]]:
+        index: dict[str, dict[str, Any]] = self._call("get_file_index", {"session_id": session_id})
+        return index
 
     # -- context -----------------------------------------------------------------------------
 
     def build_context(self, session_id: str,
                       include: Iterable[str] = ("conversation", "files", "file_index"), *,
-                      max_messages: int | None = None, max_files: int | None = None) -> dict:
+                      max_messages: int | None = None,
+                      max_files: int | None = None) -> dict[str, Any]:
         result = self._call("build_context", {
             "session_id": session_id, "include": _as_list(include),
             "max_messages": max_messages, "max_files": max_files})
@@ -127,7 +132,7 @@ class Client(Connection):
     # -- file cache --------------------------------------------------------------------------
 
     def cache_file(self, session_id: str, path: str, content: str | bytes,
-                   metadata: dict | None = None) -> None:
+                   metadata: dict[str, Any] | None = None) -> None:
         self._call("cache_file", {"session_id": session_id, "path": path, "content": content,
                                   "metadata": metadata})
 
@@ -171,9 +176,10 @@ class Client(Connection):
 
     # -- daemon (used by the CLI) ------------------------------------------------------------
 
-    def daemon_status(self) -> dict:
+    def daemon_status(self) -> dict[str, Any]:
         """``{pid, socket, state_dir, uptime_s, sessions}`` of the daemon."""
-        return self._call("daemon_status", {})
+        status: dict[str, Any] = self._call("daemon_status", {})
+        return status
 
     def shutdown(self) -> None:
         """Ask the daemon to stop; returns once it has closed this connection (within timeout)."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -57,19 +58,25 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(16 * MiB, ge=1024, le=1024 * MiB,
                                    description="Largest request a client may send, in bytes.")
     hang_timeout: float = Field(10.0, gt=0,
-                                description="A session whose loop has not turned for this long (s) is killed as hung.")
+                                description="A session whose loop has not turned for this long (s) "
+                                            "is killed as hung.")
     durability: Literal["normal", "full"] = Field(
-        "normal", description="normal: a call survives any process crash; full: also a power loss (fsync per call).")
+        "normal", description="normal: a call survives any process crash; "
+                              "full: also a power loss (fsync per call).")
     memory_limit_mb: int = Field(2048, ge=16,
-                                 description="Resident memory (MiB) past which a session process is killed and restarted.")
+                                 description="Resident memory (MiB) past which a session process "
+                                             "is killed and restarted.")
     cache_max_bytes: int = Field(64 * MiB, ge=0,
-                                 description="Bytes of file content one session may cache; least recently used goes first.")
+                                 description="Bytes of file content one session may cache; "
+                                             "least recently used goes first.")
     client_buffer_bytes: int = Field(8 * MiB, ge=64 * 1024,
                                      description="Unsent bytes a client may fall behind before it is disconnected.")
     spare_processes: int = Field(1, ge=0, le=64,
-                                 description="Session processes kept started and waiting, so that a create waits for no fork.")
+                                 description="Session processes kept started and waiting, "
+                                             "so that a create waits for no fork.")
     spawn: Literal["auto", "clone", "fork"] = Field(
-        "auto", description="How session processes are made: clone (from a template process; x86_64 and aarch64), fork (by the daemon), or auto.")
+        "auto", description="How session processes are made: clone (from a template process; "
+                            "x86_64 and aarch64), fork (by the daemon), or auto.")
     terminate_grace: float = Field(2.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a session ends.")
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")
@@ -88,7 +95,7 @@ class Settings(BaseModel):
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None,
-             env: Mapping[str, str] | None = None) -> "Settings":
+             env: Mapping[str, str] | None = None) -> Settings:
         """Defaults, then JIDOCODER_<NAME> variables, then ``overrides`` (CLI flags; None skipped)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}

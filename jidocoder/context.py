@@ -17,10 +17,12 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InvalidArgumentError
 from .models import ROLES, ActiveFile, Message, SessionConfig, check_path, to_utc, utc_now
+
+T = TypeVar("T")
 
 Events = list[tuple[str, dict[str, Any]]]
 Clock = Callable[[], datetime]
@@ -41,8 +43,8 @@ class SessionContext:
 
     @classmethod
     def restore(cls, session_id: str, config: SessionConfig, messages: list[Message],
-                files: list[ActiveFile], file_index: dict[str, dict], *,
-                clock: Clock = utc_now) -> "SessionContext":
+                files: list[ActiveFile], file_index: dict[str, dict[str, Any]], *,
+                clock: Clock = utc_now) -> SessionContext:
         """Rebuild from stored data, applying the limits as if the items had been added in order."""
         ctx = cls(session_id, config, clock=clock)
         ctx._messages.extend(messages)  # the deque's maxlen keeps only the last max_history
@@ -112,7 +114,7 @@ class SessionContext:
         self._drop_file(path)
         return [self._file_event("file_removed", path)] if was_active else []
 
-    def update_file_index(self, path: str, metadata: dict) -> Events:
+    def update_file_index(self, path: str, metadata: dict[str, Any]) -> Events:
         """Merge ``metadata`` into ``path``'s entry (new keys win) and stamp ``last_accessed``.
 
         The path need not be active. Emits ``file_index_updated``.
@@ -129,7 +131,7 @@ class SessionContext:
         """The active files in insertion order."""
         return list(self._files.values())
 
-    def file_index(self) -> dict[str, dict]:
+    def file_index(self) -> dict[str, dict[str, Any]]:
         """A deep copy of the file index: callers cannot reach the entries held here."""
         return copy.deepcopy(self._index)
 
@@ -175,7 +177,7 @@ class SessionContext:
 
 
 
-def page(items: Iterable[Any], offset: Any = 0, limit: Any = None) -> list:
+def page(items: Iterable[T], offset: Any = 0, limit: Any = None) -> list[T]:
     """``items[offset : offset + limit]`` (to the end when ``limit`` is None), as a list;
     ``InvalidArgumentError`` naming the field for a negative or non-int offset or limit."""
     _check_count(offset, "offset")
@@ -209,6 +211,6 @@ def _check_limit(value: object, field: str) -> None:
     raise InvalidArgumentError(f"{field} must be None or an int >= 0, got {value!r}", field=field)
 
 
-def _last(items: list, count: int | None) -> list:
+def _last(items: list[T], count: int | None) -> list[T]:
     # items[-0:] is the whole list, so a count of 0 needs the explicit start index.
     return items if count is None else items[max(len(items) - count, 0):]

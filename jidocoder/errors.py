@@ -28,6 +28,7 @@ was the caller's fault would tell the caller to change its arguments for nothing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -52,7 +53,8 @@ class JidocoderError(Exception):
         self.field = field
         self.details = dict(details or {})
 
-    def __reduce__(self):  # keeps code/field/details through pickle (multiprocessing, pytest-xdist)
+    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], JidocoderError], tuple[dict[str, Any]]]:
+        # keeps code/field/details through pickle (multiprocessing, pytest-xdist)
         return (_rebuild, (self.to_wire(),))
 
     def to_wire(self) -> dict[str, Any]:
@@ -60,7 +62,7 @@ class JidocoderError(Exception):
                 "details": self.details}
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.to_wire() == other.to_wire()  # type: ignore[union-attr]
+        return type(self) is type(other) and self.to_wire() == other.to_wire()
 
     __hash__ = Exception.__hash__
 

@@ -7,7 +7,7 @@ aware value to UTC and refuses naive ones).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field,
@@ -18,7 +18,7 @@ from .states import SessionStatus, can_transition, parse_status
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def to_utc(value: datetime) -> datetime:
@@ -28,7 +28,7 @@ def to_utc(value: datetime) -> datetime:
     OverflowError would escape pydantic (it only catches ValueError), so it becomes one.
     """
     try:
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     except OverflowError as exc:
         raise ValueError(f"{value.isoformat()} is out of range in UTC") from exc
 

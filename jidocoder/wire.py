@@ -52,8 +52,9 @@ import struct
 import sys
 import threading
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, UTC
+from collections.abc import Callable
+from typing import Any, cast
 
 import msgpack
 
@@ -116,7 +117,7 @@ _IOV_MAX = 1024
 # A Packer keeps its grown buffer across reset(); after a message larger than this, the thread
 # gets a fresh Packer so one 16 MiB frame does not pin 16 MiB in every thread for good.
 _RETAIN_PACKER_BELOW = 1024 * 1024
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATUS_EXT = {status: msgpack.ExtType(EXT_SESSION_STATUS, status.value.encode())
                for status in SessionStatus}
 _STATUS_BY_DATA = {ext.data: status for status, ext in _STATUS_EXT.items()}
@@ -212,12 +213,12 @@ class _Spent:
         self.size = size
 
     # Each container is charged its own size, its slot in its parent and its leaves.
-    def charge_map(self, obj: dict) -> dict:
+    def charge_map(self, obj: dict[Any, Any]) -> dict[Any, Any]:
         self._charge(_SLOT + sys.getsizeof(obj) + sum(map(_leaf_size, obj)) +
                      sum(map(_leaf_size, obj.values())))
         return obj
 
-    def charge_list(self, obj: list) -> list:
+    def charge_list(self, obj: list[Any]) -> list[Any]:
         self._charge(_SLOT + sys.getsizeof(obj) + sum(map(_leaf_size, obj)))
         return obj
 
@@ -517,8 +518,7 @@ def split_request(body: bytes | bytearray | memoryview) -> Request | Refused:
         error: InvalidArgumentError | None = None
         for _ in range(unpacker.read_map_header()):
             key = _read_key(unpacker, body)
-            reader = _ENVELOPE_READERS.get(key)  # type: ignore[arg-type]
-            if reader is None:
+            if key is None or (reader := _ENVELOPE_READERS.get(key)) is None:
                 unpacker.skip()
                 continue
             if key in found:
@@ -540,7 +540,7 @@ def split_request(body: bytes | bytearray | memoryview) -> Request | Refused:
         error = args
     if error is not None:
         return Refused(request_id, error)
-    return Request(request_id, op, found.get("deadline"), *args)  # type: ignore[arg-type]
+    return Request(request_id, cast(str, op), found.get("deadline"), *args)  # a str: checked above
 
 
 _EMPTY_MAP = b"\x80"
@@ -567,13 +567,16 @@ def _read_key(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) 
     read here), None if it is not a str; skipped either way."""
     first = body[unpacker.tell()]
     if 0xa0 <= first <= 0xbf:  # a fixstr, at most 31 bytes: what every encoder writes here
-        return unpacker.unpack()
+        key: str = unpacker.unpack()
+        return key
     start = unpacker.tell()
     unpacker.skip()
     if not _is_str_type(first):
         return None
     end = unpacker.tell()
-    return decode(body[start:end]) if end - start <= _MAX_KEY_BYTES + 2 else _NOT_OURS
+    if end - start > _MAX_KEY_BYTES + 2:
+        return _NOT_OURS
+    return cast(str, decode(body[start:end]))  # a str: _is_str_type(first) said so
 
 
 def _read_id(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) -> object:
@@ -590,7 +593,8 @@ def _read_id(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) -
 
 def _read_str(unpacker: msgpack.Unpacker, body: bytes | bytearray | memoryview) -> str | None:
     if _is_str_type(body[unpacker.tell()]):
-        return unpacker.unpack()
+        text: str = unpacker.unpack()
+        return text
     unpacker.skip()
     return None
 
@@ -644,7 +648,7 @@ def decode_args(args: bytes, limit: int = DAEMON_ARGS_BYTES) -> dict[str, Any]:
         raise LimitExceededError(
             f"the args of a daemon operation are {len(args)} bytes encoded, more than the "
             f"{limit} allowed", field="args", details={"size": len(args), "limit": limit})
-    return decode_bounded(args)  # type: ignore[return-value]
+    return cast(dict[str, Any], decode_bounded(args))  # a map of str names: split_request said so
 
 
 def request_buffers(link_id: int, op: str, args: bytes, deadline: float | None,
@@ -685,6 +689,7 @@ class FrameDecoder:
         # only routes them); a session decodes what the daemon relayed within the budget, and a
         # body it cannot decode is the client's bad args, answered (``relayed``): the daemon
         # never looked inside them, and the frame around them is whole and in step.
+        self._decode: Callable[[memoryview], object]
         if requests:
             self._decode = split_request
         elif relayed:
@@ -721,11 +726,10 @@ class FrameDecoder:
                     raise
         # Only a partial frame is ever copied into the buffer; whole frames in ``data`` are
         # decoded where they lie.
-        source = self._buf
-        if source:
-            source += data
-        else:
-            source = data
+        source: bytes | bytearray | memoryview = data
+        if self._buf:
+            self._buf += data
+            source = self._buf
         try:
             objects, used = self._split(source)
         except JidocoderError as error:

@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
 from benchmarks.common import rss_kib  # noqa: F401  re-exported: tests read RSS as the benchmarks do
 from jidocoder import Client
@@ -139,7 +140,7 @@ class DaemonProcess:
             flags += ["--" + name.replace("_", "-"), str(value)]
         return flags
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         command = [sys.executable, "-m", "jidocoder.cli", "daemon", "start", "--foreground", *self.flags()]
         self.proc = subprocess.Popen(command, env=self.env(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
@@ -152,7 +153,7 @@ class DaemonProcess:
                                  f"{self.proc.stderr.read().decode()}")
         try:
             Client(self.socket, timeout=SHORT).close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to connect means not ready yet
             return False
         return True
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .. import __version__, wire
 from ..context import page
@@ -30,7 +31,7 @@ DEFERRED = object()
 class Api:
     def __init__(self, supervisor: Supervisor, bus: EventBus, *, max_request_bytes: int,
                  debug_ops: bool, status: Callable[[], dict[str, Any]],
-                 shutdown: Callable[[], None]) -> None:
+                 shutdown: Callable[[], object]) -> None:
         self.supervisor = supervisor
         self.bus = bus
         self.max_request_bytes = max_request_bytes
@@ -50,7 +51,7 @@ class Api:
         except JidocoderError as exc:
             pending.reply({"error": exc.to_wire()})
             return
-        except Exception as exc:  # a bug of ours: the daemon answers and carries on
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: the daemon answers and carries on
             pending.reply({"error": internal_error(log, pending.op, exc)})
             return
         if result is not DEFERRED:
@@ -70,55 +71,66 @@ class Api:
         raise InvalidArgumentError(f"unknown operation {op!r}", code="unknown_op", field="op")
 
     # -- the daemon's own operations ---------------------------------------------------------------
-    def handle_hello(self, conn, pending, **_: Any) -> dict:
+    def handle_hello(self, conn: ClientConnection, pending: Pending, **_: Any) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes}
 
-    def handle_create_session(self, conn, pending, metadata=None, llm_config=None, config=None):
+    def handle_create_session(self, conn: ClientConnection, pending: Pending,
+                              metadata: Any = None, llm_config: Any = None,
+                              config: Any = None) -> object:
         for name, value in (("metadata", metadata), ("llm_config", llm_config)):
             wire.check_encoded_size(value, wire.MAX_SESSION_DICT_BYTES, name)
         self.supervisor.create_session(metadata, llm_config, config, pending)
         return DEFERRED
 
-    def handle_terminate_session(self, conn, pending, session_id=None):
+    def handle_terminate_session(self, conn: ClientConnection, pending: Pending,
+                                 session_id: Any = None) -> object:
         self.supervisor.terminate_session(self.supervisor.find(session_id), pending)
         return DEFERRED
 
-    def handle_list_sessions(self, conn, pending, offset=0, limit=None) -> list:
+    def handle_list_sessions(self, conn: ClientConnection, pending: Pending,
+                             offset: Any = 0, limit: Any = None) -> list[dict[str, Any]]:
         return [self.supervisor.info(r) for r in page(self.supervisor.live_records(), offset, limit)]
 
-    def handle_get_session_info(self, conn, pending, session_id=None) -> dict:
+    def handle_get_session_info(self, conn: ClientConnection, pending: Pending,
+                                session_id: Any = None) -> dict[str, Any]:
         return self.supervisor.info(self.supervisor.find(session_id, any_live=True))
 
-    def handle_get_session_pid(self, conn, pending, session_id=None):
+    def handle_get_session_pid(self, conn: ClientConnection, pending: Pending,
+                               session_id: Any = None) -> object:
         self.supervisor.answer_pid(self.supervisor.find(session_id), pending)
         return DEFERRED
 
-    def handle_list_failed_sessions(self, conn, pending) -> list:
+    def handle_list_failed_sessions(self, conn: ClientConnection,
+                                    pending: Pending) -> list[dict[str, Any]]:
         return self.supervisor.failed_sessions()
 
-    def handle_recover_session(self, conn, pending, session_id=None):
+    def handle_recover_session(self, conn: ClientConnection, pending: Pending,
+                               session_id: Any = None) -> object:
         self.supervisor.recover_session(session_id, pending)
         return DEFERRED
 
-    def handle_subscribe_to_session(self, conn, pending, session_id=None) -> None:
+    def handle_subscribe_to_session(self, conn: ClientConnection, pending: Pending,
+                                    session_id: Any = None) -> None:
         self.supervisor.find(session_id)
         self.bus.subscribe(session_topic(session_id), conn)
 
-    def handle_unsubscribe_from_session(self, conn, pending, session_id=None) -> None:
+    def handle_unsubscribe_from_session(self, conn: ClientConnection, pending: Pending,
+                                        session_id: Any = None) -> None:
         if not isinstance(session_id, str):
             raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
                                        field="session_id")
         self.bus.unsubscribe(session_topic(session_id), conn)
 
-    def handle_subscribe_to_all_sessions(self, conn, pending) -> None:
+    def handle_subscribe_to_all_sessions(self, conn: ClientConnection, pending: Pending) -> None:
         self.bus.subscribe(GLOBAL_TOPIC, conn)
 
-    def handle_unsubscribe_from_all_sessions(self, conn, pending) -> None:
+    def handle_unsubscribe_from_all_sessions(self, conn: ClientConnection,
+                                             pending: Pending) -> None:
         self.bus.unsubscribe(GLOBAL_TOPIC, conn)
 
-    def handle_daemon_status(self, conn, pending) -> dict:
+    def handle_daemon_status(self, conn: ClientConnection, pending: Pending) -> dict[str, Any]:
         return self._status()
 
-    def handle_shutdown(self, conn, pending) -> None:
+    def handle_shutdown(self, conn: ClientConnection, pending: Pending) -> None:
         self._shutdown()
 

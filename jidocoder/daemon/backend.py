@@ -18,7 +18,7 @@ cluster (``ray_backend``; docs/ray.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from .session import SessionSpec
 
@@ -55,7 +55,7 @@ class Died:
     unanswered: list[dict[str, Any]] = field(default_factory=list)
 
 
-Happening = Union[Ready, Answered, Died]
+Happening = Ready | Answered | Died
 
 
 class SessionBackend(Protocol):

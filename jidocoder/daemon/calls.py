@@ -7,7 +7,8 @@ Written once so that the two agree on what a malformed request is and what a cal
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .. import wire
 from ..errors import InvalidArgumentError

@@ -23,7 +23,8 @@ import logging
 import socket
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from .. import wire
 from ..errors import JidocoderError
@@ -35,9 +36,9 @@ MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops r
 
 class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
-                 on_interest: Callable[["ClientConnection", bool, bool], None],
-                 on_closed: Callable[["ClientConnection"], None],
-                 flush_soon: Callable[["ClientConnection"], None]) -> None:
+                 on_interest: Callable[[ClientConnection, bool, bool], None],
+                 on_closed: Callable[[ClientConnection], None],
+                 flush_soon: Callable[[ClientConnection], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid

@@ -10,7 +10,9 @@ encoded once, however many subscribers it goes to (a 9 MiB message to 100 subscr
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Protocol
+from datetime import datetime
+from typing import Any, Protocol
+from collections.abc import Iterable
 
 from .. import wire
 from ..models import utc_now
@@ -98,7 +100,7 @@ class EventBus:
         return topics
 
     def _make(self, kind: str, topic: str, session_id: str | None, payload: dict[str, Any],
-              timestamp) -> dict[str, Any]:
+              timestamp: datetime) -> dict[str, Any]:
         self._seq[topic] += 1
         return {"type": kind, "topic": topic, "session_id": session_id, "payload": payload,
                 "seq": self._seq[topic], "timestamp": timestamp}

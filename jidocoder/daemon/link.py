@@ -13,7 +13,8 @@ import socket
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from .. import wire
 from ..errors import JidocoderError
@@ -23,7 +24,7 @@ class Replier(Protocol):
     closed: bool  # the client's connection is gone: nobody waits for an answer
     # The links it has sent calls on (weakly held: a dead process's link goes when the
     # supervisor drops it), so that its close can cancel them (``cancel_calls_of``).
-    links: "weakref.WeakSet[SessionLink]"
+    links: weakref.WeakSet[SessionLink]
 
     def reply(self, request_id: Any, message: dict[str, Any]) -> None: ...
 
@@ -76,7 +77,7 @@ _request_ids = itertools.count(1)
 
 class SessionLink:
     def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
-                 on_writable_change: Callable[["SessionLink", bool], None],
+                 on_writable_change: Callable[[SessionLink, bool], None],
                  max_reply: int = wire.MAX_FRAME) -> None:
         self.pid = pid
         self.sock = sock

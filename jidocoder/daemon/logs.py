@@ -26,7 +26,8 @@ import logging
 import logging.handlers
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 LOG_NAME = "daemon.log"
 MAX_MESSAGE_CHARS = 256 * 1024  # a record larger than this is cut: the log is for people
@@ -99,7 +100,7 @@ class SocketLogHandler(logging.Handler):
                                       "msg": message[:MAX_MESSAGE_CHARS], "created": record.created}})
         except RecursionError:  # as logging.StreamHandler.emit does
             raise
-        except Exception:
+        except Exception:  # noqa: BLE001 - as logging.Handler.emit does: handleError reports it
             self.handleError(record)
 
 

@@ -19,7 +19,8 @@ import itertools
 import logging
 import select
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 log = logging.getLogger("jidocoder.daemon")
 

@@ -46,8 +46,8 @@ def take_stock(state_dir: Path, registry: store.Registry) -> Found:
         if erase(state_dir, registry, session_id) is not None:
             found.unerased.add(session_id)
     for session_id in files.orphans:
-        if (state := _adopt(registry, session_id)) is not None:
-            found.failed[session_id] = state
+        if (adopted := _adopt(registry, session_id)) is not None:
+            found.failed[session_id] = adopted
     for path in files.stray:
         log.warning("%s is no session's file: left alone", path)
     for session_id in files.lone_logs:

@@ -38,7 +38,7 @@ from ..errors import StorageError
 from .backend import Answered, Died, Happening, Ready
 from .ray_actor import BUDGET, SessionActor
 from .session import SessionSpec, as_storage_error
-from .writes import apply_writes
+from .writes import Write, apply_writes
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -53,20 +53,22 @@ AVOID_LOST_NODE_SECONDS = 60.0
 NODE_ID_LABEL = "ray.io/node-id"  # the label every Ray node carries (its id)
 
 
-@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"watch": 1})
-class RaySessionActor(SessionActor):
+class _RaySessionActor(SessionActor):
     def ready(self, node_id: str = "") -> dict[str, Any]:
         return SessionActor.ready(self, ray.get_runtime_context().get_node_id())
 
-    @ray.method(concurrency_group="watch")
-    def watch(self) -> None:
-        SessionActor.watch(self)
+
+# Ray's own restarts off: a death is the daemon's to handle (restarts.py). ``watch`` is sent to
+# a concurrency group of its own, so that it never waits behind a call, nor a call behind it.
+_ACTOR_CLASS_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
+                                        "concurrency_groups": {"watch": 1}}
+RaySessionActor: Any = ray.remote(**_ACTOR_CLASS_OPTIONS)(_RaySessionActor)
 
 
 @dataclass(eq=False)
 class _Call:
     request: dict[str, Any]
-    future: Future
+    future: Future[Any]
     doomed: bool = False  # sent before the actor was given back the stored state: not applied
 
 
@@ -75,8 +77,8 @@ class _Session:
     spec: SessionSpec
     store: Any  # store.SessionStore, or None for a session with persistence disabled
     actor: Any
-    ready: Future | None
-    watch: Future
+    ready: Future[Any] | None
+    watch: Future[Any]
     calls: deque[_Call] = field(default_factory=deque)
     stopping: bool = False
     node: str = ""  # where Ray placed it, once ready
@@ -115,7 +117,7 @@ class RayBackend:
             raise
         sid = spec.session_id
         session = _Session(spec, store, actor, self._future(sid, actor.ready.remote()),
-                           self._future(sid, actor.watch.remote()))
+                           self._future(sid, _watch(actor)))
         self.sessions[sid] = session
 
     def _placement(self) -> dict[str, Any]:
@@ -210,9 +212,9 @@ class RayBackend:
         if session.node:
             self.lost_nodes[session.node] = time.monotonic()
         ray.kill(session.actor, no_restart=True)
-        session.watch = self._future(session.spec.session_id, session.actor.watch.remote())
+        session.watch = self._future(session.spec.session_id, _watch(session.actor))
 
-    def _answer(self, session: _Session, call: _Call, reply: dict[str, Any], writes: list,
+    def _answer(self, session: _Session, call: _Call, reply: dict[str, Any], writes: list[Write],
                 message_count: int) -> Answered:
         """The reply, once its writes are stored; a StorageError (nothing kept) if they cannot be."""
         sid = session.spec.session_id
@@ -223,7 +225,7 @@ class RayBackend:
         if writes and session.store is not None:
             try:
                 apply_writes(session.store, writes)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the store raised: not stored, said so
                 log.error("session %s: a write could not be stored, nothing of it kept: %s", sid, exc)
                 self._give_back_stored(session)
                 return Answered(sid, {"id": reply.get("id"), "error": as_storage_error(exc).to_wire()},
@@ -237,7 +239,7 @@ class RayBackend:
             call.doomed = True
         try:
             stored = session.store.load()
-        except Exception as exc:  # the store cannot even be read: the session cannot go on
+        except Exception as exc:  # noqa: BLE001 - the store cannot even be read: the session cannot go on
             log.error("session %s: its store cannot be read back (%s); ending its actor",
                       session.spec.session_id, exc)
             ray.kill(session.actor, no_restart=True)
@@ -256,8 +258,8 @@ class RayBackend:
             self.lost_nodes[session.node] = time.monotonic()
         return Died(sid, reason, session.stopping, [call.request for call in session.calls])
 
-    def _future(self, session_id: str, ref: Any) -> Future:
-        future = ref.future()
+    def _future(self, session_id: str, ref: Any) -> Future[Any]:
+        future: Future[Any] = ref.future()
         future.add_done_callback(lambda _: self._note(session_id))
         return future
 
@@ -268,6 +270,10 @@ class RayBackend:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):  # full: the loop will wake anyway; closed: shut down
             pass
+
+
+def _watch(actor: Any) -> Any:
+    return actor.watch.options(concurrency_group="watch").remote()
 
 
 def _open_store(spec: SessionSpec) -> Any:

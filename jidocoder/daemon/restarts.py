@@ -106,4 +106,4 @@ class RestartPolicy:
 
 def retry_delay(attempt: int) -> float:
     """Before uncounted try number ``attempt`` (1, 2, ...) to start a session's process."""
-    return min(MAX_BACKOFF, RETRY_BACKOFF_FIRST * 2 ** max(0, attempt - 1))
+    return min(MAX_BACKOFF, RETRY_BACKOFF_FIRST * 2.0 ** max(0, attempt - 1))

@@ -16,11 +16,13 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from types import FrameType
+from typing import Any
+from collections.abc import Callable
 
 from .._sockdir import peer_credentials
 from ..config import Settings
-from ..errors import StartError
+from ..errors import DamagedStoreError, StartError
 from . import store
 from .api import Api
 from .clients import ClientConnection
@@ -67,6 +69,7 @@ class Daemon:
         self.listener = bind_socket(settings.socket)
 
     def serve(self, on_ready: Callable[[], None]) -> None:
+        assert self.registry is not None and self.listener is not None, "claim() comes first"
         self.supervisor = Supervisor(self.settings, self.loop, self.bus, self.registry)
         self.api = Api(self.supervisor, self.bus, max_request_bytes=self.settings.max_request_bytes,
                        debug_ops=self.settings.debug_ops, status=self.status,
@@ -85,6 +88,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """What ``daemon status`` prints."""
+        assert self.supervisor is not None, "asked only while serve() runs"
         return {"pid": os.getpid(), "socket": self.settings.socket, "state_dir": self.settings.state_dir,
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "sessions": len(self.supervisor.live_records())}
@@ -93,6 +97,7 @@ class Daemon:
         if self.stopping:
             return
         self.stopping = True
+        assert self.supervisor is not None, "begun only while serve() runs"
         log.info("stopping: %d sessions", len(self.supervisor.records))
         self._close_listener()
         self.supervisor.stop_all(self.loop.stop)
@@ -113,6 +118,7 @@ class Daemon:
 
     # -- clients ------------------------------------------------------------------------------
     def _accept(self) -> None:
+        assert self.listener is not None, "watched only while it is open"
         while True:
             try:
                 sock, _ = self.listener.accept()
@@ -152,6 +158,7 @@ class Daemon:
 
     def _dispatch_backlog(self, conn: ClientConnection) -> None:
         conn.resume_scheduled = False
+        assert self.api is not None, "clients are served only while serve() runs"
         for frame in conn.next_calls():
             self.api.dispatch(conn, frame)
 
@@ -204,7 +211,7 @@ class Daemon:
         except BlockingIOError:
             return
         received = set(data)
-        if signal.SIGCHLD in received:
+        if signal.SIGCHLD in received and self.supervisor is not None:
             self.supervisor.reap_children()
         if received & {signal.SIGTERM, signal.SIGINT}:
             log.info("signal received: stopping")
@@ -222,7 +229,7 @@ class Daemon:
             pass
 
 
-def _noop_handler(signum, frame) -> None:
+def _noop_handler(signum: int, frame: FrameType | None) -> None:
     pass
 
 
@@ -241,7 +248,7 @@ def open_registry(state_dir: Path, durability: str) -> store.Registry:
     session databases stay where they are: with no row, each is kept as a failed session."""
     try:
         return store.Registry(state_dir, durability)
-    except store.DamagedStoreError as exc:
+    except DamagedStoreError as exc:
         moved = store.quarantine(state_dir, state_dir / store.REGISTRY_FILE, str(exc))
         log.error("the session registry is damaged (%s): moved to %s; starting with a new one, "
                   "the sessions it named are kept as failed sessions", exc, moved)

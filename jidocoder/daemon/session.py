@@ -31,10 +31,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from .. import wire
-from ..context import SessionContext
+from ..context import Events, SessionContext
 from ..errors import InvalidArgumentError, JidocoderError, RequestTimeoutError, StorageError
 from ..filecache import FileCache
 from ..models import SessionConfig
@@ -73,7 +73,7 @@ class SessionSpec:
         return dict(self.__dict__, config=self.config.model_dump(), state_dir=str(self.state_dir))
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "SessionSpec":
+    def from_wire(cls, data: dict[str, Any]) -> SessionSpec:
         return cls(**dict(data, config=SessionConfig(**data["config"]), state_dir=Path(data["state_dir"])))
 
 
@@ -145,7 +145,8 @@ def wait_for_spec(sock: socket.socket) -> SessionSpec | None:
             return None
         frames = decoder.feed(data)
         if frames:  # the daemon sends the spec alone, before any request
-            return SessionSpec.from_wire(frames[0]["spec"])
+            spec_frame = cast(dict[str, Any], frames[0])  # {"spec": ...}, from our own daemon
+            return SessionSpec.from_wire(spec_frame["spec"])
 
 
 def begin_session(spec: SessionSpec, log_fd: int) -> None:
@@ -173,7 +174,7 @@ class SessionProcess:
     def __init__(self, spec: SessionSpec, sock: socket.socket | None, table: SessionTable,
                  store: Any = _UNSET) -> None:
         self.spec = spec
-        self.sock = sock
+        self._sock = sock
         self.table = table
         self.cache = FileCache(spec.cache_max_bytes)
         self.store = open_store(spec) if store is _UNSET else store
@@ -181,6 +182,12 @@ class SessionProcess:
         self.beat_interval = min(1.0, spec.hang_timeout / 4)
         self.grouping = False  # inside serve_together: a failed write fails the whole group
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
+
+    @property
+    def sock(self) -> socket.socket:
+        """The daemon's end; only warm_up's throwaway process has none, and it never sends."""
+        assert self._sock is not None, "a session process without a socket cannot send"
+        return self._sock
 
     def serve(self) -> int:
         table, slot = self.table, self.spec.slot
@@ -305,12 +312,12 @@ class SessionProcess:
             return {"id": request_id, "error": exc.to_wire()}
         except StopServing:
             raise
-        except Exception as exc:  # a bug in a handler: answer, log, keep serving
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler: answer, log, keep serving
             return {"id": request_id, "error": internal_error(log, frame.get("op"), exc)}
         self.publish_counters()
         return {"id": request_id, "result": result, "events": events}
 
-    def persist(self, events: list[tuple[str, dict]]) -> None:
+    def persist(self, events: Events) -> None:
         """Write what the events say changed, before the reply goes out. A write that fails
         leaves nothing behind: not in the store (rolled back) nor in memory (read back)."""
         if self.store is None or not events:

@@ -11,13 +11,15 @@ sends it a session's spec, and ``spare_processes`` of them are kept waiting, war
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, NoReturn
+from typing import NoReturn
+from collections.abc import Callable
 
 from .loop import Loop
 from .restarts import TEMPLATE_RESTART_DELAY
@@ -147,7 +149,7 @@ class SparePool:
                 theirs.close()
                 reason = exc.strerror or str(exc)  # exc is unbound once the except ends
                 log.error("cannot fork a session process: %s", reason)
-                self.loop.call_later(0, lambda: self._on_failure(reason))
+                self.loop.call_later(0, functools.partial(self._on_failure, reason))
                 break
             if pid == 0:
                 ours.close()

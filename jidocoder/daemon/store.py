@@ -123,11 +123,12 @@ import os
 import re
 import sqlite3
 import weakref
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
-from typing import Iterator, Self
+from typing import Any, Self
+from collections.abc import Iterator
 from urllib.parse import quote
 
 from .. import wire
@@ -156,7 +157,7 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EAC
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 BUSY_TIMEOUT = 5.0  # seconds sqlite3 waits for another process's lock before SQLITE_BUSY
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SESSION_CACHE_KIB = 256  # per session process; SQLite's default is 2000
 # A deleted id is looked for in registry.db as these pieces of its UTF-8 bytes: any remnant of
 # _PIECE + _STEP - 1 bytes or more, and any prefix or suffix of _PIECE or more, contains one.
@@ -193,7 +194,7 @@ CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROW
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
 # connection is parked in _INHERITED so the child never finalizes (closes) it.
-_OPEN: "weakref.WeakSet[_Database]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[_Database] = weakref.WeakSet()
 _INHERITED: list[sqlite3.Connection] = []
 
 
@@ -254,7 +255,7 @@ class SessionFiles:
     lone_logs: tuple[str, ...] = ()
 
 
-def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFiles:
+def classify_session_files(state_dir: Path, registry: Registry) -> SessionFiles:
     """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
     strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
     ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
@@ -271,7 +272,8 @@ def classify_session_files(state_dir: Path, registry: "Registry") -> SessionFile
 
 def _session_file_ids(directory: Path) -> tuple[set[str], list[Path]]:
     """(ids that name a file in ``directory``, the entries that name none)."""
-    ids, stray = set(), []
+    ids: set[str] = set()
+    stray: list[Path] = []
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -285,7 +287,7 @@ def _session_file_ids(directory: Path) -> tuple[set[str], list[Path]]:
     return ids, stray
 
 
-def _file_session_id(entry: os.DirEntry) -> str | None:
+def _file_session_id(entry: os.DirEntry[str]) -> str | None:
     """The id an entry of ``sessions/`` belongs to: a regular file ``<id>.db`` or one of its
     sidecars, the id one ``session_db_path`` accepts; else None."""
     try:
@@ -410,7 +412,7 @@ class _Database:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    def _write(self) -> "_Transaction":
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction, committed before the caller returns (rolled back on error)."""
         return _Transaction(self.path, self._connection())
 
@@ -456,7 +458,7 @@ class Registry(_Database):
         self.state_dir = Path(state_dir)
         # Per session id, the stored keys this version does not know (from a newer jidocoder):
         # stripped before validation, written back by every later put of that session.
-        self._extras: dict[str, dict] = {}
+        self._extras: dict[str, dict[str, Any]] = {}
         super().__init__(self.state_dir / REGISTRY_FILE, durability, _REGISTRY_SCHEMA,
                          pragmas=("secure_delete=ON",))
         try:
@@ -653,18 +655,18 @@ class SessionStore(_Database):
         if group is not None:
             group.abort()
 
-    def _write(self) -> "_Transaction | _Group":
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._group if self._group is not None else super()._write()
 
-    def load(self) -> tuple[list[Message], list[ActiveFile], dict[str, dict]]:
+    def load(self) -> tuple[list[Message], list[ActiveFile], dict[str, dict[str, Any]]]:
         """(messages oldest first, active files in insertion order, file index)."""
         if self._deferred:  # no file yet, and only this process writes it
             return [], [], {}
         with self._direct() as conn:
-            messages = conn.execute("SELECT role, content, timestamp FROM messages ORDER BY seq")
-            messages = messages.fetchall()
-            files = conn.execute("SELECT path, added_at FROM active_files ORDER BY position")
-            files = files.fetchall()
+            messages = conn.execute(
+                "SELECT role, content, timestamp FROM messages ORDER BY seq").fetchall()
+            files = conn.execute(
+                "SELECT path, added_at FROM active_files ORDER BY position").fetchall()
             index = conn.execute("SELECT path, entry FROM file_index").fetchall()
         try:  # rows of the wrong type or range: the file was damaged or written by hand
             return ([Message(role=role, content=content, timestamp=from_micros(ts))
@@ -683,13 +685,14 @@ class SessionStore(_Database):
             raise InvalidArgumentError(f"keep must be an int >= 1, got {keep!r}", field="keep")
         seq = self._write_one("INSERT INTO messages (role, content, timestamp) VALUES (?, ?, ?)",
                               (message.role, message.content, to_micros(message.timestamp)))
+        assert seq is not None, "an INSERT's rowid"
         # The seqs held are always consecutive (a new one is max + 1, and only the oldest or
         # all are ever deleted), so the last ``keep`` are exactly those above seq - keep. A
         # crash between the two statements leaves only older rows that the next trim takes.
         if seq > keep and (seq - keep) % TRIM_EVERY == 0:
             self._write_one("DELETE FROM messages WHERE seq <= ?", (seq - keep,))
 
-    def _write_one(self, statement: str, parameters: tuple) -> int:
+    def _write_one(self, statement: str, parameters: tuple[object, ...]) -> int | None:
         """One statement, committed on its own (autocommit: no BEGIN/COMMIT round trips), or
         as part of the open group; the rowid it inserted, if any."""
         if self._group is not None:
@@ -718,7 +721,7 @@ class SessionStore(_Database):
             conn.execute("DELETE FROM active_files WHERE path = ?", (path,))
             conn.execute("DELETE FROM file_index WHERE path = ?", (path,))
 
-    def put_index(self, path: str, entry: dict) -> None:
+    def put_index(self, path: str, entry: dict[str, Any]) -> None:
         """Insert or replace the file-index entry for ``path``."""
         blob = wire.encode(entry)
         with self._write() as conn:
@@ -726,14 +729,14 @@ class SessionStore(_Database):
                          "DO UPDATE SET entry = excluded.entry", (path, blob))
 
 
-def _decode_entry(blob: object) -> dict:
+def _decode_entry(blob: object) -> dict[str, Any]:
     entry = wire.decode(blob)  # type: ignore[arg-type]  # not bytes: TypeError, caught by load
     if not isinstance(entry, dict):
         raise TypeError(f"a file-index entry is a map, not {type(entry).__name__}")
     return entry
 
 
-def _parse_row(session_id: str, blob: object) -> tuple[SessionState | None, dict, str]:
+def _parse_row(session_id: str, blob: object) -> tuple[SessionState | None, dict[str, Any], str]:
     """(the row's state, its keys this version does not know, ""), or (None, {}, the reason
     it cannot be used)."""
     if not isinstance(blob, bytes):  # SQLite columns take any type: someone wrote this by hand
@@ -748,7 +751,7 @@ def _parse_row(session_id: str, blob: object) -> tuple[SessionState | None, dict
     return state, extras, ""
 
 
-def _split_extras(data: object) -> tuple[object, dict]:
+def _split_extras(data: object) -> tuple[object, dict[str, Any]]:
     """(``data`` without the keys SessionState and its config do not know, those keys): a
     newer jidocoder's fields, kept aside as they are. Anything else is left for deserialize
     to judge. The extras of the config are under "config" (a known key, so never an extra)."""
@@ -763,7 +766,7 @@ def _split_extras(data: object) -> tuple[object, dict]:
     return known, extras
 
 
-def _with_extras(data: dict, extras: dict | None) -> dict:
+def _with_extras(data: dict[str, Any], extras: dict[str, Any] | None) -> dict[str, Any]:
     """``data`` (a serialized state) with the extras ``_split_extras`` took from its row."""
     if not extras:
         return data
@@ -845,7 +848,8 @@ def _check_tables(path: Path, conn: sqlite3.Connection, schema: str) -> None:
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
 
 
 def _switch_to_wal(path: Path, conn: sqlite3.Connection) -> None:
@@ -940,6 +944,7 @@ class _Group:
                  traceback: object) -> None:
         if kind is not None:
             tx, self.tx, self.failed = self.tx, None, error
+            assert tx is not None, "__enter__ began it"
             tx.__exit__(kind, error, traceback)
 
     def finish(self) -> None:

@@ -27,7 +27,8 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeGuard
+from collections.abc import Callable
 
 from .. import wire
 from ..config import Settings
@@ -54,7 +55,7 @@ RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are serve
 
 class Supervisor:
     def __init__(self, settings: Settings, loop: Loop, bus: EventBus,
-                 registry: "store.Registry") -> None:
+                 registry: store.Registry) -> None:
         self.settings = settings
         self.loop = loop
         self.bus = bus
@@ -282,8 +283,7 @@ class Supervisor:
             raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
                                        field="session_id")
         record = self.records.get(session_id)
-        visible = record is not None and record.state.status in (LIVE if any_live else SERVING)
-        if not visible:
+        if record is None or record.state.status not in (LIVE if any_live else SERVING):
             raise SessionNotFoundError(f"no session {session_id!r} (unknown or terminated)",
                                        field="session_id")
         return record
@@ -299,14 +299,14 @@ class Supervisor:
             pending.reply({"error": RequestTimeoutError(
                 f"{op} waited for its session's process past its client's deadline: not sent",
                 details={"op": op}).to_wire()})
-        elif record.link.request(op, args, pending):
-            self.loop.flush_soon(record.link)
+        elif record.running_link.request(op, args, pending):
+            self.loop.flush_soon(record.running_link)
 
     def answer_pid(self, record: SessionRecord, pending: Pending) -> None:
         """``get_session_pid``: the pid of the process serving now, once one does."""
         self.touch(record)
         if record.serving:
-            pending.reply({"result": record.link.pid})
+            pending.reply({"result": record.running_link.pid})
         else:
             record.waiting.append((pending, lambda: self.answer_pid(record, pending)))
 
@@ -380,7 +380,7 @@ class Supervisor:
         if record.restart_timer is not None:
             record.restart_timer.cancel()
         if record.running:
-            self.stop_process(record.link)
+            self.stop_process(record.running_link)
         else:
             self.finish_session(record, "terminated by request", erase=True)
 
@@ -480,8 +480,8 @@ class Supervisor:
         begun, unread = link.take_in_flight(self.table.read(record.slot).started)
         for call in begun:
             call.pending.reply({"error": crash.to_wire()})
-        record.waiting[:0] = [(call.pending, lambda c=call: self.route(record, c.op, c.args, c.pending))
-                              for call in unread]
+        record.waiting[:0] = [(call.pending, functools.partial(self.route, record, call.op, call.args,
+                                                               call.pending)) for call in unread]
 
     def _drain(self, record: SessionRecord, link: SessionLink) -> None:
         """The process is dead: everything it wrote is already in the socket; take it all."""
@@ -557,7 +557,7 @@ class Supervisor:
         if waiter is not None:
             waiter.reply({"error": error.to_wire()})
         if record.running:
-            self.stop_process(record.link)  # its exit finds no record: nothing more to do
+            self.stop_process(record.running_link)  # its exit finds no record: nothing more to do
         if record.recovered_from is not None:
             self.failed[record.session_id] = record.recovered_from
         if record.restart_timer is not None:
@@ -632,7 +632,7 @@ class Supervisor:
                 record.restart_timer.cancel()
             self._drop_waiting(record, stopping)
             if record.running:
-                self.stop_process(record.link)
+                self.stop_process(record.running_link)
         self._check_all_stopped()
 
     def _check_all_stopped(self) -> None:
@@ -641,7 +641,7 @@ class Supervisor:
             callback()
 
 
-def _watched(link: SessionLink | None) -> bool:
+def _watched(link: SessionLink | None) -> TypeGuard[SessionLink]:
     """A live process that nobody is already stopping or killing."""
     return (link is not None and link.exit_status is None and not link.stopping
             and link.kill_reason is None)

@@ -30,7 +30,8 @@ import platform
 import signal
 import socket
 import struct
-from typing import Callable, NoReturn
+from typing import NoReturn
+from collections.abc import Callable
 
 from . import exits
 from .logs import install_session_logging
@@ -140,7 +141,7 @@ def clone_sibling() -> int:
     number = _SYS_CLONE.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, f"clone(CLONE_PARENT) is not wired for {platform.machine()}")
-    pid = _LIBC.syscall(ctypes.c_long(number), ctypes.c_ulong(_CLONE_PARENT | signal.SIGCHLD), 0, 0, 0, 0)
+    pid: int = _LIBC.syscall(ctypes.c_long(number), ctypes.c_ulong(_CLONE_PARENT | signal.SIGCHLD), 0, 0, 0, 0)
     if pid < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..models import ActiveFile, Message
 
-Stored = tuple[list[Message], list[ActiveFile], dict[str, dict]]  # SessionStore.load()
+Stored = tuple[list[Message], list[ActiveFile], dict[str, dict[str, Any]]]  # SessionStore.load()
 Write = tuple[str, tuple[Any, ...]]  # (SessionStore method, its arguments)
 
 # The only SessionStore methods a write may name: a recorded write is data from another
@@ -65,7 +65,7 @@ class WriteRecorder:
     def remove_file(self, path: str) -> None:
         self._writes.append(("remove_file", (path,)))
 
-    def put_index(self, path: str, entry: dict) -> None:
+    def put_index(self, path: str, entry: dict[str, Any]) -> None:
         self._writes.append(("put_index", (path, entry)))
 
 

@@ -16,7 +16,8 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -83,7 +84,7 @@ def subset(payload: dict, expected: dict) -> dict:
     return {key: payload.get(key) for key in expected}
 
 
-def expect_first_crash_and_restart(events: "EventLog", session: str, reason: str,
+def expect_first_crash_and_restart(events: EventLog, session: str, reason: str,
                                    timeout: float = SHORT) -> Event:
     """``session_crashed`` (``reason``, restarts 0, will restart), then ``session_restarted``,
     which is returned."""
@@ -185,7 +186,7 @@ def test_sigkill_of_one_of_ten_sessions_restarts_it_from_its_store_while_the_oth
             crashed = events.wait_type("session_crashed", victim)
             restarted = events.wait_type("session_restarted", victim)
             calls = [s.calls for s in senders]
-            wait_until(lambda: all(s.calls >= n + 3 or s.errors for s, n in zip(senders, calls)),
+            wait_until(lambda: all(s.calls >= n + 3 or s.errors for s, n in zip(senders, calls, strict=True)),
                        SHORT, "more calls after the restart")
         finally:
             join_senders(senders, stop)
@@ -241,7 +242,7 @@ def test_five_sessions_killed_at_once_are_all_restarted_and_serve(daemon):
         for session in victims:
             restarted = expect_first_crash_and_restart(events, session, "killed by SIGKILL")
             assert restarted.payload["restarts"] == 1
-        for session, old_pid in zip(victims, old_pids):
+        for session in victims:
             assert c.get_session_pid(session) not in old_pids
             c.send_message(session, "user", "after")
             assert contents(c, session) == [f"before {session}", "after"]
@@ -416,7 +417,8 @@ def test_acknowledged_messages_survive_fifty_random_sigkills_in_order_without_du
             run_senders(senders)
             for _ in range(50):
                 target = sum(s.calls for s in senders) + rng.randint(1, 6)
-                wait_until(lambda: sum(s.calls for s in senders) >= target or any(s.errors for s in senders),
+                wait_until(lambda target=target: (sum(s.calls for s in senders) >= target
+                                                  or any(s.errors for s in senders)),
                            SHORT, "the senders to make progress")
                 session = rng.choice(sessions)
                 killed[session] = kill_new_pid(c, session, killed[session])

@@ -182,7 +182,7 @@ def test_every_acknowledged_message_survives_repeated_daemon_sigkills_in_order(d
     try:
         for _ in range(10):
             target = total() + rng.randint(1, 25)
-            wait_until(lambda: total() >= target or failures, LONG, "acknowledged messages")
+            wait_until(lambda target=target: total() >= target or failures, LONG, "acknowledged messages")
             assert not failures, failures
             daemon.kill()
             daemon = daemon_factory(root=daemon.root)

@@ -42,7 +42,7 @@ class Inject:
         self.strace.wait(SHORT)
         self.strace.stderr.close()
 
-    def __enter__(self) -> "Inject":
+    def __enter__(self) -> Inject:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -6,7 +6,7 @@ import logging
 import select
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from jidocoder.daemon.backend import Happening
 from jidocoder.daemon.session import SessionSpec

@@ -7,7 +7,8 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import pytest
@@ -27,14 +27,14 @@ from jidocoder.models import (ActiveFile, CachedFile, Event, Message, SessionCon
 from tests.support import EXPIRES as SHORT  # this file's SHORT: a wait that is meant to run out
 from tests.support import LONG, fd_count, wait_until
 
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 HELLO = {"pid": 4242, "version": "0.1.0", "max_request_bytes": 4096}
 
 
 class Peer:
     """A scripted daemon: accepts one connection, answers ``hello``, then runs ``script(peer)``."""
 
-    def __init__(self, path: str, script: Callable[["Peer"], None], hello: dict) -> None:
+    def __init__(self, path: str, script: Callable[[Peer], None], hello: dict) -> None:
         self.path = path
         self.script = script
         self.hello = hello
@@ -58,7 +58,7 @@ class Peer:
                 if hello is not None:
                     self.reply(hello, self.hello)
                     self.script(self)
-        except BaseException as e:  # reported by the fixture's teardown
+        except BaseException as e:  # noqa: BLE001 - reported by the fixture's teardown
             self.failure = e
 
     def recv(self) -> dict | None:
@@ -148,7 +148,7 @@ def in_background(call: Callable[[], Any]) -> tuple[threading.Thread, list, list
     def run() -> None:
         try:
             results.append(call())
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the thread's failure is asserted by the test
             failures.append(e)
 
     thread = threading.Thread(target=run)
@@ -787,7 +787,7 @@ def test_close_wakes_a_call_waiting_for_its_reply(serve):
     def call() -> None:
         try:
             client.get_session_pid("s1")
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the thread's failure is asserted by the test
             failures.append(e)
 
     caller = threading.Thread(target=call)

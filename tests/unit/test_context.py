@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 
 import pytest
 
@@ -13,7 +13,7 @@ from jidocoder.errors import InvalidArgumentError
 from jidocoder.models import ActiveFile, Message, SessionConfig
 
 SID = "session_test"
-T0 = datetime(2025, 1, 24, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 24, 12, 0, 0, tzinfo=UTC)
 
 
 class TickClock:
@@ -294,7 +294,7 @@ def test_build_context_metadata_counts_totals_not_the_returned_slice(ctx: Sessio
     assert set(context) == {"session_id", "metadata"}
     assert (context["metadata"]["conversation_count"],
             context["metadata"]["active_file_count"]) == (4, 4)
-    assert context["metadata"]["timestamp"].tzinfo == timezone.utc
+    assert context["metadata"]["timestamp"].tzinfo == UTC
 
 
 def test_build_context_max_messages_three_of_ten_gives_the_last_three(ctx: SessionContext) -> None:
@@ -425,10 +425,10 @@ def test_timestamps_from_a_non_utc_clock_are_stored_as_utc() -> None:
                          clock=lambda: datetime(2025, 1, 1, 14, 0, tzinfo=plus_two))
     ctx.add_message("user", "x")
     ctx.update_file_index("/f", {})
-    expected = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
-    assert ctx.history()[0].timestamp.tzinfo == timezone.utc
+    expected = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    assert ctx.history()[0].timestamp.tzinfo == UTC
     assert ctx.history()[0].timestamp == expected
-    assert ctx.file_index()["/f"]["last_accessed"].tzinfo == timezone.utc
+    assert ctx.file_index()["/f"]["last_accessed"].tzinfo == UTC
 
 
 def test_restore_rebuilds_state_and_applies_limits() -> None:

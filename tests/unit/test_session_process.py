@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -3,10 +3,11 @@ serialize/deserialize round trip (ported from the original design's cases, plus 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, UTC
 from decimal import Decimal
 from fractions import Fraction
 from uuid import UUID
@@ -21,7 +22,7 @@ from jidocoder.errors import InvalidArgumentError, InvalidTransitionError
 from jidocoder.models import SessionConfig, SessionInfo, SessionState
 from jidocoder.states import TRANSITIONS, SessionStatus
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 PLUS_0530 = timezone(timedelta(hours=5, minutes=30))
 MINUS_0800 = timezone(timedelta(hours=-8))
@@ -489,7 +490,7 @@ def test_updated_at_strictly_increases_over_a_thousand_rapid_updates():
     for n in range(1000):
         s = s.update(conversation_count=n)
         stamps.append(s.updated_at)
-    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    assert all(a < b for a, b in itertools.pairwise(stamps))
 
 
 def test_state_is_frozen():

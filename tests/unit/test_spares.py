@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import Iterator, NoReturn
+from typing import NoReturn
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +23,7 @@ def fork_spare(sock: socket.socket, warm: bool) -> NoReturn:  # pragma: no cover
         sock.setblocking(True)
         while sock.recv(4096):
             pass
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - a forked child must reach os._exit whatever happens
         code = 1
     finally:
         os._exit(code)

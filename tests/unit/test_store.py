@@ -7,7 +7,7 @@ import os
 import random
 import signal
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from jidocoder.models import ActiveFile, Message, SessionState
 
 SID = "session_0b6f3d9e-8c1a-4f2e-9a77-3c5d2e1f4a60"
 OTHER = "session_7d2c1b0a-5e4f-4a3b-8c9d-0e1f2a3b4c5d"
-T0 = datetime(2024, 5, 6, 7, 8, 9, 123457, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 6, 7, 8, 9, 123457, tzinfo=UTC)
 
 
 def at(microseconds: int) -> datetime:
@@ -92,7 +92,7 @@ def test_session_store_round_trips_exact_to_the_microsecond(tmp_path):
         db.put_index("/src/a.py", entry)
         messages, files, index = db.load()
     assert messages == [message(1), Message(role="tool", content="ünï", timestamp=at(2))]
-    assert [m.timestamp.tzinfo for m in messages] == [timezone.utc, timezone.utc]
+    assert [m.timestamp.tzinfo for m in messages] == [UTC, UTC]
     assert files == [file("/src/a.py", 3), file("/src/b.py", 4)]
     assert index == {"/src/a.py": entry}
     assert index["/src/a.py"]["last_accessed"].utcoffset() == timedelta(0)

@@ -8,7 +8,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 
 import pytest
 from hypothesis import given, settings
@@ -55,13 +55,13 @@ def test_aware_datetime_comes_back_as_the_same_instant_in_utc_to_the_microsecond
     sent = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=plus_five)
     received = decode(encode(sent))
     assert received == sent
-    assert received.tzinfo is timezone.utc
+    assert received.tzinfo is UTC
     assert (received.hour, received.minute, received.microsecond) == (18, 29, 123456)
 
 
 def test_datetimes_before_the_epoch_and_far_ahead_keep_their_microseconds():
-    early = datetime(1901, 12, 13, 20, 45, 52, 1, tzinfo=timezone.utc)
-    late = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    early = datetime(1901, 12, 13, 20, 45, 52, 1, tzinfo=UTC)
+    late = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
     assert decode(encode([early, late])) == [early, late]
 
 
@@ -85,7 +85,7 @@ def test_naive_datetime_is_refused():
 def test_session_status_comes_back_as_the_enum_member():
     received = decode(encode([status for status in SessionStatus]))
     assert received == list(SessionStatus)
-    assert all(got is sent for got, sent in zip(received, SessionStatus))
+    assert all(got is sent for got, sent in zip(received, SessionStatus, strict=True))
     assert decode(encode(SessionStatus.ACTIVE)) is SessionStatus.ACTIVE
 
 
@@ -223,7 +223,7 @@ def test_encoding_is_safe_from_many_threads_at_once():
     results: dict[int, list[object]] = {}
 
     def work(n: int) -> None:
-        sent = [{"n": n, "when": datetime(2024, 1, 1, tzinfo=timezone.utc), "t": (n, n)}] * 50
+        sent = [{"n": n, "when": datetime(2024, 1, 1, tzinfo=UTC), "t": (n, n)}] * 50
         results[n] = [decode(pack_frame(item, DEFAULT_MAX_FRAME)[HEADER_SIZE:]) for item in sent]
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
@@ -232,7 +232,7 @@ def test_encoding_is_safe_from_many_threads_at_once():
     for thread in threads:
         thread.join()
     for n in range(8):
-        assert results[n] == [{"n": n, "when": datetime(2024, 1, 1, tzinfo=timezone.utc),
+        assert results[n] == [{"n": n, "when": datetime(2024, 1, 1, tzinfo=UTC),
                                "t": [n, n]}] * 50
 
 
@@ -328,7 +328,7 @@ def test_frames_split_at_any_points_decode_to_the_same_objects_in_order(objects,
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     decoder = FrameDecoder(DEFAULT_MAX_FRAME)
     received: list[object] = []
-    for start, stop in zip([0, *cuts], [*cuts, len(stream)]):
+    for start, stop in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         received.extend(decoder.feed(stream[start:stop]))
     assert received == objects
     assert decoder.at_boundary
@@ -666,7 +666,6 @@ def test_the_sessions_request_frame_is_built_around_the_args_bytes(size, deadlin
 
 
 def test_a_request_decoder_splits_frames_fed_in_pieces_and_stays_in_step_after_a_refusal():
-    from jidocoder import wire
     decoder = FrameDecoder(64 * MiB, requests=True)
     stream = (pack_frame({"id": 1, "op": "send_message",
                           "args": {"session_id": "s", "content": [[{}] * 1000] * 300}}, 64 * MiB)

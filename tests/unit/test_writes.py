@@ -10,7 +10,7 @@ import pytest
 from jidocoder.daemon.ray_actor import BUDGET, SessionActor
 from jidocoder.daemon.store import SessionStore
 from jidocoder.daemon.writes import WriteRecorder, apply_writes
-from jidocoder.models import ActiveFile, Message, SessionConfig, utc_now
+from jidocoder.models import ActiveFile, Message, utc_now
 from tests.unit.test_session_process import SESSION_ID, spec_in
 
 
