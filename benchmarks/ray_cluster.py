@@ -119,7 +119,7 @@ class LocalCluster:
         """The node's machine dies: every process of it, its actors' workers included, is
         SIGKILLed at once (Ray's ``remove_node`` alone kills its own processes, and the workers,
         which the daemon reaches directly, would go on serving for a while)."""
-        doomed = set()
+        doomed: set[int] = set()  # its processes, and theirs: the actors' workers are the raylet's
         for infos in node.all_processes.values():
             for info in infos:
                 doomed |= {info.process.pid} | descendants(info.process.pid)

@@ -196,10 +196,12 @@ class RayBackend:
                 break  # the actor is gone, or is being ended: its watch says when
             session.calls.popleft()
             happened.append(self._answer(session, call, *call.future.result()))
-        if session.watch.done() and isinstance(session.watch.exception(), ActorUnavailableError):
-            self._end_unreachable(session, session.watch.exception())
-        elif session.watch.done() and all(call.future.done() for call in session.calls):
-            happened.append(self._died(session))
+        if session.watch.done():
+            error = session.watch.exception()
+            if isinstance(error, ActorUnavailableError) and not session.unreachable:
+                self._end_unreachable(session, error)  # its watch is held again, to hear the end
+            elif all(call.future.done() for call in session.calls):
+                happened.append(self._died(session))  # dead, or ended and still unreachable
         return happened
 
     def _end_unreachable(self, session: _Session, error: BaseException | None) -> None:
