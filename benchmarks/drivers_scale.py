@@ -99,7 +99,7 @@ def measure_scale_and_restore(ctx: Context) -> list[Row]:
     points = ctx.counts["scale"]
     last, cap = points[-1], int(ctx.counts.get("scale_most") or 0)
     max_sessions = max(1024, last * 2, cap)
-    daemon = BenchDaemon(max_sessions=max_sessions).start()
+    daemon = BenchDaemon(max_sessions=max_sessions, max_live_sessions=max_sessions).start()
     restored = None
     rows: list[Row] = []
     try:
@@ -140,7 +140,7 @@ def measure_restore(ctx: Context, root: str, ids: list[str], max_sessions: int,
     few ms would take most of the daemon's time away from restoring. With ``keep`` the restored
     daemon is returned running (the caller stops it)."""
     count = len(ids)
-    daemon = BenchDaemon(root=root, max_sessions=max_sessions)
+    daemon = BenchDaemon(root=root, max_sessions=max_sessions, max_live_sessions=max_sessions)
     try:
         start = now()
         daemon.start()
@@ -148,13 +148,13 @@ def measure_restore(ctx: Context, root: str, ids: list[str], max_sessions: int,
             deadline = time.monotonic() + 60
             waiting = list(ids)
             while time.monotonic() < deadline:
-                while waiting and client.get_session_info(waiting[-1]).pid is not None:
+                while waiting and _back(client.get_session_info(waiting[-1])):
                     waiting.pop()
                 if not waiting:
                     infos = client.list_sessions()
-                    if len(infos) >= count and all(i.pid is not None for i in infos):
+                    if len(infos) >= count and all(_back(i) for i in infos):
                         break
-                    waiting = [i.session_id for i in infos if i.pid is None]
+                    waiting = [i.session_id for i in infos if not _back(i)]
                 time.sleep(0.001)
             else:
                 raise RuntimeError("restored sessions never all served")
@@ -171,6 +171,11 @@ def measure_restore(ctx: Context, root: str, ids: list[str], max_sessions: int,
     row = Row(f"daemon restart restoring {count} sessions", "ms", elapsed, floor, None,
               absolute_max=2000.0, floor_name=f"interpreter + {count} x fork→ready")
     return row, (daemon if keep else None)
+
+
+def _back(info) -> bool:
+    """Restored: serving, or hibernated (a stop hibernates every session: docs/api.md §13)."""
+    return info.pid is not None or info.hibernated
 
 
 def measure_fork_choice(ctx: Context) -> list[Row]:

@@ -207,13 +207,13 @@ class Soak:
             for code, n in writer.errors.items():
                 errors[code] = errors.get(code, 0) + n
         self.figures.update(vars(verdict), call_errors=errors,
-                            reconnects=sum(w.reconnects for w in self.writers),
+                            recreated=sum(w.recreated for w in self.writers),
                             sessions=self.sessions)
 
 
 # -- verdict and report -----------------------------------------------------------------------------
 ZERO = ["lost", "duplicated", "out_of_order", "refused_but_applied", "foreign",
-        "unreadable_sessions", "orphans"]
+        "unreadable_sessions", "orphans", "recreated"]
 
 
 def failures(figures: dict) -> list[str]:
@@ -245,6 +245,8 @@ def table(figures: dict) -> str:
         ("session kills", figures.get("session_kills"), ""),
         ("daemon kills", figures.get("daemon_kills"),
          f"restart to all served: p50 {restarts[len(restarts) // 2]:.2f} s, max {restarts[-1]:.2f} s"),
+        ("Clients recreated by hand", figures.get("recreated"),
+         "must be 0: each Client reconnects by itself (docs/api.md §10)"),
         ("orphans (alive 1 s after)", figures.get("orphans"),
          f"must be 0; slowest exit {figures.get('slowest_exit_s', 0):.3f} s"),
         ("hostile connections", figures.get("fuzz_connections"),

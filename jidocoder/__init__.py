@@ -17,6 +17,7 @@ from .errors import (DaemonUnavailableError, InvalidArgumentError, InvalidTransi
 from .states import SessionStatus
 
 if TYPE_CHECKING:
+    from .async_client import AsyncClient
     from .client import Client
     from .models import (ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo,
                          SessionState)
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "Client",
+    "Client", "AsyncClient",
     "SessionStatus",
     "SessionConfig", "SessionState", "SessionInfo", "Message", "ActiveFile", "CachedFile", "Event",
     "JidocoderError", "SessionNotFoundError", "InvalidTransitionError", "InvalidArgumentError",
@@ -32,7 +33,7 @@ __all__ = [
     "SessionCrashedError", "StorageError",
 ]
 
-_LAZY = {"Client": "client", "SessionConfig": "models", "SessionState": "models",
+_LAZY = {"Client": "client", "AsyncClient": "async_client", "SessionConfig": "models", "SessionState": "models",
          "SessionInfo": "models", "Message": "models", "ActiveFile": "models",
          "CachedFile": "models", "Event": "models"}
 

@@ -1,4 +1,4 @@
-"""Imported first by the ``jidocoder`` command (``cli.py``), never by the library: the command's
+"""Imported first by the ``jidocoder`` command (``cli/__init__.py``), never by the library: the command's
 process, and so the daemon and every session forked from it, runs no pydantic plugins.
 
 pydantic looks for plugins (entry points of the ``pydantic`` group) each time it builds a

@@ -7,6 +7,11 @@ settings table is generated from this model (``python -m jidocoder.config``), so
 A setting in ``FLAG_ONLY`` is read from the command line only (docs/api.md §8: an inherited
 environment variable must not turn the ``debug_*`` operations on). A background daemon inherits
 the other settings as environment variables (``to_env``) and these as flags (``to_flags``).
+
+``settings_file`` names a file of ``JIDOCODER_<NAME>=VALUE`` lines (systemd's EnvironmentFile
+syntax, so one file serves the unit and the daemon): read at start beneath the environment, and
+read again on SIGHUP, when the settings in ``RELOADABLE`` take the values it holds
+(daemon/reload.py). The others are fixed for the daemon's life (the table's size, the socket).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from .errors import InvalidArgumentError
 ENV_PREFIX = "JIDOCODER_"
 MiB = 1024 * 1024
 FLAG_ONLY = frozenset({"debug_ops"})  # never read from the environment: see the module docstring
+# What SIGHUP may change in a running daemon: each is read where it is used, every time.
+RELOADABLE = frozenset({"max_restarts", "max_seconds", "memory_limit_mb", "terminate_grace",
+                        "client_buffer_bytes", "log_level", "log_max_bytes", "log_backups"})
 
 
 def default_socket_path(env: Mapping[str, str] | None = None) -> str:
@@ -51,8 +59,14 @@ class Settings(BaseModel):
 
     socket: str = Field("", description="Unix socket the daemon listens on (default: see README).")
     state_dir: str = Field("", description="Directory for the store and daemon.log (default: see README).")
-    max_sessions: int = Field(1024, ge=1, le=1_000_000,
-                              description="Capacity of the session table; one more is limit_exceeded.")
+    max_sessions: int = Field(100_000, ge=1, le=1_000_000,
+                              description="Sessions known at once, live or hibernated; one more is limit_exceeded.")
+    max_live_sessions: int = Field(4096, ge=1, le=1_000_000,
+                                   description="Session processes alive at once; creating or reviving one more "
+                                   "hibernates the least recently used live session first.")
+    hibernate_after_minutes: float = Field(60.0, ge=0,
+                                           description="A session with no call for this long (minutes; fractions "
+                                           "allowed) is hibernated: its process exits, its data stays. 0: never.")
     max_restarts: int = Field(10, ge=0, description="Restarts of one session allowed within max_seconds.")
     max_seconds: float = Field(60.0, gt=0, description="Window (s) in which max_restarts is counted.")
     max_request_bytes: int = Field(16 * MiB, ge=1024, le=1024 * MiB,
@@ -71,6 +85,8 @@ class Settings(BaseModel):
                                              "least recently used goes first.")
     client_buffer_bytes: int = Field(8 * MiB, ge=64 * 1024,
                                      description="Unsent bytes a client may fall behind before it is disconnected.")
+    event_history: int = Field(
+        1000, ge=0, description="Events held per topic, for subscriptions resumed with since (docs/api.md §10).")
     spare_processes: int = Field(1, ge=0, le=64,
                                  description="Session processes kept started and waiting, "
                                              "so that a create waits for no fork.")
@@ -81,6 +97,8 @@ class Settings(BaseModel):
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least level logged.")
+    settings_file: str = Field("", description="A file of JIDOCODER_<NAME>=VALUE lines, read at start "
+                               "(beneath the environment) and again on SIGHUP (see docs/operations.md).")
     debug_ops: bool = Field(False, description="Serve the test-only debug_* session operations (never in "
                             "production). Flag only: JIDOCODER_DEBUG_OPS is ignored, so an inherited "
                             "environment cannot turn them on.")
@@ -98,6 +116,9 @@ class Settings(BaseModel):
              env: Mapping[str, str] | None = None) -> Settings:
         """Defaults, then JIDOCODER_<NAME> variables, then ``overrides`` (CLI flags; None skipped)."""
         env = os.environ if env is None else env
+        path = (overrides or {}).get("settings_file") or env.get(ENV_PREFIX + "SETTINGS_FILE")
+        if path:
+            env = {**read_settings_file(path), **env}
         values: dict[str, Any] = {}
         for name in cls.model_fields.keys() - FLAG_ONLY:
             raw = env.get(ENV_PREFIX + name.upper())
@@ -128,6 +149,30 @@ class Settings(BaseModel):
             if value != type(self).model_fields[name].default:
                 flags += [flag_name(name), str(value)]
         return flags
+
+
+def read_settings_file(path: str) -> dict[str, str]:
+    """``JIDOCODER_<NAME>=VALUE`` lines (blank lines, ``#`` comments, ``export`` and quotes
+    allowed, as in a systemd EnvironmentFile); a line that is none of these is an error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read settings_file {path}: {exc.strerror or exc}",
+                                   code="invalid_setting", field="settings_file") from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip().removeprefix("export ").strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        if not equals or not name.strip().startswith(ENV_PREFIX):
+            raise InvalidArgumentError(f"{path} line {number}: expected JIDOCODER_<NAME>=VALUE, got "
+                                       f"{line!r}", code="invalid_setting", field="settings_file")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[name.strip()] = value
+    return found
 
 
 def flag_name(field: str) -> str:

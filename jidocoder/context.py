@@ -88,6 +88,10 @@ class SessionContext:
     def message_count(self) -> int:
         return len(self._messages)
 
+    @property
+    def file_count(self) -> int:
+        return len(self._files)
+
     # -- active files and file index ---------------------------------------------------
 
     def add_file(self, path: str) -> Events:

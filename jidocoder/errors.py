@@ -16,8 +16,9 @@
     └── StartError                    start_failed       (the daemon cannot start)
         └── AlreadyRunning            start_failed       (one runs on that socket: exit 0)
 
-``exit_code`` is what the ``jidocoder`` command exits with when the error ends it: 1, or 0 for
-``AlreadyRunning``.
+``exit_code`` is what the ``jidocoder`` command exits with when the error ends it (docs/api.md
+§12): 1, but 2 for ``InvalidArgumentError`` (bad usage), 3 for ``DaemonUnavailableError`` (no
+daemon runs), 4 for ``SessionNotFoundError`` (no such session), and 0 for ``AlreadyRunning``.
 
 Errors cross the socket as ``{code, message, field, details}`` (``to_wire``) and are rebuilt
 into the same class by ``from_wire``: ``InvalidArgumentError`` owns exactly the validation rule
@@ -71,6 +72,7 @@ class SessionNotFoundError(JidocoderError, LookupError):
     """The session id is unknown or the session is terminated: nothing to retry."""
 
     code = "not_found"
+    exit_code = 4
 
 
 class InvalidTransitionError(JidocoderError):
@@ -83,6 +85,7 @@ class InvalidArgumentError(JidocoderError, ValueError):
     """An argument of the wrong type or shape; ``code`` names the rule, ``field`` the argument."""
 
     code = "invalid_argument"
+    exit_code = 2
 
 
 class LimitExceededError(JidocoderError):
@@ -95,6 +98,7 @@ class DaemonUnavailableError(JidocoderError):
     """No daemon answers on the socket: start one (``jidocoder daemon start``)."""
 
     code = "daemon_unavailable"
+    exit_code = 3
 
 
 class ProtocolError(JidocoderError):
@@ -165,9 +169,10 @@ VALIDATION_CODES = frozenset({
     # raised with an explicit code elsewhere in the package
     "invalid_argument", "invalid_config", "invalid_data", "invalid_durability",
     "invalid_include", "invalid_request", "invalid_setting", "unknown_op", "unknown_field",
+    "invalid_json", "unsupported",  # the jidocoder command's own usage errors (cli/)
     # models._translate: "invalid_" + the failing model field
     "invalid_added_at", "invalid_content", "invalid_error", "invalid_features",
-    "invalid_llm_config", "invalid_max_files", "invalid_max_history", "invalid_metadata",
+    "invalid_hibernated", "invalid_llm_config", "invalid_max_files", "invalid_max_history", "invalid_metadata",
     "invalid_mtime", "invalid_path", "invalid_payload", "invalid_persistence_enabled",
     "invalid_pid", "invalid_seq", "invalid_size", "invalid_timeout_minutes", "invalid_timestamp",
     "invalid_topic", "invalid_type",

@@ -304,11 +304,13 @@ def _describe(value: object) -> str:
 class SessionInfo(_SessionFields):
     """What ``list_sessions``/``get_session_info`` return: the state plus its process's facts.
 
-    ``conversation_count`` is the number of messages held now; ``pid`` is None during a restart.
+    ``conversation_count`` is the number of messages held now; ``pid`` is None during a restart
+    and while ``hibernated`` (docs/api.md §13: no process until its next call).
     """
 
     pid: Annotated[int, Strict(), Field(gt=0)] | None = None
     restarts: Count = 0
+    hibernated: bool = False
 
     @classmethod
     def from_state(cls, state: SessionState, *, pid: int | None, restarts: int,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -219,3 +220,63 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(socket_path: str, *args: str, state_dir: str | Path | None = None, stdin: str | None = None,
+            timeout: float = LONG) -> subprocess.CompletedProcess:
+    """``jidocoder ARGS`` as a person runs it, against ``socket_path`` (and ``state_dir``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JIDOCODER_")}
+    env["JIDOCODER_SOCKET"] = socket_path
+    if state_dir is not None:
+        env["JIDOCODER_STATE_DIR"] = str(state_dir)
+    return subprocess.run([sys.executable, "-m", "jidocoder.cli", *args], env=env, cwd=ROOT,
+                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Tmux:
+    """A command on a terminal of its own: a tmux server on a private socket (``-L``), one
+    window of ``width`` x ``height``. ``close`` ends the server by its pid, and checks it went."""
+
+    def __init__(self, command: list[str], env: dict[str, str], width: int = 200, height: int = 40) -> None:
+        if shutil.which("tmux") is None:
+            raise AssertionError("these tests drive a terminal with tmux, which is not installed: "
+                                 "apt-get install tmux (Debian/Ubuntu) or dnf install tmux")
+        self.name = f"jd-test-{os.getpid()}-{time.monotonic_ns()}"
+        shell = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k.startswith("JIDOCODER_"))
+        program = " ".join(shlex.quote(part) for part in command)
+        # the terminal's size, not the test run's: curses believes COLUMNS and LINES first
+        line = f"env -u COLUMNS -u LINES {shell} {program}; echo EXITED $?; sleep 600"
+        self._tmux("-f", "/dev/null", "new-session", "-d", "-x", str(width), "-y", str(height), line)
+        self.server_pid = int(self._tmux("display-message", "-p", "#{pid}").strip())
+        self.pane_pid = int(self._tmux("display-message", "-p", "#{pane_pid}").strip())
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True,
+                              check=True, timeout=SHORT, cwd=ROOT).stdout
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p")
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
+
+    def wait_for(self, predicate: Callable[[str], bool], message: str, timeout: float = LONG) -> str:
+        """The screen once ``predicate`` holds for it; fails with the last screen shown."""
+        seen = [""]
+
+        def check() -> bool:
+            seen[0] = self.screen()
+            return predicate(seen[0])
+        try:
+            wait_until(check, timeout, message)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen was:\n{seen[0]}") from None
+        return seen[0]
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=SHORT)
+        wait_until(lambda: not process_alive(self.server_pid), SHORT, "the tmux server to exit")

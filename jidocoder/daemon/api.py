@@ -14,14 +14,15 @@ from typing import Any
 from collections.abc import Callable
 
 from .. import __version__, wire
-from ..context import page
 from ..errors import InvalidArgumentError, JidocoderError
 from .calls import call_handler, internal_error
 from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, EventBus, session_topic
 from .link import Pending
+from .metrics import METRICS
 from .ops import DEBUG_HANDLERS, SESSION_OPS
 from .supervisor import Supervisor
+from .table import SLOT_SIZE
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -31,17 +32,19 @@ DEFERRED = object()
 class Api:
     def __init__(self, supervisor: Supervisor, bus: EventBus, *, max_request_bytes: int,
                  debug_ops: bool, status: Callable[[], dict[str, Any]],
-                 shutdown: Callable[[], object]) -> None:
+                 shutdown: Callable[[], object], clients: Callable[[], int] = lambda: 0) -> None:
         self.supervisor = supervisor
         self.bus = bus
         self.max_request_bytes = max_request_bytes
         self.session_ops = SESSION_OPS | (frozenset(DEBUG_HANDLERS) if debug_ops else frozenset())
         self._status = status
         self._shutdown = shutdown
+        self._clients = clients
         # handle_<op> by name, looked up once: a failed getattr per session call costs more
         # than the rest of its dispatch.
         self.handlers = {name[len("handle_"):]: getattr(self, name)
                          for name in dir(self) if name.startswith("handle_")}
+        METRICS.known_ops = frozenset(self.handlers) | self.session_ops
 
     def dispatch(self, conn: ClientConnection, request: wire.Request) -> None:
         conn.begin_call()
@@ -76,11 +79,19 @@ class Api:
 
     def handle_create_session(self, conn: ClientConnection, pending: Pending,
                               metadata: Any = None, llm_config: Any = None,
-                              config: Any = None) -> object:
+                              config: Any = None, call_id: Any = None) -> object:
         for name, value in (("metadata", metadata), ("llm_config", llm_config)):
             wire.check_encoded_size(value, wire.MAX_SESSION_DICT_BYTES, name)
-        self.supervisor.create_session(metadata, llm_config, config, pending)
+        if not isinstance(call_id, str):
+            call_id = None
+        elif (created := self._created_by(call_id)) is not None:
+            return created  # resent after a lost reply: the session it made (at most once)
+        self.supervisor.create_session(metadata, llm_config, config, pending, call_id=call_id)
         return DEFERRED
+
+    def _created_by(self, call_id: str) -> str | None:
+        session_id = self.supervisor.registry.created_by(call_id)
+        return session_id if session_id in self.supervisor.records else None
 
     def handle_terminate_session(self, conn: ClientConnection, pending: Pending,
                                  session_id: Any = None) -> object:
@@ -89,7 +100,7 @@ class Api:
 
     def handle_list_sessions(self, conn: ClientConnection, pending: Pending,
                              offset: Any = 0, limit: Any = None) -> list[dict[str, Any]]:
-        return [self.supervisor.info(r) for r in page(self.supervisor.live_records(), offset, limit)]
+        return self.supervisor.list_infos(offset, limit)
 
     def handle_get_session_info(self, conn: ClientConnection, pending: Pending,
                                 session_id: Any = None) -> dict[str, Any]:
@@ -110,9 +121,9 @@ class Api:
         return DEFERRED
 
     def handle_subscribe_to_session(self, conn: ClientConnection, pending: Pending,
-                                    session_id: Any = None) -> None:
+                                    session_id: Any = None, since: Any = None) -> dict[str, int]:
         self.supervisor.find(session_id)
-        self.bus.subscribe(session_topic(session_id), conn)
+        return {"last_seq": self.bus.subscribe(session_topic(session_id), conn, _since(since))}
 
     def handle_unsubscribe_from_session(self, conn: ClientConnection, pending: Pending,
                                         session_id: Any = None) -> None:
@@ -121,8 +132,9 @@ class Api:
                                        field="session_id")
         self.bus.unsubscribe(session_topic(session_id), conn)
 
-    def handle_subscribe_to_all_sessions(self, conn: ClientConnection, pending: Pending) -> None:
-        self.bus.subscribe(GLOBAL_TOPIC, conn)
+    def handle_subscribe_to_all_sessions(self, conn: ClientConnection, pending: Pending,
+                                         since: Any = None) -> dict[str, int]:
+        return {"last_seq": self.bus.subscribe(GLOBAL_TOPIC, conn, _since(since))}
 
     def handle_unsubscribe_from_all_sessions(self, conn: ClientConnection,
                                              pending: Pending) -> None:
@@ -134,3 +146,29 @@ class Api:
     def handle_shutdown(self, conn: ClientConnection, pending: Pending) -> None:
         self._shutdown()
 
+    # -- operating it (docs/operations.md) ---------------------------------------------------------
+    def handle_metrics(self, conn: ClientConnection, pending: Pending) -> dict[str, Any]:
+        """The counters (metrics.py) and the gauges read now; ``jidocoder metrics`` renders them."""
+        supervisor = self.supervisor
+        by_status: dict[str, int] = {}
+        for record in supervisor.records.values():
+            by_status[record.status.value] = by_status.get(record.status.value, 0) + 1
+        return {**METRICS.snapshot(), "sessions": by_status, "failed_sessions": len(supervisor.failed),
+                "live_processes": len(supervisor.by_pid), "clients": self._clients()}
+
+    def handle_share_table(self, conn: ClientConnection, pending: Pending) -> object:
+        """A read-only fd of the session table, attached (SCM_RIGHTS) to this reply's first
+        byte; ``jidocoder top`` maps it and reads every slot itself from then on."""
+        table = self.supervisor.table
+        conn.reply_with_fd(pending.request_id, {"result": {"slot_size": SLOT_SIZE,
+                                                           "capacity": table.capacity}},
+                           table.share_fd())
+        return DEFERRED
+
+
+def _since(since: Any) -> int | None:
+    """A subscription's ``since``: None (live events only) or a seq >= 0."""
+    if since is None or (type(since) is int and since >= 0):
+        return since
+    raise InvalidArgumentError(f"since must be an int >= 0 or None, not {since!r}",
+                               code="invalid_argument", field="since")

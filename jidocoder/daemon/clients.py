@@ -19,6 +19,7 @@ The loop never blocks on a client, and no client can make the daemon grow withou
 
 from __future__ import annotations
 
+import array
 import logging
 import socket
 import weakref
@@ -27,7 +28,8 @@ from typing import Any
 from collections.abc import Callable, Iterator
 
 from .. import wire
-from ..errors import JidocoderError
+from ..errors import InvalidArgumentError, JidocoderError
+from .metrics import METRICS
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -131,6 +133,39 @@ class ClientConnection:
                     self._queue(buffer)
         self._update_interest()
 
+    def reply_with_fd(self, request_id: Any, message: dict[str, Any], fd: int) -> None:
+        """The answer to a call, with ``fd`` passed along (SCM_RIGHTS) on its first byte. Sent
+        now, after whatever was queued before it (so the fd arrives with this reply and no
+        other); what the socket does not take at once is queued as usual."""
+        self.in_flight -= 1
+        frame = wire.pack_frame({"id": request_id, **message}, wire.MAX_FRAME)
+        self.flush()
+        if self.closed or self.closing is not None:
+            return
+        if self._out:  # the peer is not reading: no fd for it
+            self._refuse_fd(request_id, "the client has not read its earlier replies")
+            return
+        try:
+            sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                array.array("i", [fd]))])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(f"write failed: {exc}")
+            return
+        if sent == 0:
+            self._refuse_fd(request_id, "the connection could not take the reply")
+            return
+        if sent < len(frame):
+            self._queue(frame[sent:])
+        self._update_interest()
+
+    def _refuse_fd(self, request_id: Any, why: str) -> None:
+        error = InvalidArgumentError(f"{why}: ask for the table on a connection of its own, with "
+                                     "nothing else in flight", code="invalid_request", field="op")
+        self.send({"id": request_id, "error": error.to_wire()})
+        self._update_interest()
+
     @property
     def accepting_calls(self) -> bool:
         return (not self.closed and self.closing is None and self.in_flight < MAX_IN_FLIGHT
@@ -178,6 +213,7 @@ class ClientConnection:
         self.closing = (f"fell {behind} bytes behind (client_buffer_bytes={self.max_buffer}): "
                         "it did not read its events fast enough")
         log.warning("client %s disconnected: %s", self.peer_pid, self.closing)
+        METRICS.slow_clients_dropped += 1
         self._queue(wire.pack_frame({"closing": {"code": "fell_behind", "message": self.closing}},
                                     wire.MAX_FRAME))
         self._update_interest()

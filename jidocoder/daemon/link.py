@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from .. import wire
 from ..errors import JidocoderError
+from .metrics import METRICS
 
 
 class Replier(Protocol):
@@ -37,13 +39,14 @@ class Pending:
     client sent none), which the session is told with the request. Made for every call, so a
     plain object with slots rather than a closure."""
 
-    __slots__ = ("client", "request_id", "op", "deadline")
+    __slots__ = ("client", "request_id", "op", "deadline", "began")
 
     def __init__(self, client: Replier, request_id: Any, op: str, deadline: float | None = None) -> None:
         self.client = client
         self.request_id = request_id
         self.op = op
         self.deadline = deadline  # CLOCK_MONOTONIC moment its client gives up on it, if it said
+        self.began = time.monotonic()  # for the call latency histogram (metrics.py)
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
@@ -54,10 +57,12 @@ class Pending:
 
     def reply(self, message: dict[str, Any]) -> None:
         """Answer with ``{"result": ...}`` or ``{"error": {...}}``."""
+        METRICS.observe_call(self.op, time.monotonic() - self.began, "error" in message)
         self.client.reply(self.request_id, message)
 
     def reply_packed(self, packed: bytes) -> None:
         """Answer with a result the session already encoded, forwarded without decoding it."""
+        METRICS.observe_call(self.op, time.monotonic() - self.began, False)
         self.client.reply_packed(self.request_id, packed)
 
 
@@ -111,6 +116,11 @@ class SessionLink:
         self.in_flight[link_id] = Call(op, args, pending)
         pending.client.links.add(self)
         return self._queue(buffers)
+
+    @property
+    def unsent(self) -> bool:
+        """Bytes queued for the process that it has not been sent yet."""
+        return bool(self._out)
 
     def cancel(self, client: Replier) -> bool:
         """Tell the process that ``client`` is gone: it answers, unapplied, each of the client's

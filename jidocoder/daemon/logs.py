@@ -16,7 +16,7 @@ still has to send them to the daemon. The sound part of it, flattening a record 
 exception text into one string, so nothing unpicklable or huge crosses), is the few lines of
 ``SocketLogHandler.emit``; the package is no longer needed.
 
-The daemon runs with umask 077 (``cli.start_foreground``), so ``daemon.log`` and every rotated
+The daemon runs with umask 077 (``cli.daemon_cmds.start_foreground``), so ``daemon.log`` and every rotated
 file are born 0600; ``setup_daemon_logging`` creates the first one 0600 whatever the umask.
 """
 
@@ -119,3 +119,16 @@ def install_session_logging(send: Callable[[dict[str, Any]], None], level: int) 
         _INHERITED_HANDLERS.append(old)
     root.addHandler(SocketLogHandler(send))
     root.setLevel(level)
+
+
+def reopen_daemon_log() -> None:
+    """SIGUSR1 (logrotate moved the file away): write to a new daemon.log at the same path. The
+    handler's stream is swapped under its lock (``setStream``); the new file is born 0600 (the
+    daemon's umask, ``cli.daemon_cmds.start_foreground``)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.handlers.RotatingFileHandler):
+            fresh = open(handler.baseFilename, "a", encoding="utf-8")
+            old = handler.setStream(fresh)
+            if old is not None:
+                old.close()
+            logging.getLogger("jidocoder.daemon").info("SIGUSR1: daemon.log reopened")

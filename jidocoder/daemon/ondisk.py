@@ -13,34 +13,42 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import StorageError
+from ..errors import DamagedStoreError, StorageError
 from ..models import SessionState
 from ..states import SERVING, SessionStatus
 from . import store
+from .records import Sleeper
 
 log = logging.getLogger("jidocoder.daemon")
 
 
 @dataclass
 class Found:
-    live: list[SessionState] = field(default_factory=list)  # to restore, oldest first
+    live: list[SessionState] = field(default_factory=list)  # were live: restarted
+    asleep: list[Sleeper] = field(default_factory=list)  # hibernated: known, no process
     failed: dict[str, SessionState] = field(default_factory=dict)  # for recover_session
     unerased: set[str] = field(default_factory=set)  # erases whose row could not be deleted yet
 
 
 def take_stock(state_dir: Path, registry: store.Registry) -> Found:
     found = Found()
-    states, damaged = registry.load_all()
-    for session_id, reason in damaged:
-        log.error("session %s not restored: its registry row is damaged (%s); kept in damaged/",
-                  session_id, reason)
-    found.failed = {state.session_id: state for state in registry.load_failed()}
-    for state in states:
+    found.asleep, odd = sleepers(registry)
+    statuses: dict[str, str | None] = {s.session_id: s.status.value for s in found.asleep}
+    rows = registry.load_rows() + [(i, blob) for i in odd if (blob := registry.row(i)) is not None]
+    for session_id, blob in rows:
+        try:
+            state = registry.parse(session_id, blob)
+        except DamagedStoreError as exc:
+            log.error("session %s not restored: %s", session_id, exc.message)
+            continue
+        statuses[session_id] = state.status.value
         if state.status in SERVING:
             found.live.append(state)
         elif state.status is SessionStatus.INITIALIZING:  # never acknowledged (older versions)
             _forget_row(registry, state.session_id)
-    files = store.classify_session_files(state_dir, registry)
+    found.failed = {state.session_id: state for state in registry.load_failed()}
+    statuses.update((session_id, None) for session_id in found.failed)
+    files = store.classify_session_files(state_dir, registry, statuses)
     for session_id in files.erase:
         log.info("session %s was terminating when the daemon stopped: erased", session_id)
         if erase(state_dir, registry, session_id) is not None:
@@ -53,6 +61,22 @@ def take_stock(state_dir: Path, registry: store.Registry) -> Found:
     for session_id in files.lone_logs:
         log.warning("session %s has a log file but no database and no record: left alone", session_id)
     return found
+
+
+_SLEEPING_STATUSES = {status.value: status for status in SERVING}  # an enum call costs ~1 µs
+
+
+def sleepers(registry: store.Registry) -> tuple[list[Sleeper], list[str]]:
+    """The hibernated sessions, oldest first, from the registry's columns (no state decoded);
+    and the ids whose columns hold no status a sleeper has (only by hand): read in full."""
+    found, odd = [], []
+    for micros, session_id, status, count, timeout in registry.load_asleep():
+        sleeping = _SLEEPING_STATUSES.get(status)
+        if sleeping is None:
+            odd.append(session_id)
+        else:
+            found.append(Sleeper(store.from_micros(micros), session_id, sleeping, count, timeout))
+    return found, odd
 
 
 def erase(state_dir: Path, registry: store.Registry, session_id: str) -> StorageError | None:

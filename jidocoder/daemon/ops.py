@@ -26,6 +26,7 @@ class SessionProcess(Protocol):
     cache: FileCache
     store: Any  # store.SessionStore, or None for a session with persistence disabled
     spec: Any  # session.SessionSpec
+    kill_daemon_after_commit: bool  # a test hook: debug_kill_daemon_after_commit
 
     @property
     def sock(self) -> socket.socket: ...
@@ -165,7 +166,15 @@ def debug_send_garbage(s: SessionProcess) -> Reply:
     return None, NO_EVENTS
 
 
+def debug_kill_daemon_after_commit(s: SessionProcess) -> Reply:
+    """The next call this session stores SIGKILLs the daemon once committed, before the reply
+    leaves: a reply lost with the daemon (at-most-once resend, docs/api.md §10)."""
+    s.kill_daemon_after_commit = True
+    return None, NO_EVENTS
+
+
 DEBUG_HANDLERS: dict[str, Handler] = {
+    "debug_kill_daemon_after_commit": debug_kill_daemon_after_commit,
     "debug_exit": debug_exit, "debug_hang": debug_hang, "debug_log": debug_log,
     "debug_allocate": debug_allocate, "debug_pid": debug_pid, "debug_raise": debug_raise,
     "debug_send_garbage": debug_send_garbage,

@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
 
+from .. import wire
+from ..context import page
 from ..models import SessionState
 from ..states import SessionStatus
 from .link import Pending, SessionLink
@@ -18,18 +21,31 @@ from .loop import Timer
 Waiting = tuple[Pending, Callable[[], None]]
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class SessionRecord:
-    state: SessionState
+    """A known session. Live, it holds its state (``held``); hibernated (docs/api.md §13), only
+    the state's bytes (``row``, ~400 bytes where the model takes ~2 KB), decoded when asked
+    for and never kept decoded: 100,000 known sessions must fit the daemon cheaply. Slots,
+    and no deque until a first crash, for the same reason."""
+
+    session_id: str
+    held: SessionState | None
     slot: int
+    created_at: datetime  # the order of list_sessions
+    row: bytes | None = None
+    asleep_status: SessionStatus | None = None  # the status of a hibernated one, at hand
+    hibernated: bool = False  # no process, by hibernation: the next call revives it
+    hibernating: bool = False  # its process was told to leave (EOF) and has not been reaped
+    announce_revival: bool = False  # session_revived once the reviving process serves
     link: SessionLink | None = None
     restarts: int = 0  # restarts after crashes, as SessionInfo.restarts counts them
-    crashes: deque[float] = field(default_factory=deque)  # times of the recent ones (restarts policy)
+    crashes: deque[float] | None = None  # times of the recent ones (restarts policy), from a first crash
     announce_restart: bool = False  # a crash restart: session_restarted once it serves
     start_attempts: int = 0  # uncounted tries since the process last served (restarts policy)
     restart_timer: Timer | None = None
     waiting: list[Waiting] = field(default_factory=list)
     create_waiter: Pending | None = None  # a create or recover, answered once it serves
+    create_call_id: str | None = None  # the create's call id, stored with its first row
     recovered_from: SessionState | None = None  # a failed session's state, kept until it serves
     terminate_waiters: list[Pending] = field(default_factory=list)
     last_activity: float = field(default_factory=time.monotonic)
@@ -37,18 +53,58 @@ class SessionRecord:
     status_write_failed: bool = False  # an unasked status change the registry refused: said once
     dumped: tuple[SessionState, dict[str, Any]] | None = None  # the state and its model_dump()
 
+    @classmethod
+    def of(cls, state: SessionState, slot: int) -> SessionRecord:
+        return cls(state.session_id, state, slot, state.created_at)
+
+    @classmethod
+    def asleep(cls, session_id: str, row: bytes, status: SessionStatus, created_at: datetime,
+               slot: int) -> SessionRecord:
+        """A hibernated session as a start finds it: its stored row, not yet validated."""
+        return cls(session_id, None, slot, created_at, row=row, asleep_status=status, hibernated=True)
+
     @property
-    def session_id(self) -> str:
-        return self.state.session_id
+    def state(self) -> SessionState:
+        held = self.held
+        if held is not None:
+            return held
+        assert self.row is not None, f"session {self.session_id} holds neither state nor row"
+        return _read_row(self.session_id, self.row)
+
+    @state.setter
+    def state(self, state: SessionState) -> None:
+        if self.hibernated:
+            self.row, self.asleep_status, self.held = wire.encode(state.serialize()), state.status, None
+        else:
+            self.held, self.row, self.asleep_status = state, None, None
+
+    @property
+    def status(self) -> SessionStatus:
+        held = self.held
+        if held is not None:
+            return held.status
+        assert self.asleep_status is not None, f"session {self.session_id} has no status"
+        return self.asleep_status
+
+    def fall_asleep(self) -> None:
+        """Hibernated now: the state kept as bytes only."""
+        state, self.hibernated, self.dumped = self.state, True, None
+        self.state = state
+
+    def wake(self) -> None:
+        """Being revived: the state decoded and held (DamagedStoreError if it cannot be)."""
+        state, self.hibernated = self.state, False
+        self.state = state
 
     @property
     def persistent(self) -> bool:
-        return self.state.config.persistence_enabled
+        return self.hibernated or self.state.config.persistence_enabled
 
     @property
     def serving(self) -> bool:
         link = self.link
-        return link is not None and link.ready and not link.eof and link.exit_status is None
+        return (link is not None and link.ready and not link.eof and link.exit_status is None
+                and not self.hibernating)
 
     @property
     def running(self) -> bool:
@@ -64,16 +120,85 @@ class SessionRecord:
 
     def dump(self) -> dict[str, Any]:
         """The state's fields, dumped once per state (a list of 1,000 sessions cost 32 ms when
-        every call validated and dumped each)."""
-        if self.dumped is None or self.dumped[0] is not self.state:
-            self.dumped = (self.state, self.state.model_dump())
+        every call validated and dumped each); a hibernated one's each time, kept by nobody."""
+        held = self.held
+        if self.hibernated or held is None:
+            return self.state.model_dump()
+        if self.dumped is None or self.dumped[0] is not held:
+            self.dumped = (held, held.model_dump())
         return self.dumped[1]
+
+
+class Sleeper(NamedTuple):
+    """A hibernated session as a start finds it: its columns of the registry's ``asleep``
+    table, not its state (~300 bytes, made at ~1 µs). It becomes a ``SessionRecord`` (its row
+    read then) the first time anything asks for it (``KnownSessions``): a start with 100,000
+    of them decodes no state and makes no record."""
+
+    created_at: datetime
+    session_id: str
+    status: SessionStatus
+    message_count: int
+    timeout_minutes: float
+
+
+def _parse_plain(session_id: str, row: bytes) -> SessionState:
+    return SessionState.deserialize(wire.decode(row))
+
+
+# How a hibernated record's ``row`` becomes a state again: the registry's ``parse`` once the
+# supervisor has one (``read_rows_with``), which keeps a newer version's keys aside and moves a
+# damaged row out with DamagedStoreError.
+_read_row: Callable[[str, bytes], SessionState] = _parse_plain
+
+
+def read_rows_with(parse: Callable[[str, bytes], SessionState]) -> None:
+    global _read_row
+    _read_row = parse
+
+
+class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
+    """Every known session by id, kept in creation order: ``list_sessions`` pages through it
+    (``page``) without sorting or decoding the sessions before ``offset``. A ``Sleeper`` in it
+    is turned into its record by ``wake_entry`` (the supervisor's) when it is first asked for:
+    ``get`` and ``page`` only ever give records."""
+
+    def __init__(self, wake_entry: Callable[[Sleeper], SessionRecord]) -> None:
+        super().__init__()
+        self.wake_entry = wake_entry
+
+    def get(self, session_id: str, default: None = None) -> SessionRecord | None:  # type: ignore[override]
+        value = dict.get(self, session_id)
+        return self._record(value) if isinstance(value, Sleeper) else value
+
+    def _record(self, sleeper: Sleeper) -> SessionRecord:
+        record = self.wake_entry(sleeper)
+        self[sleeper.session_id] = record  # same key: same place in the order
+        return record
+
+    def records(self) -> list[SessionRecord]:
+        """The entries that are records already (a sleeper has nothing to stop or settle)."""
+        return [value for value in self.values() if not isinstance(value, Sleeper)]
+
+    def add(self, record: SessionRecord) -> None:
+        """Added last; one created before the newest (a recovered session, a clock stepped
+        back) puts them all in order again, which is rare."""
+        newest = next(reversed(self.values()), None)
+        self[record.session_id] = record
+        if newest is not None and (record.created_at, record.session_id) < (newest.created_at, newest.session_id):
+            ordered = sorted(self.values(), key=lambda r: (r.created_at, r.session_id))
+            self.clear()
+            self.update((r.session_id, r) for r in ordered)
+
+    def page(self, offset: Any, limit: Any) -> list[SessionRecord]:
+        return [self._record(v) if isinstance(v, Sleeper) else v for v in page(self.values(), offset, limit)]
 
 
 def session_info(record: SessionRecord, message_count: int) -> dict[str, Any]:
     """A ``SessionInfo`` as sent: the state's fields and its process's facts."""
     return {**record.dump(), "conversation_count": message_count,
-            "pid": record.running_link.pid if record.serving else None, "restarts": record.restarts}
+            "pid": record.running_link.pid if record.serving else None, "restarts": record.restarts,
+            "hibernated": record.hibernated}
 
 
 def failed_info(state: SessionState) -> dict[str, Any]:

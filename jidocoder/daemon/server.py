@@ -27,16 +27,22 @@ from . import store
 from .api import Api
 from .clients import ClientConnection
 from .events import EventBus
-from .logs import setup_daemon_logging
+from .logs import reopen_daemon_log, setup_daemon_logging
+from .metrics import METRICS
 from .loop import Loop
 from .startup import (bind_socket, check_socket_path, lock_socket, lock_state_dir,
                       prepare_state_dir, raise_fd_limit)
+from .seqmarks import RegistryMarks
+from .reload import apply_log_settings, reloaded
+from .restarts import RestartPolicy
 from .supervisor import Supervisor
+from .systemd import Notifier
 from .watchdog import MEMORY_CHECK_INTERVAL, check_interval
 
 log = logging.getLogger("jidocoder.daemon")
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1)
+PROGRESS_EVERY = 0.2  # seconds between the restore's progress reports to ``daemon start``
 ACCEPT_PAUSE = 0.1  # after accept() fails (out of fds): time for connections to close
 
 
@@ -45,7 +51,7 @@ class Daemon:
         self.settings = settings
         self.started_at = time.monotonic()
         self.loop = Loop()
-        self.bus = EventBus()
+        self.bus: EventBus | None = None
         self.clients: set[ClientConnection] = set()
         self.listener: socket.socket | None = None
         self.stopping = False
@@ -53,6 +59,7 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.api: Api | None = None
         self._lock_fds: list[int] = []
+        self.systemd = Notifier()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def claim(self) -> None:
@@ -64,19 +71,24 @@ class Daemon:
         self._lock_fds.append(lock_socket(settings.socket))
         self._lock_fds.append(lock_state_dir(state_dir, settings.socket))
         setup_daemon_logging(state_dir, settings.log_level, settings.log_max_bytes, settings.log_backups)
-        raise_fd_limit(settings.max_sessions * 2 + 4096)
+        raise_fd_limit(min(settings.max_sessions, settings.max_live_sessions) * 2 + 4096)
         self.registry = open_registry(state_dir, settings.durability)
+        self.registry.on_commit = METRICS.commit_seconds.observe
         self.listener = bind_socket(settings.socket)
 
-    def serve(self, on_ready: Callable[[], None]) -> None:
+    def serve(self, on_ready: Callable[[], None],
+              on_progress: Callable[[int, int], None] = lambda done, total: None) -> None:
         assert self.registry is not None and self.listener is not None, "claim() comes first"
+        self.bus = EventBus(self.settings.event_history,
+                            RegistryMarks(self.registry, self._persistent))
         self.supervisor = Supervisor(self.settings, self.loop, self.bus, self.registry)
         self.api = Api(self.supervisor, self.bus, max_request_bytes=self.settings.max_request_bytes,
                        debug_ops=self.settings.debug_ops, status=self.status,
-                       shutdown=lambda: self.loop.call_later(0, self.begin_shutdown))
+                       shutdown=lambda: self.loop.call_later(0, self.begin_shutdown),
+                       clients=lambda: len(self.clients))
         self._install_signals()
         self.loop.watch(self.listener, self._accept)
-        restored = self.supervisor.restore_sessions()
+        restored = self.supervisor.restore_sessions(throttled(on_progress))
         log.info("daemon pid %d serving on %s (state dir %s), %d sessions restored",
                  os.getpid(), self.settings.socket, self.settings.state_dir, restored)
         self.loop.every(check_interval(self.settings.hang_timeout), self.supervisor.check_sessions)
@@ -84,20 +96,28 @@ class Daemon:
         gc.freeze()  # what exists now is shared with every session forked from here on
         self.supervisor.start_spares()
         on_ready()
+        self.systemd.ready(f"serving on {self.settings.socket}, {restored} sessions restored")
+        if self.systemd.watchdog_interval is not None:
+            self.loop.every(self.systemd.watchdog_interval, self.systemd.pet_watchdog)
         self.loop.run()
+
+    def _persistent(self, session_id: str) -> bool:
+        record = self.supervisor.records.get(session_id) if self.supervisor else None
+        return record is not None and record.persistent
 
     def status(self) -> dict[str, Any]:
         """What ``daemon status`` prints."""
         assert self.supervisor is not None, "asked only while serve() runs"
         return {"pid": os.getpid(), "socket": self.settings.socket, "state_dir": self.settings.state_dir,
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "sessions": len(self.supervisor.live_records())}
+                "sessions": len(self.supervisor.records)}
 
     def begin_shutdown(self) -> None:
         if self.stopping:
             return
         self.stopping = True
         assert self.supervisor is not None, "begun only while serve() runs"
+        self.systemd.stopping()
         log.info("stopping: %d sessions", len(self.supervisor.records))
         self._close_listener()
         self.supervisor.stop_all(self.loop.stop)
@@ -146,6 +166,7 @@ class Daemon:
                                 on_interest=self._client_interest,
                                 on_closed=self._drop_client, flush_soon=self.loop.flush_soon)
         self.clients.add(conn)
+        METRICS.connections += 1
         self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))
 
     def _on_client_readable(self, conn: ClientConnection) -> None:
@@ -181,7 +202,8 @@ class Daemon:
             return
         self.clients.discard(conn)
         self.loop.unwatch(conn)
-        self.bus.drop(conn)
+        if self.bus is not None:
+            self.bus.drop(conn)
         self._cancel_calls_of(conn)
         if flush and not conn.closed:
             flush_before_close(conn)
@@ -213,9 +235,22 @@ class Daemon:
         received = set(data)
         if signal.SIGCHLD in received and self.supervisor is not None:
             self.supervisor.reap_children()
+        if signal.SIGHUP in received:
+            self.reload_settings()
+        if signal.SIGUSR1 in received:
+            reopen_daemon_log()
         if received & {signal.SIGTERM, signal.SIGINT}:
             log.info("signal received: stopping")
             self.begin_shutdown()
+
+    def reload_settings(self) -> None:
+        """SIGHUP: the reloadable settings take the settings file's values (reload.py)."""
+        assert self.supervisor is not None, "signals are watched only while serve() runs"
+        self.systemd.notify("RELOADING=1")
+        self.settings = self.supervisor.settings = reloaded(self.settings)
+        self.supervisor.policy = RestartPolicy(self.settings.max_restarts, self.settings.max_seconds)
+        apply_log_settings(self.settings)
+        self.systemd.notify("READY=1")
 
     def _close_listener(self) -> None:
         if self.listener is None:
@@ -255,12 +290,25 @@ def open_registry(state_dir: Path, durability: str) -> store.Registry:
         return store.Registry(state_dir, durability)
 
 
-def run_daemon(settings: Settings, on_ready: Callable[[], None]) -> int:
+def throttled(report: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """``report`` at most every PROGRESS_EVERY seconds, and always for the last step."""
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            report(done, total)
+    return progress
+
+
+def run_daemon(settings: Settings, on_ready: Callable[[], None],
+               on_progress: Callable[[int, int], None] = lambda done, total: None) -> int:
     """Run until stopped; StartError propagates before anything is served."""
     daemon = Daemon(settings)
     try:
         daemon.claim()
-        daemon.serve(on_ready)
+        daemon.serve(on_ready, on_progress)
     except StartError:
         raise  # a refusal, not a failure: the command prints its message
     except Exception:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -40,6 +41,7 @@ from ..filecache import FileCache
 from ..models import SessionConfig
 from . import exits
 from .exits import StopServing
+from .callids import NOT_FOUND, CallLog
 from .calls import call_handler, internal_error, parse_request
 from .logs import LOG_NAME
 from .ops import DEBUG_HANDLERS, HANDLERS, PERSISTERS
@@ -182,6 +184,9 @@ class SessionProcess:
         self.beat_interval = min(1.0, spec.hang_timeout / 4)
         self.grouping = False  # inside serve_together: a failed write fails the whole group
         self.handlers = {**HANDLERS, **(DEBUG_HANDLERS if spec.debug_ops else {})}
+        self.calls = CallLog(self.store)
+        self.kill_daemon_after_commit = False  # ops.debug_kill_daemon_after_commit
+        self.begun = 0  # requests begun by this process: ``jidocoder top``'s calls/s
 
     @property
     def sock(self) -> socket.socket:
@@ -207,8 +212,9 @@ class SessionProcess:
                 data = recv(READ_CHUNK)
             except BlockingIOError:  # the timeout: nothing came, beat and wait again
                 continue
-            if not data:
-                return exits.EXIT_OK  # the daemon is gone: nothing left to serve
+            if not data:  # hibernated (docs/api.md §13), or the daemon is gone
+                self.close_store()
+                return exits.EXIT_OK
             try:
                 frames = decoder.feed(data)
                 if frames:
@@ -220,6 +226,16 @@ class SessionProcess:
                 self.send(self.handle(frames[0]))
             elif frames:
                 self.serve_together(frames)
+
+    def close_store(self) -> None:
+        """Leave cleanly: every write was committed before its reply, so this only folds the
+        WAL into the file (SQLite does so on the last close). A failure loses nothing: the
+        next open reads the WAL."""
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception as exc:  # noqa: BLE001 - leaving anyway
+                log.warning("closing the store on the way out failed: %s", exc)
 
     def read_ahead(self, decoder: wire.FrameDecoder) -> list[Any]:
         """Every whole frame already on the socket, without waiting: a ``cancel`` the daemon
@@ -282,8 +298,10 @@ class SessionProcess:
         """Commit the group; False (context read back as stored) if it could not be."""
         try:
             self.store.end_group()
+            self.calls.committed()
             return True
         except Exception as exc:
+            self.calls.rolled_back()
             if stop is not None:
                 raise stop from exc
             self.roll_back(exc)
@@ -293,7 +311,8 @@ class SessionProcess:
         """The request's id in the table before any of its effects: after a crash, the daemon
         knows it was begun."""
         if isinstance(frame, dict) and isinstance(frame.get("id"), int):
-            self.table.write_started(self.spec.slot, frame["id"])
+            self.begun += 1
+            self.table.write_started(self.spec.slot, frame["id"], self.begun)
 
     def handle(self, frame: Any) -> dict[str, Any]:
         if type(frame) is wire.Refused:  # over its decoding budget (wire.decode_bounded)
@@ -306,8 +325,14 @@ class SessionProcess:
             if handler is None:
                 raise InvalidArgumentError(f"unknown operation {op!r}", code="unknown_op", field="op")
             args.pop("session_id", None)
+            call_id = args.pop("call_id", None)
+            earlier = self.calls.earlier_result(call_id)
+            if earlier is not NOT_FOUND:  # resent after a lost reply: answered, not applied
+                return {"id": request_id, "result": earlier, "events": []}
             result, events = call_handler(handler, op, self, **args)
-            self.persist(events)
+            self.persist(events, call_id, result)
+            if events and self.kill_daemon_after_commit and not self.grouping:  # a test hook
+                os.kill(self.spec.daemon_pid, signal.SIGKILL)
         except JidocoderError as exc:
             return {"id": request_id, "error": exc.to_wire()}
         except StopServing:
@@ -317,15 +342,20 @@ class SessionProcess:
         self.publish_counters()
         return {"id": request_id, "result": result, "events": events}
 
-    def persist(self, events: Events) -> None:
-        """Write what the events say changed, before the reply goes out. A write that fails
-        leaves nothing behind: not in the store (rolled back) nor in memory (read back)."""
-        if self.store is None or not events:
+    def persist(self, events: Events, call_id: Any = None, result: Any = None) -> None:
+        """Write what the events say changed, and the call's id with its result in the same
+        transaction (callids.py), before the reply goes out. A write that fails leaves nothing
+        behind: not in the store (rolled back) nor in memory (read back)."""
+        if not events:
             return
         try:
-            for kind, payload in events:
-                PERSISTERS[kind](self, payload)
+            with self.calls.recording(call_id, result, grouping=self.grouping):
+                if self.store is not None:
+                    for kind, payload in events:
+                        PERSISTERS[kind](self, payload)
         except Exception as exc:
+            if self.store is None:
+                raise
             if self.grouping:
                 raise StorageError(f"the store could not take the write: {exc}") from exc
             raise self.roll_back(exc) from exc
@@ -346,7 +376,7 @@ class SessionProcess:
         return as_storage_error(cause)
 
     def publish_counters(self) -> None:
-        self.table.write_message_count(self.spec.slot, self.context.message_count)
+        self.table.write_counts(self.spec.slot, self.context.message_count, self.context.file_count)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.sock.sendall(self.encode_reply(frame))

@@ -3,7 +3,8 @@
 Layout under the state dir::
 
     registry.db              owned by the daemon: one row per persisted session (its SessionState),
-                             live (``sessions``) or given up after crashes (``failed``)
+                             live (``sessions``) or given up after crashes (``failed``); a
+                             hibernated one also has its few start-time fields in ``asleep``
     sessions/<id>.db         owned by that session's process: messages, active files, file index
     damaged/                 files and registry rows we could not read, moved aside, never deleted
 
@@ -122,13 +123,14 @@ import errno
 import os
 import re
 import sqlite3
+import time
 import weakref
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any, Self
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 from .. import wire
@@ -174,12 +176,32 @@ _SCRUB_MARKER_TABLE = "CREATE TABLE IF NOT EXISTS scrub_pending (pending INTEGER
 # ignores it (and so does not list failed sessions), which keeps SCHEMA_VERSION at 1.
 _FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS failed (session_id TEXT PRIMARY KEY, "
                  "state BLOB NOT NULL) WITHOUT ROWID")
+# seq_marks: per event topic, a seq above every one sent (events.py, SeqMarks); created_by:
+# the call id of each create_session, so that one resent after a lost reply finds its session
+# (docs/protocol.md, "Call ids"). Both added after version 1 shipped, like ``failed``; a
+# session's rows go in the same transaction as its row, so its scrub covers them.
+_SEQ_MARKS_TABLE = ("CREATE TABLE IF NOT EXISTS seq_marks (topic TEXT PRIMARY KEY, "
+                    "mark INTEGER NOT NULL) WITHOUT ROWID")
+_CREATED_BY_TABLE = ("CREATE TABLE IF NOT EXISTS created_by (call_id TEXT PRIMARY KEY, "
+                     "session_id TEXT NOT NULL) WITHOUT ROWID")
+_SESSION_TOPIC = "client.session."  # docs/api.md §4
+# asleep holds, beside its row in sessions, each hibernated session (docs/api.md §13): what a
+# start needs of it, in columns, so that 100,000 of them are read without decoding one state.
+# Added after version 1 shipped, like failed: an older jidocoder ignores it and restores them.
+_ASLEEP_TABLE = ("CREATE TABLE IF NOT EXISTS asleep (session_id TEXT PRIMARY KEY, "
+                 "created_at INTEGER NOT NULL, status TEXT NOT NULL, message_count INTEGER NOT NULL, "
+                 "timeout_minutes REAL NOT NULL) WITHOUT ROWID")
+_LATE_TABLES = (_FAILED_TABLE, _SCRUB_MARKER_TABLE, _SEQ_MARKS_TABLE, _CREATED_BY_TABLE, _ASLEEP_TABLE)
 _REGISTRY_SCHEMA = f"""
 CREATE TABLE sessions (session_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 {_SCRUB_MARKER_TABLE};
 {_FAILED_TABLE};
+{_SEQ_MARKS_TABLE};
+{_CREATED_BY_TABLE};
+{_ASLEEP_TABLE};
 """
 ORPHAN_ERROR = "its registry row was lost"
+
 _ERASABLE = {SessionStatus.TERMINATING.value, SessionStatus.TERMINATED.value}
 # seq/position are plain INTEGER PRIMARY KEYs (no AUTOINCREMENT): a new rowid is max + 1, so the
 # order of insertion is kept without the extra sqlite_sequence write on every insert.
@@ -190,6 +212,12 @@ CREATE TABLE active_files (position INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQ
                            added_at INTEGER NOT NULL);
 CREATE TABLE file_index (path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID;
 """
+# calls: the reply of each recent call that changed the session, by its call id, written in the
+# same transaction as the change (docs/protocol.md, "Call ids"). Added after version 1 shipped:
+# a store made before gets it when its calls are first loaded; still version 1.
+_CALLS_TABLE = ("CREATE TABLE IF NOT EXISTS calls (seq INTEGER PRIMARY KEY, "
+                "call_id TEXT NOT NULL UNIQUE, reply BLOB NOT NULL)")
+_SESSION_SCHEMA += _CALLS_TABLE + ";\n"
 
 
 # Stores open in this process, disowned in a forked child (see "Fork hazard" above). A disowned
@@ -255,12 +283,14 @@ class SessionFiles:
     lone_logs: tuple[str, ...] = ()
 
 
-def classify_session_files(state_dir: Path, registry: Registry) -> SessionFiles:
+def classify_session_files(state_dir: Path, registry: Registry,
+                           statuses: dict[str, str | None] | None = None) -> SessionFiles:
     """Sort ``sessions/`` by what the registry says of each id; reads only, never raises for a
     strange name. A ``<id>.db-wal``, ``-shm`` or ``-journal`` counts for ``<id>`` even when its
     ``<id>.db`` is missing. Call it after ``load_all`` (which moves damaged rows out, leaving
     their files as orphans)."""
-    statuses = registry.row_statuses()
+    if statuses is None:  # a caller that has read every row already says what they hold
+        statuses = registry.row_statuses()
     directory = Path(state_dir) / SESSIONS_DIR
     ids, stray = _session_file_ids(directory)
     erase = sorted(i for i in ids if i in statuses and statuses[i] in _ERASABLE)
@@ -330,6 +360,8 @@ class _Database:
     memory, for a file only one process may use. ``lazy`` leaves a missing file uncreated until
     the first write (``SessionStore.load`` returns an empty store meanwhile).
     """
+
+    on_commit: Callable[[float], None] | None = None  # the daemon times its registry's commits
 
     def __init__(self, path: Path, durability: str, schema: str, pragmas: tuple[str, ...] = (),
                  *, exclusive: bool = False, lazy: bool = False) -> None:
@@ -414,7 +446,7 @@ class _Database:
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction, committed before the caller returns (rolled back on error)."""
-        return _Transaction(self.path, self._connection())
+        return _Transaction(self.path, self._connection(), self.on_commit)
 
     @contextmanager
     def _direct(self) -> Iterator[sqlite3.Connection]:
@@ -468,12 +500,40 @@ class Registry(_Database):
             self.close()
             raise
 
-    def put(self, state: SessionState) -> None:
-        """Insert or replace the session's state."""
+    def put(self, state: SessionState, *, call_id: str | None = None, hibernated: bool = False) -> None:
+        """Insert or replace the session's state; with the call id that created it, if given;
+        ``hibernated``: its process left cleanly after all of it was stored, and a start leaves
+        it hibernated (docs/api.md §13)."""
         blob = self._encode(state)
         with self._write() as conn:
             conn.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT (session_id) "
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
+            if call_id is not None:
+                conn.execute("INSERT OR IGNORE INTO created_by VALUES (?, ?)",
+                             (call_id, state.session_id))
+            if hibernated:
+                conn.execute("INSERT OR REPLACE INTO asleep VALUES (?, ?, ?, ?, ?)",
+                             (state.session_id, to_micros(state.created_at), state.status.value,
+                              state.conversation_count, state.config.timeout_minutes))
+            else:
+                conn.execute("DELETE FROM asleep WHERE session_id = ?", (state.session_id,))
+
+    def created_by(self, call_id: str) -> str | None:
+        """The session that the create_session call ``call_id`` made, if it was stored."""
+        with self._direct() as conn:
+            row = conn.execute("SELECT session_id FROM created_by WHERE call_id = ?",
+                               (call_id,)).fetchone()
+        return row[0] if row else None
+
+    def load_seq_marks(self) -> dict[str, int]:
+        with self._direct() as conn:
+            rows = conn.execute("SELECT topic, mark FROM seq_marks").fetchall()
+        return {str(topic): int(mark) for topic, mark in rows}
+
+    def put_seq_mark(self, topic: str, mark: int) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO seq_marks VALUES (?, ?) ON CONFLICT (topic) "
+                         "DO UPDATE SET mark = excluded.mark", (topic, mark))
 
     def delete(self, session_id: str) -> None:
         """Remove the session (live or failed) so that no byte of registry.db, -wal or -shm
@@ -482,6 +542,9 @@ class Registry(_Database):
             earlier = _marked(conn)  # a scrub that did not finish: its id is not known here
             conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM failed WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM created_by WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM seq_marks WHERE topic = ?", (_SESSION_TOPIC + session_id,))
+            conn.execute("DELETE FROM asleep WHERE session_id = ?", (session_id,))
             conn.execute("INSERT OR IGNORE INTO scrub_pending VALUES (1)")
         self._extras.pop(session_id, None)
         self._scrub(None if earlier else session_id)
@@ -497,6 +560,7 @@ class Registry(_Database):
         blob = self._encode(state)
         with self._write() as conn:
             conn.execute("DELETE FROM sessions WHERE session_id = ?", (state.session_id,))
+            conn.execute("DELETE FROM asleep WHERE session_id = ?", (state.session_id,))
             conn.execute("INSERT INTO failed VALUES (?, ?) ON CONFLICT (session_id) "
                          "DO UPDATE SET state = excluded.state", (state.session_id, blob))
 
@@ -539,6 +603,37 @@ class Registry(_Database):
         statuses.update((session_id, _raw_status(blob)) for session_id, blob in live)
         return statuses
 
+    def load_rows(self) -> list[tuple[str, bytes]]:
+        """Every live row of a session not hibernated, as stored (``parse`` validates one)."""
+        with self._direct() as conn:
+            return conn.execute("SELECT session_id, state FROM sessions WHERE session_id NOT IN "
+                                "(SELECT session_id FROM asleep)").fetchall()
+
+    def load_asleep(self) -> list[tuple[int, str, str, int, float]]:
+        """(created_at µs, session_id, status, message_count, timeout_minutes) of every
+        hibernated session, oldest first: no state decoded (a start with 100,000)."""
+        with self._direct() as conn:
+            return conn.execute("SELECT created_at, session_id, status, message_count, "
+                                "timeout_minutes FROM asleep ORDER BY created_at, session_id").fetchall()
+
+    def row(self, session_id: str) -> bytes | None:
+        """One session's stored row (``parse`` reads it), None if it has none."""
+        with self._direct() as conn:
+            found = conn.execute("SELECT state FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        return None if found is None else _as_bytes(found[0])
+
+    def parse(self, session_id: str, blob: object) -> SessionState:
+        """A row of ``load_rows`` as a state (its unknown keys kept aside, as ``load_all``
+        does); a row that cannot be one is moved to ``damaged/`` and DamagedStoreError raised."""
+        state, extras, reason = _parse_row(session_id, blob)
+        if state is None:
+            self._move_row_out("sessions", session_id, blob, reason)
+            raise DamagedStoreError(f"the registry row of {session_id} is damaged ({reason}); "
+                                    "kept in damaged/", details={"session_id": session_id})
+        if extras:
+            self._extras[session_id] = extras
+        return state
+
     def _encode(self, state: SessionState) -> bytes:
         return wire.encode(_with_extras(state.serialize(), self._extras.get(state.session_id)))
 
@@ -571,13 +666,14 @@ class Registry(_Database):
         """Make the tables added after version 1 shipped; whether a scrub must run now (one was
         interrupted, or the registry predates the marker)."""
         with self._direct() as conn:
-            found = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE "
-                                                    "name IN ('scrub_pending', 'failed')")}
+            found = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_schema WHERE name IN "
+                "('scrub_pending', 'failed', 'seq_marks', 'created_by', 'asleep')")}
             interrupted = "scrub_pending" in found and _marked(conn)
-        if len(found) < 2:
+        if len(found) < len(_LATE_TABLES):
             with self._write() as conn:
-                conn.execute(_FAILED_TABLE)
-                conn.execute(_SCRUB_MARKER_TABLE)
+                for table in _LATE_TABLES:
+                    conn.execute(table)
         return interrupted or "scrub_pending" not in found
 
     def _scrub(self, session_id: str | None) -> None:
@@ -708,6 +804,29 @@ class SessionStore(_Database):
     def clear_messages(self) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM messages")
+
+    def load_calls(self) -> dict[str, bytes]:
+        """The recorded calls' packed replies by call id, oldest first."""
+        if self._deferred:
+            return {}
+        with self._direct() as conn:
+            made = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'calls'").fetchone()
+        if not made:
+            with self._write() as conn:
+                conn.execute(_CALLS_TABLE)
+            return {}
+        with self._direct() as conn:
+            rows = conn.execute("SELECT call_id, reply FROM calls ORDER BY seq").fetchall()
+        return {call_id: bytes(reply) for call_id, reply in rows}
+
+    def record_call(self, call_id: str, reply: bytes, keep: int) -> None:
+        """Record the call's reply; past ``keep`` the oldest go, ``TRIM_EVERY`` at a time. Give
+        it the transaction of the change (``begin_group``)."""
+        with self._write() as conn:
+            seq = conn.execute("INSERT OR REPLACE INTO calls (call_id, reply) VALUES (?, ?)",
+                               (call_id, reply)).lastrowid or 0
+            if seq > keep and (seq - keep) % TRIM_EVERY == 0:
+                conn.execute("DELETE FROM calls WHERE seq <= ?", (seq - keep,))
 
     def add_file(self, file: ActiveFile) -> None:
         """Append the file; a path already active keeps its place and its ``added_at``."""
@@ -882,11 +1001,13 @@ class _Transaction:
     than nested generator-based managers: it is on the path of every message a session stores,
     where the two generators cost more Python than the INSERT itself."""
 
-    __slots__ = ("path", "conn")
+    __slots__ = ("path", "conn", "on_commit")
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection,
+                 on_commit: Callable[[float], None] | None = None) -> None:
         self.path = path
         self.conn = conn
+        self.on_commit = on_commit  # told each COMMIT's seconds (the daemon's metrics)
 
     def __enter__(self) -> sqlite3.Connection:
         try:
@@ -900,7 +1021,10 @@ class _Transaction:
                  traceback: object) -> None:
         if kind is None:
             try:
+                began = time.perf_counter()
                 self.conn.execute("COMMIT")
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - began)
                 return
             except BaseException as exc:
                 self._roll_back(exc)

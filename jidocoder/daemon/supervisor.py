@@ -32,26 +32,26 @@ from collections.abc import Callable
 
 from .. import wire
 from ..config import Settings
-from ..errors import (InvalidArgumentError, JidocoderError, LimitExceededError,
+from ..errors import (DamagedStoreError, InvalidArgumentError, JidocoderError, LimitExceededError,
                       RequestTimeoutError, SessionCrashedError, SessionNotFoundError, StorageError)
 from ..models import SessionConfig, SessionState
 from ..states import LIVE, SERVING, SessionStatus
 from . import exits, ondisk, restarts, store, watchdog
 from .events import EventBus, session_topic
+from .hibernation import Hibernation
 from .link import Pending, SessionLink
 from .logs import write_session_record
 from .loop import Loop
-from .records import SessionRecord, failed_info, session_info
+from .records import KnownSessions, SessionRecord, failed_info, read_rows_with, session_info
+from .restore import Restore
 from .restarts import RestartPolicy, Verdict
 from .session import SessionSpec
 from .spares import Spare, SparePool
 from .table import SessionTable
+from .usage import UsageSampler
 from .template import can_clone, run_forked_spare, run_template
 
 log = logging.getLogger("jidocoder.daemon")
-
-RESTORE_BATCH = 32  # restored sessions started per loop turn: clients are served in between
-
 
 class Supervisor:
     def __init__(self, settings: Settings, loop: Loop, bus: EventBus,
@@ -63,14 +63,17 @@ class Supervisor:
         self.policy = RestartPolicy(settings.max_restarts, settings.max_seconds)
         self.state_dir = Path(settings.state_dir)
         self.table = SessionTable(settings.max_sessions)
-        self.records: dict[str, SessionRecord] = {}
+        self.usage = UsageSampler(self.table)
+        self.restore = Restore(self)
+        self.records = KnownSessions(self.restore.record_of)  # in list_sessions' order: oldest first
+        read_rows_with(registry.parse)  # a sleeper's row, read as the registry reads it
+        self.hibernation = Hibernation(self)
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
         self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
-        self._to_spawn: deque[SessionRecord] = deque()
         self._awaiting_spare: deque[SessionRecord] = deque()
-        self._unerased: set[str] = set()  # ended sessions whose registry row is still to delete
+        self.unerased: set[str] = set()  # ended sessions whose registry row is still to delete
         self.daemon_pid = os.getpid()
         use_template = settings.spawn == "clone" or (settings.spawn == "auto" and can_clone())
         warm = self._spec("warm-up", SessionConfig(), slot=0)  # a throwaway with our settings
@@ -85,7 +88,8 @@ class Supervisor:
         self.spares.start()
 
     # -- creating, restoring, recovering -------------------------------------------------------
-    def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending) -> None:
+    def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending, *,
+                       call_id: Any = None) -> None:
         for name, value in (("metadata", metadata), ("llm_config", llm_config)):
             if value is not None and not isinstance(value, dict):
                 raise InvalidArgumentError(f"{name} must be a dict or None", code="invalid_argument",
@@ -94,9 +98,11 @@ class Supervisor:
             raise InvalidArgumentError("config must be a dict or None", code="invalid_config", field="config")
         session_id = f"session_{uuid.uuid4()}"
         state = SessionState.new(session_id, config=config, llm_config=llm_config, metadata=metadata)
-        record = self._admit(state)
+        self.hibernation.make_room()
+        record = self.admit(state)
+        self.hibernation.awake(record)
         # Stored only once it is active: an unacknowledged session leaves nothing to restore.
-        record.create_waiter = pending
+        record.create_waiter, record.create_call_id = pending, call_id
         self.spawn_session(record)
 
     def recover_session(self, session_id: Any, pending: Pending) -> None:
@@ -105,7 +111,9 @@ class Supervisor:
         if failed is None:
             raise SessionNotFoundError(f"no failed session {session_id!r}", field="session_id")
         state = SessionState.deserialize({**failed.serialize(), "status": "initializing", "error": None})
-        record = self._admit(state)
+        self.hibernation.make_room()
+        record = self.admit(state)
+        self.hibernation.awake(record)
         del self.failed[session_id]
         record.recovered_from = failed  # its failed row stays until it serves: nothing is lost
         record.create_waiter = pending
@@ -114,44 +122,20 @@ class Supervisor:
     def failed_sessions(self) -> list[dict[str, Any]]:
         return [failed_info(state) for state in sorted(self.failed.values(), key=lambda s: s.created_at)]
 
-    def restore_sessions(self) -> int:
-        """Bring back every persisted session (``ondisk``: what a start may do); how many."""
-        found = ondisk.take_stock(self.state_dir, self.registry)
-        self.failed.update(found.failed)
-        self._unerased |= found.unerased
-        for state in found.live:
-            self._restore(state)
-        self.loop.call_later(0, self.spawn_restored)
-        return len(self.records)
+    def restore_sessions(self, on_progress: Callable[[int, int], None] = lambda done, total: None) -> int:
+        """Know again every stored session (``restore``); how many."""
+        return self.restore.run(on_progress)
 
-    def _restore(self, state: SessionState) -> None:
-        try:
-            record = self._admit(state)
-        except LimitExceededError:  # its data stays, for a daemon with more room
-            log.error("session %s not restored: the table is full (max_sessions=%d)",
-                      state.session_id, self.settings.max_sessions)
-            return
-        self._to_spawn.append(record)
-        log.info("restoring session %s (%s)", state.session_id, state.status.value)
-
-    def spawn_restored(self) -> None:
-        """Start restored sessions a batch per loop turn: the daemon serves from its first
-        moment, and a call to a session not yet started waits for it like one during a restart."""
-        for _ in range(min(RESTORE_BATCH, len(self._to_spawn))):
-            record = self._to_spawn.popleft()
-            if self.records.get(record.session_id) is record and record.link is None and not self.shutting_down:
-                self.spawn_session(record)
-        if self._to_spawn:
-            self.loop.call_later(0, self.spawn_restored)
-
-    def _admit(self, state: SessionState) -> SessionRecord:
-        slot = self.table.allocate()
+    def admit(self, state: SessionState) -> SessionRecord:
+        # Counted in sessions known, not in slots: a sleeper holds none until it is asked for
+        # (records.Sleeper), and the table's max_sessions slots are enough for every one.
+        slot = self.table.allocate(state.session_id) if len(self.records) < self.settings.max_sessions else None
         if slot is None:
             raise LimitExceededError(f"the daemon holds its maximum of {self.settings.max_sessions} "
                                      "sessions (setting max_sessions)", details={"limit": self.settings.max_sessions})
-        record = SessionRecord(state=state, slot=slot)
-        self.records[state.session_id] = record
-        self._write_slot(record)
+        record = SessionRecord.of(state, slot)
+        self.records.add(record)
+        self.write_slot(record)
         return record
 
     # -- processes ----------------------------------------------------------------------------
@@ -184,7 +168,7 @@ class Supervisor:
         self.loop.watch(link, lambda: self._on_readable(record, link), link.flush)
         if link.send({"spec": spec.to_wire()}):
             self.loop.flush_soon(link)
-        self._write_slot(record)
+        self.write_slot(record)
 
     def _spec(self, session_id: str, config: SessionConfig, slot: int) -> SessionSpec:
         return SessionSpec(session_id=session_id, config=config, slot=slot, state_dir=self.state_dir,
@@ -200,7 +184,7 @@ class Supervisor:
             record = self._awaiting_spare.popleft()
             if self.records.get(record.session_id) is not record:
                 continue
-            if record.state.status is SessionStatus.INITIALIZING:
+            if record.status is SessionStatus.INITIALIZING:
                 self._fail_creation(record, LimitExceededError(
                     f"cannot start a session process: {reason}", details={"reason": reason}))
             else:
@@ -251,17 +235,22 @@ class Supervisor:
     def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
         link.ready = True
         record.start_attempts = 0
-        self._write_slot(record)
-        if record.state.status is SessionStatus.INITIALIZING:
+        self.write_slot(record)
+        if record.status is SessionStatus.INITIALIZING:
             if not self._activate(record):
                 return
         elif record.announce_restart:
             record.announce_restart = False
             self.bus.publish("session_restarted", record.session_id,
                              {"session_id": record.session_id, "pid": link.pid, "restarts": record.restarts})
+        if record.announce_revival:
+            record.announce_revival = False
+            self.bus.publish("session_revived", record.session_id,
+                             {"session_id": record.session_id, "pid": link.pid})
         waiting, record.waiting = record.waiting, []
         for _, resume in waiting:
             resume()
+        self.hibernation.revive_in_line()  # this one may make room now
 
     def _activate(self, record: SessionRecord) -> bool:
         """A created or recovered session serves: stored (its failed row dropped), then said."""
@@ -283,7 +272,7 @@ class Supervisor:
             raise InvalidArgumentError("session_id must be a string", code="invalid_session_id",
                                        field="session_id")
         record = self.records.get(session_id)
-        if record is None or record.state.status not in (LIVE if any_live else SERVING):
+        if record is None or record.status not in (LIVE if any_live else SERVING):
             raise SessionNotFoundError(f"no session {session_id!r} (unknown or terminated)",
                                        field="session_id")
         return record
@@ -293,6 +282,8 @@ class Supervisor:
         self.touch(record)
         if not record.serving:
             record.waiting.append((pending, lambda: self.route(record, op, args, pending)))
+            if record.hibernated:
+                self.hibernation.revive(record)
         elif pending.abandoned():  # its client closed or lost its connection while it waited
             pending.reply({"error": RequestTimeoutError(f"{op} not sent: its client is gone").to_wire()})
         elif pending.expired(time.monotonic()):  # it waited for a restart longer than its client
@@ -309,31 +300,45 @@ class Supervisor:
             pending.reply({"result": record.running_link.pid})
         else:
             record.waiting.append((pending, lambda: self.answer_pid(record, pending)))
+            if record.hibernated:
+                self.hibernation.revive(record)
 
     def touch(self, record: SessionRecord) -> None:
         record.last_activity = time.monotonic()
         self.table.write_activity(record.slot, record.last_activity)
-        if record.state.status is SessionStatus.IDLE:
-            self._change_unasked(record, SessionStatus.ACTIVE)
+        self.hibernation.touch(record)
+        if record.status is SessionStatus.IDLE:
+            self.change_unasked(record, SessionStatus.ACTIVE)
 
     def info(self, record: SessionRecord) -> dict[str, Any]:
-        return session_info(record, self.table.read(record.slot).message_count)
+        """Its SessionInfo; a sleeper's row found damaged now is moved out (DamagedStoreError)."""
+        try:
+            return session_info(record, self.table.read(record.slot).message_count)
+        except DamagedStoreError:
+            self.hibernation.forget_damaged(record)
+            raise
 
-    def live_records(self) -> list[SessionRecord]:
-        """Sessions not terminated, oldest first."""
-        listed = [r for r in self.records.values() if r.state.status in LIVE]
-        return sorted(listed, key=lambda r: r.state.created_at)
+    def list_infos(self, offset: Any, limit: Any) -> list[dict[str, Any]]:
+        """``list_sessions``: a page of ``records`` (kept oldest first), skipping nothing
+        before ``offset`` but pointers; a row found damaged is left out."""
+        infos = []
+        for record in self.records.page(offset, limit):
+            try:
+                infos.append(self.info(record))
+            except DamagedStoreError:
+                pass
+        return infos
 
     # -- status -------------------------------------------------------------------------------
     def change_status(self, record: SessionRecord, to: SessionStatus, *, persist: bool = True,
                       announce_created: bool = False, **changes: Any) -> None:
         """The one place a status changes: the edge checked, the new state stored (StorageError
         and nothing changed if it cannot be), then memory, the table slot and the events."""
-        previous = record.state.status
+        previous = record.status
         state = record.state.update(**changes) if changes else record.state
         state = state.transition(to)
         if persist and record.persistent:
-            self._store_state(record, state)
+            self._store_state(record, state, record.hibernated)
         record.state = state
         self.table.write_status(record.slot, to.code)
         if announce_created:
@@ -343,16 +348,18 @@ class Supervisor:
             "session_id": record.session_id, "status": to.value, "previous_status": previous.value,
             "updated_at": state.updated_at})
 
-    def _store_state(self, record: SessionRecord, state: SessionState) -> None:
+    def _store_state(self, record: SessionRecord, state: SessionState, hibernated: bool) -> None:
         """Live statuses and ``terminating`` (terminated by request: a start that finds it
         finishes the erase) are stored; ``terminated`` is the erase itself (``_erase``)."""
         if record.recovered_from is not None and state.status is SessionStatus.ACTIVE:
             self.registry.recover_failed(state)  # the failed row becomes the live one, at once
             record.recovered_from = None
         elif state.status is not SessionStatus.TERMINATED:
-            self.registry.put(state)
+            self.registry.put(state, call_id=record.create_call_id,
+                              hibernated=hibernated and state.status in SERVING)
+            record.create_call_id = None
 
-    def _change_unasked(self, record: SessionRecord, to: SessionStatus) -> None:
+    def change_unasked(self, record: SessionRecord, to: SessionStatus) -> None:
         """A change nobody asked for (idleness): if the registry refuses it, the session stays
         as it was and the next check tries again; said once in the log."""
         try:
@@ -360,12 +367,12 @@ class Supervisor:
             record.status_write_failed = False
         except StorageError as exc:
             if not record.status_write_failed:
-                log.error("session %s stays %s: %s", record.session_id, record.state.status.value, exc)
+                log.error("session %s stays %s: %s", record.session_id, record.status.value, exc)
             record.status_write_failed = True
 
-    def _write_slot(self, record: SessionRecord) -> None:
+    def write_slot(self, record: SessionRecord) -> None:
         link = record.link
-        self.table.write_owner(record.slot, status_code=record.state.status.code,
+        self.table.write_owner(record.slot, status_code=record.status.code,
                                incarnation=link.incarnation if link else 0,
                                pid=link.pid if link else 0, restarts=record.restarts,
                                last_activity=record.last_activity)
@@ -376,7 +383,7 @@ class Supervisor:
         process's exit, the slow part, overlaps with the rest; the reaper finishes."""
         self.change_status(record, SessionStatus.TERMINATING)
         record.terminate_waiters.append(pending)
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
+        self.drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         if record.restart_timer is not None:
             record.restart_timer.cancel()
         if record.running:
@@ -392,13 +399,14 @@ class Supervisor:
 
     def finish_session(self, record: SessionRecord, reason: str, *, erase: bool) -> None:
         """The process is gone: release its resources (its data too if ``erase``), then say so."""
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
+        self.drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated"))
         erased = self._erase(record.session_id) if erase and record.persistent else None
         self.change_status(record, SessionStatus.TERMINATED, persist=False)
         self.bus.publish("session_terminated", record.session_id,
                          {"session_id": record.session_id, "reason": reason})
         self.table.release(record.slot)
         del self.records[record.session_id]
+        self.hibernation.forget(record)
         self.bus.forget_topic(session_topic(record.session_id))
         answer = {"result": None} if erased is None else {"error": erased.to_wire()}
         for waiter in record.terminate_waiters:
@@ -410,12 +418,12 @@ class Supervisor:
         ``check_sessions``."""
         error = ondisk.erase(self.state_dir, self.registry, session_id)
         if error is None:
-            self._unerased.discard(session_id)
+            self.unerased.discard(session_id)
         else:
-            self._unerased.add(session_id)
+            self.unerased.add(session_id)
         return error
 
-    def _drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
+    def drop_waiting(self, record: SessionRecord, error: JidocoderError) -> None:
         waiting, record.waiting = record.waiting, []
         for pending, _ in waiting:
             pending.reply({"error": error.to_wire()})
@@ -458,12 +466,15 @@ class Supervisor:
                         exits.NAMES[os.WEXITSTATUS(status)])
         self._settle_in_flight(record, link, judged.reason)
         if self.shutting_down:
+            self.hibernation.mark_stopped(record)  # the next start forks nothing for it
             return  # reap_children checks whether all are stopped
-        if record.state.status is SessionStatus.TERMINATING:
+        if record.status is SessionStatus.TERMINATING:
             self.finish_session(record, "terminated by request", erase=True)
+        elif record.hibernating:
+            self.hibernation.on_exit(record)
         elif judged.verdict is Verdict.RETRY:
             self.retry_start(record, judged.reason)
-        elif record.state.status is SessionStatus.INITIALIZING:
+        elif record.status is SessionStatus.INITIALIZING:
             self._fail_creation(record, SessionCrashedError(
                 f"the session's process failed to start: {judged.reason}"))
         elif judged.verdict is Verdict.CRASH:
@@ -493,6 +504,8 @@ class Supervisor:
                 self._on_frame(record, link, frame)
 
     def handle_crash(self, record: SessionRecord, reason: str) -> None:
+        if record.crashes is None:
+            record.crashes = deque()
         delay = self.policy.on_crash(record.crashes, time.monotonic())
         will_restart = delay is not None
         self.bus.publish("session_crashed", record.session_id, {
@@ -533,7 +546,7 @@ class Supervisor:
         """End the session as on terminate, but keep its data as a failed session (docs/api.md §7);
         if even that cannot be recorded, its live row stays and the next start restores it."""
         self.change_status(record, SessionStatus.TERMINATING, persist=False, error=reason)
-        self._drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
+        self.drop_waiting(record, SessionNotFoundError(f"session {record.session_id} was terminated: {reason}"))
         self.finish_session(record, reason, erase=False)
         if record.persistent:
             try:
@@ -564,13 +577,14 @@ class Supervisor:
             record.restart_timer.cancel()
         self.table.release(record.slot)
         del self.records[record.session_id]
+        self.hibernation.forget(record)
 
     # -- the checks ---------------------------------------------------------------------------
     def check_sessions(self) -> None:
         """Every tick: hangs (a read of the shared table), idleness, and registry rows still to
         delete."""
         now = time.monotonic()
-        for record in list(self.records.values()):
+        for record in list(self.hibernation.live.values()):
             link = record.link
             if _watched(link):
                 beat = self.table.read(record.slot).heartbeat
@@ -578,24 +592,29 @@ class Supervisor:
                     log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
                               record.session_id, link.pid, now - max(beat, record.spawned_at))
                     self.kill_hung(link)
-            if (record.state.status is SessionStatus.ACTIVE and not (link and link.in_flight)
+            if (record.status is SessionStatus.ACTIVE and not (link and link.in_flight)
                     and watchdog.is_idle(record.last_activity, now, record.state.config.timeout_minutes)):
-                self._change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
-        for session_id in list(self._unerased):
+                self.change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
+        self.hibernation.expired(now)
+        self.hibernation.revive_in_line()
+        self.hibernation.idle_sleepers(now)
+        for session_id in list(self.unerased):
             try:
                 self.registry.delete(session_id)
-                self._unerased.discard(session_id)
+                self.unerased.discard(session_id)
             except StorageError:
                 pass
 
     def check_memory(self) -> None:
+        """CPU and RSS of each process into its slot (one /proc read, ``usage``); a kill past the limit."""
         limit = self.settings.memory_limit_mb
-        for record in list(self.records.values()):
+        for record in list(self.hibernation.live.values()):
             link = record.link
-            if _watched(link) and (rss := watchdog.over_memory(link.pid, limit)) is not None:
+            if _watched(link) and (rss := self.usage.sample(record.slot, link.pid)) and rss > limit * 1024 * 1024:
                 log.error("session %s (pid %d) uses %d MiB, over memory_limit_mb=%d: killing it",
                           record.session_id, link.pid, rss // (1024 * 1024), limit)
                 self.kill_process(link, "memory limit", signal.SIGKILL)
+        self.usage.forget_gone(set(self.by_pid))
 
     def kill_hung(self, link: SessionLink) -> None:
         """SIGUSR1 (its stack to daemon.log), then SIGTERM, then SIGKILL: the hang ladder."""
@@ -627,10 +646,10 @@ class Supervisor:
             if waiter is not None:
                 waiter.reply({"error": stopping.to_wire()})
         self._awaiting_spare.clear()
-        for record in self.records.values():
+        for record in self.records.records():
             if record.restart_timer is not None:
                 record.restart_timer.cancel()
-            self._drop_waiting(record, stopping)
+            self.drop_waiting(record, stopping)
             if record.running:
                 self.stop_process(record.running_link)
         self._check_all_stopped()

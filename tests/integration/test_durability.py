@@ -56,8 +56,12 @@ def data_of(client: Client, sid: str) -> dict:
 
 
 def all_serving(client: Client, expected: set[str]) -> bool:
+    """Exactly ``expected`` are listed, each with a process (one a start left hibernated has
+    none until a call: ``get_session_pid`` is one, docs/api.md §13)."""
     listed = client.list_sessions()
-    return {i.session_id for i in listed} == expected and all(i.pid is not None for i in listed)
+    return ({i.session_id for i in listed} == expected
+            and all(i.pid is not None or (i.hibernated and client.get_session_pid(i.session_id))
+                    for i in listed))
 
 
 def traces_of(state_dir: Path, needle: str) -> list[str]:
@@ -95,7 +99,7 @@ def test_sessions_survive_a_daemon_restart_with_same_ids_data_status_and_exact_t
         assert client.get_file(active, "/src/b.py").content == "cached text"
         wait_until(lambda: info_of(client, idle).status is SessionStatus.IDLE, SHORT,
                    "the short-timeout session to go idle")
-        before = {sid: info_of(client, sid).model_dump(exclude={"pid"}) for sid in (active, idle)}
+        before = {sid: info_of(client, sid).model_dump(exclude={"pid", "hibernated"}) for sid in (active, idle)}
         old_pids = daemon.session_pids()
     assert before[idle]["status"] is SessionStatus.IDLE
     assert before[active]["status"] is SessionStatus.ACTIVE
@@ -111,15 +115,19 @@ def test_sessions_survive_a_daemon_restart_with_same_ids_data_status_and_exact_t
     daemon = restart(daemon, daemon_factory, how)
 
     with daemon.client() as client:
-        wait_until(lambda: all_serving(client, {active, idle}), SHORT, "both sessions to serve again")
+        if how == "graceful":  # a stop hibernates them: the start forks nothing (docs/api.md §13)
+            assert daemon.session_pids() == []
+            assert all(i.pid is None and i.hibernated for i in client.list_sessions())
+        else:  # they were live when the daemon died: restarted, as after a crash
+            wait_until(lambda: all_serving(client, {active, idle}), SHORT, "both sessions to serve again")
         assert [i.session_id for i in client.list_sessions()] == [active, idle]  # oldest first
         # ids, status (idle too), config, metadata, llm_config, counts, timestamps to the µs
-        after = {sid: info_of(client, sid).model_dump(exclude={"pid"}) for sid in (active, idle)}
+        after = {sid: info_of(client, sid).model_dump(exclude={"pid", "hibernated"}) for sid in (active, idle)}
         assert after == before
-        new_pids = daemon.session_pids()
         for sid in (active, idle):
             assert data_of(client, sid) == data_before[sid]
             pid = client.get_session_pid(sid)
+            new_pids = daemon.session_pids()
             assert process_alive(pid) and pid in new_pids and pid not in old_pids
         assert client.get_file(active, "/src/b.py") is None  # the cache lived in memory only
         client.send_message(active, "user", "after the restart")
@@ -321,6 +329,9 @@ def test_a_corrupted_session_store_is_moved_aside_and_the_others_are_restored(da
     (daemon.state_dir / "sessions" / f"{bad}.db").write_bytes(GARBAGE)
 
     daemon = daemon_factory(root=daemon.root)
+    with daemon.client() as client:  # the stop hibernated it: its store is opened on revival
+        with pytest.raises(SessionNotFoundError):
+            client.get_session_pid(bad)
     lines = wait_for_log(daemon, bad, "moved to")  # which
     assert any("damaged" in line for line in lines), lines
     assert log_lines_with(daemon, bad, "not an SQLite database")  # why, in the session's words

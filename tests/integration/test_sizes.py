@@ -105,7 +105,7 @@ def test_a_subscriber_that_stops_reading_is_dropped_and_its_client_says_it_fell_
         session_id = producer.create_session(config={"persistence_enabled": False})
         stalled.subscribe_to_session(session_id)
         # Holding the client's lock keeps every thread of it (its drain too) from reading.
-        with stalled._lock:
+        with stalled._conn._lock:
             sent = 0
             while "fell" not in daemon.log_text():
                 producer.send_message(session_id, "user", "x" * 4096)

@@ -13,8 +13,10 @@ def helpers(daemon_pid: int, name: str) -> list[int]:
     return [pid for pid in children_of(daemon_pid) if process_alive(pid) and process_name(pid) == name]
 
 def wait_for_helpers(daemon_pid: int, name: str, count: int) -> list[int]:
-    wait_until(lambda: len(helpers(daemon_pid, name)) == count, SHORT, f"{count} {name} process(es)")
-    return helpers(daemon_pid, name)
+    """The helpers seen when there were ``count`` of them. (Not read again after the wait: a
+    spare just cloned from the template bears the template's name until it renames itself.)"""
+    return wait_until(lambda: found if len(found := helpers(daemon_pid, name)) == count else None, SHORT,
+                      f"{count} {name} process(es)")
 
 def test_the_daemon_keeps_one_template_and_the_configured_spares(daemon_factory):
     daemon = daemon_factory(spare_processes=3)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from jidocoder import wire
+import pytest
+
+from jidocoder import SessionNotFoundError, wire
 from tests.support import DaemonProcess, contents
 
 
@@ -46,7 +48,9 @@ def test_a_session_store_from_a_newer_jidocoder_is_kept_unchanged_as_failed(daem
     checkpointed(db)
     before = tree(daemon.state_dir / "sessions")
     daemon = daemon_factory(root=daemon.root)
-    with daemon.client() as client:
+    with daemon.client() as client:  # the stop hibernated it: its store is opened on revival
+        with pytest.raises(SessionNotFoundError):
+            client.get_session_pid(session)
         assert [i.session_id for i in client.list_sessions()] == []
         [failed] = client.list_failed_sessions()
         assert failed.session_id == session

@@ -1,16 +1,17 @@
 """The public surface as a user's type checker sees it: checked by mypy (./scripts/test runs
 ``mypy``, whose ``files`` include this folder), never run. Each call of a public method states
 what it returns with ``assert_type``, so an annotation that drifts from docs/api.md fails the
-check. tests/unit/test_typing.py holds that every public method of ``Client`` is called here.
+check. tests/unit/test_typing.py holds that every public method of ``Client`` and of
+``AsyncClient`` is called here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any, assert_type
 
-from jidocoder import (ActiveFile, CachedFile, Client, DaemonUnavailableError, Event,
+from jidocoder import (ActiveFile, AsyncClient, CachedFile, Client, DaemonUnavailableError, Event,
                        InvalidArgumentError, JidocoderError, Message, SessionConfig, SessionInfo,
                        SessionState, SessionStatus)
 
@@ -59,8 +60,67 @@ def client_calls(client: Client, sid: str) -> None:
     assert_type(client.events(timeout=1.0), Iterator[Event])
 
     assert_type(client.daemon_status(), dict[str, Any])
+    assert_type(client.daemon_metrics(), dict[str, Any])
     assert_type(client.shutdown(), None)
     assert_type(client.close(), None)
+
+
+async def async_client_calls(client: AsyncClient, sid: str) -> None:
+    assert_type(await client.create_session(), str)
+    assert_type(await client.create_session(metadata={"project": "x"}, llm_config={"model": "m"},
+                                      config=SessionConfig(max_history=10)), str)
+    assert_type(await client.create_session(config={"max_files": 5}), str)
+    assert_type(await client.terminate_session(sid), None)
+    assert_type(await client.list_sessions(), list[SessionInfo])
+    assert_type(await client.list_sessions(offset=1, limit=2), list[SessionInfo])
+    assert_type(await client.get_session_info(sid), SessionInfo)
+    assert_type(await client.get_session_pid(sid), int)
+    assert_type(await client.list_failed_sessions(), list[SessionInfo])
+    assert_type(await client.recover_session(sid), None)
+
+    assert_type(await client.send_message(sid, "user", "hello"), None)
+    assert_type(await client.get_conversation_history(sid), list[Message])
+    assert_type(await client.get_conversation_history(sid, offset=0, limit=10), list[Message])
+    assert_type(await client.clear_conversation(sid), None)
+
+    assert_type(await client.add_file(sid, "/src/a.py"), None)
+    assert_type(await client.remove_file(sid, "/src/a.py"), None)
+    assert_type(await client.get_active_files(sid), list[ActiveFile])
+    assert_type(await client.update_file_index(sid, "/src/a.py", {"lines": 10}), None)
+    assert_type(await client.get_file_index(sid), dict[str, dict[str, Any]])
+
+    assert_type(await client.build_context(sid), dict[str, Any])
+    assert_type(await client.build_context(sid, ["conversation"], max_messages=5, max_files=2),
+                dict[str, Any])
+
+    assert_type(await client.cache_file(sid, "/src/a.py", "text"), None)
+    assert_type(await client.cache_file(sid, "/src/b.bin", b"\x00", {"kind": "binary"}), None)
+    assert_type(await client.get_file(sid, "/src/a.py"), CachedFile | None)
+    assert_type(await client.invalidate_file(sid, "/src/a.py"), None)
+    assert_type(await client.clear_session_cache(sid), None)
+
+    assert_type(await client.subscribe_to_session(sid), None)
+    assert_type(await client.unsubscribe_from_session(sid), None)
+    assert_type(await client.subscribe_to_all_sessions(), None)
+    assert_type(await client.unsubscribe_from_all_sessions(), None)
+    assert_type(await client.next_event(), Event | None)
+    assert_type(await client.next_event(timeout=0.5), Event | None)
+    assert_type(client.events(), AsyncIterator[Event])
+    assert_type(client.events(timeout=1.0), AsyncIterator[Event])
+
+    assert_type(await client.daemon_status(), dict[str, Any])
+    assert_type(await client.shutdown(), None)
+    assert_type(await client.connect(), None)
+    assert_type(await client.close(), None)
+
+
+async def async_client_lifecycle() -> None:
+    async with AsyncClient("/tmp/jidocoder.sock", timeout=5.0, event_buffer=100) as client:
+        assert_type(client, AsyncClient)
+        assert_type(client.daemon_pid, int | None)
+        assert_type(client.timeout, float)
+        async for event in client.events(timeout=0.1):
+            assert_type(event, Event)
 
 
 def client_lifecycle() -> None:

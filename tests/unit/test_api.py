@@ -119,7 +119,7 @@ def test_a_session_id_that_is_not_a_string_is_refused(daemon: Daemon) -> None:
 
 
 def test_subscribe_to_all_sessions_then_a_published_event_reaches_the_client(daemon: Daemon) -> None:
-    assert daemon.call("subscribe_to_all_sessions") == {"result": None}
+    assert daemon.call("subscribe_to_all_sessions") == {"result": {"last_seq": 0}}  # the client resumes from it
     daemon.bus.publish("session_status", "s1", {"session_id": "s1", "status": "idle"})
     assert [(e["type"], e["payload"]["status"]) for e in daemon.client.events] == [("session_status", "idle")]
     assert daemon.call("unsubscribe_from_all_sessions") == {"result": None}
@@ -140,7 +140,7 @@ def test_every_dispatch_begins_a_call(daemon: Daemon) -> None:
 
 def test_a_frames_deadline_reaches_the_pending(daemon: Daemon) -> None:
     # a session admitted but with no process: the routed call waits, holding its Pending
-    record = daemon.supervisor._admit(SessionState.new("s1"))
+    record = daemon.supervisor.admit(SessionState.new("s1"))
     daemon.supervisor.change_status(record, SessionStatus.ACTIVE)
     deadline = time.monotonic() + 30
     daemon.api.dispatch(daemon.client, wire.split_request(wire.encode(

@@ -4,6 +4,7 @@ speaks the protocol with jidocoder.wire (no daemon, no processes)."""
 from __future__ import annotations
 
 import gc
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 import jidocoder
 from jidocoder import wire
+from jidocoder._protocol import IDEMPOTENT_BY_CALL_ID
 from jidocoder.client import DRAIN_THREAD_NAME, Client
 from jidocoder.errors import (DaemonUnavailableError, InvalidArgumentError, JidocoderError,
                               LimitExceededError, RequestTimeoutError, SessionCrashedError,
@@ -60,6 +62,8 @@ class Peer:
                     self.script(self)
         except BaseException as e:  # noqa: BLE001 - reported by the fixture's teardown
             self.failure = e
+        finally:  # a daemon that is gone: connecting again is refused (the Client retries)
+            self.listener.close()
 
     def recv(self) -> dict | None:
         request = wire.read_frame(self.conn, wire.DEFAULT_MAX_FRAME)
@@ -158,7 +162,7 @@ def in_background(call: Callable[[], Any]) -> tuple[threading.Thread, list, list
 
 def reading(client: Client) -> bool:
     """Some thread holds the client's reader role (it is inside poll or routing)."""
-    return client._reading
+    return client._conn._reading
 
 
 def thread_names() -> set[str]:
@@ -241,9 +245,12 @@ REQUESTS = [
     (lambda c: c.invalidate_file("s1", "/a"),
      "invalidate_file", {"session_id": "s1", "path": "/a"}),
     (lambda c: c.clear_session_cache("s1"), "clear_session_cache", {"session_id": "s1"}),
-    (lambda c: c.subscribe_to_session("s1"), "subscribe_to_session", {"session_id": "s1"}),
+    (lambda c: c.subscribe_to_session("s1"), "subscribe_to_session",
+     {"session_id": "s1", "since": None}),
+    (lambda c: c.subscribe_to_session("s1", since=7), "subscribe_to_session",
+     {"session_id": "s1", "since": 7}),
     (lambda c: c.unsubscribe_from_session("s1"), "unsubscribe_from_session", {"session_id": "s1"}),
-    (lambda c: c.subscribe_to_all_sessions(), "subscribe_to_all_sessions", {}),
+    (lambda c: c.subscribe_to_all_sessions(), "subscribe_to_all_sessions", {"since": None}),
     (lambda c: c.unsubscribe_from_all_sessions(), "unsubscribe_from_all_sessions", {}),
     (lambda c: c.build_context("s1"), "build_context",
      {"session_id": "s1", "include": ["conversation", "files", "file_index"],
@@ -263,7 +270,12 @@ def test_each_method_sends_its_op_with_api_argument_names(serve, call, op, args)
     peer, client = serve(answer({}))
     call(client)
     assert peer.received[-1]["op"] == op
-    assert peer.received[-1]["args"] == args
+    sent = dict(peer.received[-1]["args"])
+    call_id = sent.pop("call_id", None)
+    assert sent == args
+    # A call whose effect is stored carries a call id, for an at-most-once resend (§10).
+    assert (call_id is not None) == (op in IDEMPOTENT_BY_CALL_ID)
+    assert call_id is None or re.fullmatch("[0-9a-f]{32}", call_id)
 
 
 def test_request_ids_are_distinct(serve):
@@ -588,9 +600,9 @@ def test_a_subscribed_client_dropped_without_close_ends_its_drain_and_closes_its
 def test_close_drops_the_buffered_events_and_next_event_then_raises(serve):
     _, client = serve(events_during_call)
     client.subscribe_to_session("s1")
-    wait_until(lambda: len(client._events) == 3, LONG, "the three events to be buffered")
+    wait_until(lambda: len(client._conn.core.events) == 3, LONG, "the three events to be buffered")
     client.close()
-    assert len(client._events) == 0
+    assert len(client._conn.core.events) == 0
     with pytest.raises(DaemonUnavailableError, match="closed"):
         client.next_event(0)
 
@@ -685,7 +697,7 @@ def close_after_request(peer: Peer) -> None:
 
 
 def test_connection_loss_fails_the_waiting_call_and_every_later_one(serve):
-    _, client = serve(close_after_request)
+    _, client = serve(close_after_request, timeout=SHORT)  # no daemon comes back within it
     with pytest.raises(DaemonUnavailableError) as info:
         client.get_session_pid("s1")
     assert "connection to the daemon lost" in info.value.message
@@ -700,7 +712,7 @@ def test_connection_loss_fails_the_reader_and_every_follower(serve):
         for _ in range(3):
             peer.recv()  # three calls in flight; hang up without answering
 
-    _, client = serve(script)
+    _, client = serve(script, timeout=SHORT)
     calls = [in_background(lambda: client.get_session_pid("s1")) for _ in range(3)]
     for thread, _, _ in calls:
         thread.join(LONG)
@@ -714,7 +726,7 @@ def test_events_buffered_before_loss_are_delivered_then_next_event_raises(serve)
         peer.push(event(1))
         peer.reply(request, None)
 
-    _, client = serve(script)
+    _, client = serve(script, timeout=SHORT)
     client.subscribe_to_session("s1")
     assert client.next_event(LONG).seq == 1
     with pytest.raises(DaemonUnavailableError):
@@ -806,7 +818,7 @@ def test_close_wakes_a_thread_waiting_for_events(serve):
     waiter.join(LONG)
     assert [type(e) for e in failures] == [DaemonUnavailableError]
     assert "closed" in failures[0].message
-    assert client._sock.fileno() == -1
+    assert client._conn.sock.fileno() == -1
 
 
 def test_close_from_a_signal_handler_inside_next_event_closes_without_deadlock(serve):
@@ -820,7 +832,7 @@ def test_close_from_a_signal_handler_inside_next_event_closes_without_deadlock(s
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert "closed" in info.value.message
-    assert client._sock.fileno() == -1
+    assert client._conn.sock.fileno() == -1
 
 
 def test_repr_names_socket_pid_and_state(serve):
@@ -834,7 +846,7 @@ def test_repr_names_socket_pid_and_state(serve):
 
 def test_package_exports_exactly_the_public_api():
     assert sorted(jidocoder.__all__) == sorted([
-        "Client", "SessionStatus", "SessionConfig", "SessionState", "SessionInfo", "Message",
+        "Client", "AsyncClient", "SessionStatus", "SessionConfig", "SessionState", "SessionInfo", "Message",
         "ActiveFile", "CachedFile", "Event", "JidocoderError", "SessionNotFoundError",
         "InvalidTransitionError", "InvalidArgumentError", "LimitExceededError",
         "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError", "SessionCrashedError",

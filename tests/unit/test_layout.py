@@ -33,15 +33,19 @@ def test_only_wire_imports_msgpack():
     assert users == ["jidocoder/wire.py"]
 
 
+CLIENT_MODULES = ["client.py", "async_client.py", "_protocol.py", "_lifecycle.py", "_api.py", "_sync.py",
+                  "_async.py", "_drain.py", "_dial.py"]
+
+
 def test_client_never_imports_the_daemon():
-    for name in ("client.py", "_connection.py", "_reader.py", "__init__.py", "models.py", "errors.py", "wire.py",
-                 "_sockdir.py"):
+    for name in (CLIENT_MODULES + ["__init__.py", "models.py", "errors.py", "wire.py",
+                 "_sockdir.py"]):
         assert not any("daemon" in module for module in imported_modules(PACKAGE / name)), name
 
 
 def test_public_surface_is_exactly_the_api():
     assert sorted(jidocoder.__all__) == sorted([
-        "Client", "SessionStatus", "SessionConfig", "SessionState", "SessionInfo", "Message",
+        "Client", "AsyncClient", "SessionStatus", "SessionConfig", "SessionState", "SessionInfo", "Message",
         "ActiveFile", "CachedFile", "Event", "JidocoderError", "SessionNotFoundError",
         "InvalidTransitionError", "InvalidArgumentError", "LimitExceededError",
         "DaemonUnavailableError", "ProtocolError", "RequestTimeoutError", "SessionCrashedError",
@@ -60,7 +64,8 @@ def modules_after(code: str) -> set[str]:
 
 def test_the_daemon_command_loads_no_client_and_turns_pydantic_plugins_off():
     loaded = modules_after("import jidocoder.cli, jidocoder.daemon.server")
-    assert {"jidocoder.client", "jidocoder._connection", "jidocoder._reader"} & loaded == set()
+    client_modules = {"jidocoder." + name[:-len(".py")] for name in CLIENT_MODULES}
+    assert client_modules & loaded == set()
     out = subprocess.run([sys.executable, "-c", "import os, jidocoder.cli; "
                           "print(os.environ.get('PYDANTIC_DISABLE_PLUGINS'))"],
                          capture_output=True, text=True, check=True, timeout=LONG,

@@ -53,7 +53,7 @@ def listener(supervisor: Supervisor) -> Listener:
 
 
 def active_record(supervisor: Supervisor, session_id: str = "s1"):
-    record = supervisor._admit(SessionState.new(session_id))
+    record = supervisor.admit(SessionState.new(session_id))
     supervisor.change_status(record, SessionStatus.ACTIVE)
     return record
 
@@ -120,19 +120,19 @@ def test_an_unasked_change_the_registry_refuses_leaves_the_session_as_it_was(
     before = record.state
     break_registry(supervisor.registry)
     with caplog.at_level(logging.ERROR, logger="jidocoder.daemon"):
-        supervisor._change_unasked(record, SessionStatus.IDLE)
-        supervisor._change_unasked(record, SessionStatus.IDLE)
+        supervisor.change_unasked(record, SessionStatus.IDLE)
+        supervisor.change_unasked(record, SessionStatus.IDLE)
     assert record.state is before
     assert listener.events == []
     assert len([r for r in caplog.records if "stays active" in r.getMessage()]) == 1  # said once
     supervisor.registry._conn.execute("PRAGMA query_only = OFF")
-    supervisor._change_unasked(record, SessionStatus.IDLE)  # the next check tries again
+    supervisor.change_unasked(record, SessionStatus.IDLE)  # the next check tries again
     assert record.state.status is SessionStatus.IDLE
     assert stored(supervisor)["s1"].status is SessionStatus.IDLE
 
 
 def test_a_session_without_persistence_changes_without_a_registry_row(supervisor, listener) -> None:
-    record = supervisor._admit(SessionState.new("s2", config={"persistence_enabled": False}))
+    record = supervisor.admit(SessionState.new("s2", config={"persistence_enabled": False}))
     supervisor.change_status(record, SessionStatus.ACTIVE)
     assert record.state.status is SessionStatus.ACTIVE
     assert "s2" not in stored(supervisor)

@@ -1,7 +1,8 @@
-"""The ``jidocoder`` command: ``daemon start|stop|status`` and ``sessions``.
+"""``jidocoder daemon start|stop|status``: the daemon's own lifecycle (docs/api.md §1).
 
-Exit codes: 0 done (or already running, for ``start``), 1 could not do it, 2 bad usage,
-3 no daemon runs (``stop``, ``status``).
+``start`` runs the daemon in this process (``--foreground``) or in a detached one it waits for:
+the child says ``ready PID``, ``error CODE MESSAGE`` or, while it restores many sessions,
+``progress DONE TOTAL`` over a pipe (``--ready-fd``), shown as a progress line on a terminal.
 """
 
 from __future__ import annotations
@@ -11,64 +12,43 @@ import os
 import sys
 import time
 from typing import Any
-from collections.abc import Sequence
 
-from . import _no_plugins  # noqa: F401  first, before any model is built (see its docstring)
-from .config import Settings, flag_name
-from .errors import DaemonUnavailableError, JidocoderError
+from ..config import Settings, flag_name
+from ..errors import DaemonUnavailableError, JidocoderError
+from .common import EXIT_FAILED, EXIT_NOT_RUNNING, Progress, add_command, load_settings
 
-EXIT_FAILED, EXIT_NOT_RUNNING = 1, 3  # 2, bad usage, is argparse's own
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jidocoder", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    daemon = commands.add_parser("daemon", help="start, stop or inspect the background daemon")
-    actions = daemon.add_subparsers(dest="action", required=True)
-    start = actions.add_parser("start", help="start the daemon (returns once it accepts connections)")
-    start.add_argument("--foreground", action="store_true", help="stay attached (systemd, containers)")
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    daemon = commands.add_parser("daemon", help="start, stop or inspect the background daemon",
+                                 description="Start, stop or inspect the background daemon.")
+    actions = daemon.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="start the daemon (returns once it accepts connections)",
+                               description="Start the daemon in the background and return once it "
+                               "accepts connections (exit 0; also when one already runs on the socket).")
+    start.add_argument("--foreground", action="store_true",
+                       help="stay attached (systemd Type=notify, containers, debugging); "
+                       "SIGTERM/SIGINT stop it, SIGHUP reloads settings_file, SIGUSR1 reopens daemon.log")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     for name, info in Settings.model_fields.items():
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --debug-ops
         start.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=info.description,
                            **switch)
-    for action in ("stop", "status"):
-        sub = actions.add_parser(action, help=f"{action} the daemon")
-        add_location_flags(sub)
-    actions.choices["status"].add_argument("--json", action="store_true", help="one JSON object")
-    sessions = commands.add_parser("sessions", help="list the daemon's sessions")
-    add_location_flags(sessions)
-    sessions.add_argument("--json", action="store_true", help="a JSON array")
-    return parser
-
-
-def add_location_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", help="the daemon's Unix socket")
-    parser.add_argument("--state-dir", dest="state_dir", help="the daemon's state dir")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "sessions":
-            return cmd_sessions(args)
-        return {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.action](args)
-    except JidocoderError as exc:
-        print(f"jidocoder: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-
-
-def load_settings(args: argparse.Namespace) -> Settings:
-    flags = {name: getattr(args, name, None) for name in Settings.model_fields}
-    return Settings.load(flags)
+    start.set_defaults(run=cmd_start)
+    add_command(actions, "stop", cmd_stop, "stop the daemon gracefully (exit 3 if none runs)",
+                "Stop the daemon: every session persisted, every session process ended, the socket "
+                "removed. Returns when done.")
+    add_command(actions, "status", cmd_status, "pid, socket, state dir, uptime, sessions (exit 3 if none runs)",
+                "Print the daemon's pid, socket, state dir, uptime and session count; exit 0 if it "
+                "runs, 3 if not.", json_output="one JSON object: pid, socket, state_dir, uptime_s, sessions")
 
 
 # -- daemon start ---------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    from .daemon.startup import check_socket_path
+    from ..daemon.startup import check_socket_path
     check_socket_path(settings.socket)
     if args.foreground:
         return start_foreground(settings, args.ready_fd)
@@ -89,7 +69,7 @@ def start_background(settings: Settings) -> int:
     subprocess.Popen(command, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     os.close(write_end)
-    word = read_word(read_end, START_TIMEOUT)
+    word = read_word(read_end, START_TIMEOUT, Progress("restoring sessions", 0))
     kind, _, rest = word.partition(" ")
     if kind == "ready":
         print(f"jidocoder daemon started (pid {rest})\n  socket:    {settings.socket}\n"
@@ -104,9 +84,11 @@ def start_background(settings: Settings) -> int:
     return EXIT_FAILED
 
 
-def read_word(fd: int, timeout: float) -> str:
+def read_word(fd: int, timeout: float, progress: Progress) -> str:
+    """The child's last word (``ready``/``error``); its ``progress`` lines drawn meanwhile. The
+    deadline moves with each progress line: a start restoring many sessions is not stuck."""
     import selectors
-    chunks: list[bytes] = []
+    buffer = b""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
@@ -115,14 +97,21 @@ def read_word(fd: int, timeout: float) -> str:
                 data = os.read(fd, 4096)
                 if not data:
                     break
-                chunks.append(data)
+                buffer += data
+                while b"\n" in buffer and buffer.startswith(b"progress "):
+                    line, buffer = buffer.split(b"\n", 1)
+                    done, _, total = line[len(b"progress "):].decode().partition(" ")
+                    progress.total = int(total)
+                    progress.update(int(done))
+                    deadline = time.monotonic() + timeout
     os.close(fd)
-    return b"".join(chunks).decode(errors="replace").strip()
+    progress.done()
+    return buffer.decode(errors="replace").strip()
 
 
 def start_foreground(settings: Settings, ready_fd: int | None) -> int:
-    from .daemon.process import set_process_name
-    from .daemon.server import run_daemon
+    from ..daemon.process import set_process_name
+    from ..daemon.server import run_daemon
     # Every file and directory the daemon makes is private whatever the caller's umask (docs/api.md
     # §8): the store, daemon.log and its rotations, sessions/, the socket dir. Set before any.
     os.umask(0o077)
@@ -135,8 +124,11 @@ def start_foreground(settings: Settings, ready_fd: int | None) -> int:
         else:
             os.close(ready_fd)
 
+    def on_progress(done: int, total: int) -> None:
+        say(ready_fd, f"progress {done} {total}")
+
     try:
-        return run_daemon(settings, on_ready)
+        return run_daemon(settings, on_ready, on_progress)
     except JidocoderError as exc:
         code = exc.exit_code
         if ready_fd is not None:
@@ -157,7 +149,7 @@ def say(fd: int | None, word: str) -> None:
 # -- daemon stop / status -------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    from .client import Client
+    from ..client import Client
     try:
         client = Client(settings.socket, timeout=STOP_TIMEOUT)
     except DaemonUnavailableError:
@@ -193,29 +185,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sessions(args: argparse.Namespace) -> int:
-    import json
-    settings = load_settings(args)
-    from .client import Client
-    try:
-        client = Client(settings.socket)
-    except DaemonUnavailableError as exc:
-        print(f"jidocoder: {exc.message}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    with client:
-        sessions = client.list_sessions()
-    if args.json:
-        print(json.dumps([s.model_dump(mode="json") for s in sessions]))
-    else:
-        for s in sessions:
-            print(f"{s.session_id}  {s.status.value:<12} pid={s.pid} restarts={s.restarts} "
-                  f"messages={s.conversation_count}")
-    return 0
-
-
 def probe(socket_path: str) -> dict[str, Any] | None:
     """The running daemon's status, or None if nothing answers on the socket."""
-    from .client import Client
+    from ..client import Client
     try:
         with Client(socket_path, timeout=5.0) as client:
             return client.daemon_status()
@@ -238,5 +210,3 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-if __name__ == "__main__":
-    sys.exit(main())
