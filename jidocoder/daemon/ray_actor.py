@@ -19,7 +19,8 @@ from typing import Any
 
 from .exits import StopServing
 from .session import SessionProcess, SessionSpec, load_context
-from .writes import Stored, Write, WriteRecorder
+from .callids import CallLog
+from .writes import Calls, Stored, Write, WriteRecorder
 
 # A request's ``deadline`` is CLOCK_MONOTONIC, which is one clock per machine: across nodes it
 # travels as the seconds its client still waits (``budget``), turned back into this node's clock
@@ -37,15 +38,18 @@ class _NoTable:
     def write_message_count(self, slot: int, count: int) -> None:
         pass
 
-    def write_started(self, slot: int, request_id: int) -> None:
+    def write_started(self, slot: int, request_id: int, begun: int = 0) -> None:
+        pass
+
+    def write_counts(self, slot: int, messages: int, files: int) -> None:
         pass
 
 
 class SessionActor:
     """One session, served where Ray placed it."""
 
-    def __init__(self, spec: SessionSpec, stored: Stored) -> None:
-        self.recorder = WriteRecorder(stored)
+    def __init__(self, spec: SessionSpec, stored: Stored, calls: Calls | None = None) -> None:
+        self.recorder = WriteRecorder(stored, calls)
         self.process = SessionProcess(spec, None, _NoTable(), store=self.recorder)  # type: ignore[arg-type]
 
     def ready(self, node_id: str = "") -> dict[str, Any]:
@@ -63,12 +67,13 @@ class SessionActor:
             os._exit(exc.exit_code)
         return reply, self.recorder.take(), self.process.context.message_count
 
-    def restore(self, stored: Stored) -> int:
+    def restore(self, stored: Stored, calls: Calls | None = None) -> int:
         """Start again from what the daemon stored: after a write the daemon could not store,
-        whose change this actor had already made in memory."""
-        self.recorder = WriteRecorder(stored)
+        whose change (and call id) this actor had already made in memory."""
+        self.recorder = WriteRecorder(stored, calls)
         self.process.store = self.recorder
         self.process.context = load_context(self.process.spec, self.recorder)
+        self.process.calls = CallLog(self.recorder)
         return self.process.context.message_count
 
     def watch(self) -> None:

@@ -110,7 +110,8 @@ class RayBackend:
         store = _open_store(spec)
         try:
             stored = store.load() if store is not None else ([], [], {})
-            actor = RaySessionActor.options(**self._placement()).remote(spec, stored)
+            calls = store.load_calls() if store is not None else {}
+            actor = RaySessionActor.options(**self._placement()).remote(spec, stored, calls)
         except BaseException:
             if store is not None:
                 store.close()
@@ -240,13 +241,13 @@ class RayBackend:
         for call in session.calls:
             call.doomed = True
         try:
-            stored = session.store.load()
+            stored, calls = session.store.load(), session.store.load_calls()
         except Exception as exc:  # noqa: BLE001 - the store cannot even be read: the session cannot go on
             log.error("session %s: its store cannot be read back (%s); ending its actor",
                       session.spec.session_id, exc)
             ray.kill(session.actor, no_restart=True)
             return
-        session.actor.restore.remote(stored)
+        session.actor.restore.remote(stored, calls)
 
     def _died(self, session: _Session) -> Died:
         sid = session.spec.session_id

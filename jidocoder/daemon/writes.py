@@ -17,19 +17,21 @@ from typing import Any
 from ..models import ActiveFile, Message
 
 Stored = tuple[list[Message], list[ActiveFile], dict[str, dict[str, Any]]]  # SessionStore.load()
+Calls = dict[str, bytes]  # SessionStore.load_calls(): recorded call ids and their packed results
 Write = tuple[str, tuple[Any, ...]]  # (SessionStore method, its arguments)
 
 # The only SessionStore methods a write may name: a recorded write is data from another
 # process, never a way to call anything else on the daemon's store.
 WRITE_METHODS = frozenset({"append_message", "clear_messages", "add_file", "remove_file",
-                           "put_index"})
+                           "put_index", "record_call"})
 
 
 class WriteRecorder:
     """A ``SessionStore`` as the session's handlers and persisters see it, writing nothing."""
 
-    def __init__(self, stored: Stored) -> None:
+    def __init__(self, stored: Stored, calls: Calls | None = None) -> None:
         self._stored: Stored | None = stored
+        self._calls = dict(calls or {})
         self._writes: list[Write] = []
 
     def load(self) -> Stored:
@@ -39,6 +41,12 @@ class WriteRecorder:
         if stored is None:
             raise RuntimeError("a recorder is loaded once; the daemon re-sends the stored state")
         return stored
+
+    def load_calls(self) -> Calls:
+        """The call ids the real store had recorded when the session started (``callids``):
+        a call resent after its reply was lost is answered from them, on any node."""
+        calls, self._calls = self._calls, {}
+        return calls
 
     def take(self) -> list[Write]:
         """The writes noted since the last ``take``, in order."""
@@ -67,6 +75,11 @@ class WriteRecorder:
 
     def put_index(self, path: str, entry: dict[str, Any]) -> None:
         self._writes.append(("put_index", (path, entry)))
+
+    def record_call(self, call_id: str, reply: bytes, keep: int) -> None:
+        # Stored with the call's other writes, in its one transaction (apply_writes): the
+        # change and its record are both kept or neither, as in a forked session's store.
+        self._writes.append(("record_call", (call_id, reply, keep)))
 
 
 def apply_writes(store: Any, writes: list[Write]) -> None:

@@ -90,3 +90,20 @@ def test_a_recorder_is_loaded_once():
     assert recorder.load() == ([], [], {})
     with pytest.raises(RuntimeError):
         recorder.load()
+
+
+def test_a_call_id_is_stored_with_its_call_s_writes_and_a_resent_call_is_answered_from_the_store(tmp_path, store):
+    """At most once across nodes (callids.py): the actor records the call id as one more write,
+    stored in the call's transaction; a successor actor, given the stored ids, answers the
+    resent call with the first result and applies nothing."""
+    actor = SessionActor(spec_in(tmp_path), store.load(), store.load_calls())
+    def request(request_id: int) -> dict:
+        return {"id": request_id, "op": "send_message", "args": {"role": "user", "content": "once",
+                                                                  "call_id": "c-1"}}
+    reply, writes, _ = actor.handle(request(1))
+    assert [name for name, _ in writes] == ["append_message", "record_call"]
+    apply_writes(store, writes)
+    successor = SessionActor(spec_in(tmp_path), store.load(), store.load_calls())
+    again, writes, count = successor.handle(request(2))
+    assert again == {"id": 2, "result": reply["result"], "events": []} and writes == [] and count == 1
+    assert [m.content for m in store.load()[0]] == ["once"]
