@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from .. import wire
 from .exits import StopServing
 from .session import SessionProcess, SessionSpec, load_context
 from .callids import CallLog
@@ -54,18 +55,30 @@ class SessionActor:
 
     def ready(self, node_id: str = "") -> dict[str, Any]:
         """Where it runs: the ``pid`` a client is told (§14: the actor's process on its node)."""
-        return {"pid": os.getpid(), "node": node_id, "message_count": self.process.context.message_count}
+        return {"pid": os.getpid(), "node": node_id, "counts": self.counts()}
 
-    def handle(self, frame: Any) -> tuple[dict[str, Any], list[Write], int]:
-        """One call: ``(reply, the writes it made, messages held)``. A call that asks the
-        session to stop (a test hook) ends the actor's process, as it ends a forked one."""
+    def counts(self) -> tuple[int, int]:
+        """Messages and files held: what a forked session writes to its table slot."""
+        return self.process.context.message_count, self.process.context.file_count
+
+    def handle(self, frame: Any, budget: float | None = None) -> tuple[dict[str, Any], list[Write], tuple[int, int]]:
+        """One call: ``(reply, the writes it made, counts)``. ``frame`` is a decoded request,
+        or a request framed as the daemon frames it for a forked session (``wire``), its args
+        as the client sent them, decoded here under the same bounds; ``budget`` the seconds
+        its client still waits. A call that asks the session to stop (a test hook) ends the
+        actor's process, as it ends a forked one."""
+        if isinstance(frame, bytes):
+            frames = wire.FrameDecoder(self.process.spec.max_frame, relayed=True).feed(frame)
+            frame = frames[0] if len(frames) == 1 else None
         if isinstance(frame, dict) and isinstance(frame.get(BUDGET), (int, float)):
-            frame = dict(frame, deadline=time.monotonic() + frame.pop(BUDGET))
+            budget = frame.pop(BUDGET)
+        if isinstance(frame, dict) and budget is not None:
+            frame = dict(frame, deadline=time.monotonic() + budget)
         try:
             reply = self.process.handle(frame)
         except StopServing as exc:
             os._exit(exc.exit_code)
-        return reply, self.recorder.take(), self.process.context.message_count
+        return reply, self.recorder.take(), self.counts()
 
     def restore(self, stored: Stored, calls: Calls | None = None) -> int:
         """Start again from what the daemon stored: after a write the daemon could not store,

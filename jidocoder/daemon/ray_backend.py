@@ -67,7 +67,7 @@ RaySessionActor: Any = ray.remote(**_ACTOR_CLASS_OPTIONS)(_RaySessionActor)
 
 @dataclass(eq=False)
 class _Call:
-    request: dict[str, Any]
+    request: Any
     future: Future[Any]
     doomed: bool = False  # sent before the actor was given back the stored state: not applied
 
@@ -135,13 +135,18 @@ class RayBackend:
         return {**self.actor_options, "scheduling_strategy": "DEFAULT",
                 "label_selector": {NODE_ID_LABEL: avoid}}
 
-    def send(self, session_id: str, request: dict[str, Any]) -> None:
-        frame = dict(request)
-        deadline = frame.pop("deadline", None)
-        if isinstance(deadline, (int, float)):
-            frame[BUDGET] = deadline - time.monotonic()
+    def send(self, session_id: str, request: Any, budget: float | None = None) -> None:
+        """A call: a decoded request ``{id, op, args, deadline?}``, or one framed for a forked
+        session (``wire.request_buffers``) with the seconds its client still waits."""
+        frame = request
+        if isinstance(request, dict):
+            frame = dict(request)
+            deadline = frame.pop("deadline", None)
+            if isinstance(deadline, (int, float)):
+                frame[BUDGET] = deadline - time.monotonic()
         session = self.sessions[session_id]
-        session.calls.append(_Call(request, self._future(session_id, session.actor.handle.remote(frame))))
+        ref = session.actor.handle.remote(frame, budget)
+        session.calls.append(_Call(request, self._future(session_id, ref)))
 
     def stop_session(self, session_id: str) -> None:
         session = self.sessions[session_id]
@@ -189,7 +194,7 @@ class RayBackend:
             if ready.exception() is None:
                 info = ready.result()
                 session.node = info["node"]
-                happened.append(Ready(sid, info["pid"], info["node"], info["message_count"]))
+                happened.append(Ready(sid, info["pid"], info["node"], *info["counts"]))
         while session.calls and session.calls[0].future.done():
             call = session.calls[0]
             if call.future.exception() is not None:
@@ -218,13 +223,13 @@ class RayBackend:
         session.watch = self._future(session.spec.session_id, _watch(session.actor))
 
     def _answer(self, session: _Session, call: _Call, reply: dict[str, Any], writes: list[Write],
-                message_count: int) -> Answered:
+                counts: tuple[int, int]) -> Answered:
         """The reply, once its writes are stored; a StorageError (nothing kept) if they cannot be."""
         sid = session.spec.session_id
         if call.doomed:
             error = StorageError("an earlier call's write could not be stored, and this call ran "
                                  "after it: nothing of this call was applied")
-            return Answered(sid, {"id": reply.get("id"), "error": error.to_wire()}, message_count)
+            return Answered(sid, {"id": reply.get("id"), "error": error.to_wire()}, *counts)
         if writes and session.store is not None:
             try:
                 apply_writes(session.store, writes)
@@ -232,8 +237,8 @@ class RayBackend:
                 log.error("session %s: a write could not be stored, nothing of it kept: %s", sid, exc)
                 self._give_back_stored(session)
                 return Answered(sid, {"id": reply.get("id"), "error": as_storage_error(exc).to_wire()},
-                                message_count)
-        return Answered(sid, reply, message_count)
+                                *counts)
+        return Answered(sid, reply, *counts)
 
     def _give_back_stored(self, session: _Session) -> None:
         """The actor made a change that was not stored: it starts again from the store, and

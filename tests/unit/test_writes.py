@@ -27,9 +27,9 @@ def call(actor: SessionActor, op: str, **args) -> tuple[dict, list, int]:
 
 def test_an_actor_s_call_returns_the_writes_the_forked_session_would_have_made(tmp_path, store):
     actor = SessionActor(spec_in(tmp_path), store.load())
-    reply, writes, count = call(actor, "send_message", role="user", content="héllo")
+    reply, writes, counts = call(actor, "send_message", role="user", content="héllo")
     assert reply["result"] is None and reply["events"][0][0] == "conversation_added"
-    assert [name for name, _ in writes] == ["append_message"] and count == 1
+    assert [name for name, _ in writes] == ["append_message"] and counts == (1, 0)
     apply_writes(store, writes)
     reply, writes, _ = call(actor, "add_file", path="/a.py")
     apply_writes(store, writes)
@@ -47,15 +47,15 @@ def test_a_read_makes_no_write_and_a_restarted_actor_starts_from_what_was_stored
         apply_writes(store, call(first, "send_message", role="user", content=text)[1])
     assert call(first, "get_conversation_history")[1] == []
     second = SessionActor(spec_in(tmp_path), store.load())
-    reply, writes, count = call(second, "get_conversation_history")
-    assert [m["content"] for m in reply["result"]] == ["one", "two"] and writes == [] and count == 2
+    reply, writes, counts = call(second, "get_conversation_history")
+    assert [m["content"] for m in reply["result"]] == ["one", "two"] and writes == [] and counts == (2, 0)
 
 
 def test_a_call_past_its_budget_is_refused_unapplied(tmp_path, store):
     actor = SessionActor(spec_in(tmp_path), store.load())
-    reply, writes, count = actor.handle({"id": 7, "op": "send_message", BUDGET: -0.001,
+    reply, writes, counts = actor.handle({"id": 7, "op": "send_message", BUDGET: -0.001,
                                          "args": {"role": "user", "content": "late"}})
-    assert reply["error"]["code"] == "timeout" and writes == [] and count == 0
+    assert reply["error"]["code"] == "timeout" and writes == [] and counts == (0, 0)
     reply, writes, _ = actor.handle({"id": 8, "op": "send_message", BUDGET: 5.0,
                                      "args": {"role": "user", "content": "in time"}})
     assert "result" in reply and len(writes) == 1
@@ -104,6 +104,6 @@ def test_a_call_id_is_stored_with_its_call_s_writes_and_a_resent_call_is_answere
     assert [name for name, _ in writes] == ["append_message", "record_call"]
     apply_writes(store, writes)
     successor = SessionActor(spec_in(tmp_path), store.load(), store.load_calls())
-    again, writes, count = successor.handle(request(2))
-    assert again == {"id": 2, "result": reply["result"], "events": []} and writes == [] and count == 1
+    again, writes, counts = successor.handle(request(2))
+    assert again == {"id": 2, "result": reply["result"], "events": []} and writes == [] and counts == (1, 0)
     assert [m.content for m in store.load()[0]] == ["once"]
