@@ -9,7 +9,10 @@ import os
 import pytest
 
 from benchmarks.ray_cluster import LocalCluster, listening_addresses, off_loopback
-from tests.support import children_of, process_alive
+import signal
+from typing import Any
+
+from tests.support import LONG, DaemonProcess, children_of, process_alive, short_tempdir
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -69,3 +72,23 @@ def tcp_inodes() -> set[str]:
         with open(f"/proc/net/{name}") as f:
             inodes.update(line.split()[9] for line in f.readlines()[1:])
     return inodes
+
+
+@pytest.fixture
+def ray_daemon(cluster):
+    """Daemons with ``--backend ray`` on the cluster; each stopped at teardown, its actors gone."""
+    started: list[DaemonProcess] = []
+
+    def start(root=None, **settings: Any) -> DaemonProcess:
+        daemon = DaemonProcess(root or short_tempdir(), backend="ray", ray_address=cluster.address,
+                               **settings)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGTERM)
+            daemon.proc.wait(LONG)
+        daemon.proc.stderr.close()

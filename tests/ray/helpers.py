@@ -11,7 +11,11 @@ from collections.abc import Callable
 from jidocoder.daemon.backend import Happening
 from jidocoder.daemon.session import SessionSpec
 from jidocoder.models import SessionConfig
+from benchmarks.ray_cluster import descendants
 from tests.support import LONG
+
+# Starting an actor is ~0.6 s on an idle machine and several seconds on 2 busy cores.
+START = LONG
 
 
 def spec(state_dir: Path, session_id: str, **config) -> SessionSpec:
@@ -42,3 +46,12 @@ class Collector:
     def of(self, kind: type, session_id: str | None = None) -> list:
         return [h for h in self.seen if isinstance(h, kind)
                 and (session_id is None or h.session_id == session_id)]
+
+
+def node_of(cluster, pid: int) -> str:
+    """The node whose raylet runs ``pid`` (an actor's worker is the raylet's child); actors
+    asking no CPU may be placed on the head too."""
+    for node in [cluster.cluster.head_node, *cluster.workers]:
+        if any(pid in descendants(info.process.pid) for infos in node.all_processes.values() for info in infos):
+            return node.node_id
+    raise AssertionError(f"pid {pid} is on no node of the cluster")

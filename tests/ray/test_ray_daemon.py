@@ -13,43 +13,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks.ray_cluster import descendants
 from jidocoder import Client, SessionStatus
 from jidocoder.errors import (InvalidArgumentError, LimitExceededError, SessionCrashedError,
                               SessionNotFoundError)
-from tests.support import LONG, SHORT, DaemonProcess, process_alive, short_tempdir, take_events, wait_until
-
-# Starting an actor is ~0.6 s on an idle machine and several seconds on 2 busy cores.
-START = LONG
-
-
-@pytest.fixture
-def ray_daemon(cluster):
-    """Daemons with ``--backend ray`` on the cluster; each stopped at teardown, its actors gone."""
-    started: list[DaemonProcess] = []
-
-    def start(root=None, **settings: Any) -> DaemonProcess:
-        daemon = DaemonProcess(root or short_tempdir(), backend="ray", ray_address=cluster.address,
-                               **settings)
-        daemon.start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.send_signal(signal.SIGTERM)
-            daemon.proc.wait(LONG)
-        daemon.proc.stderr.close()
-
-
-def node_of(cluster, pid: int) -> str:
-    """The node whose raylet runs ``pid`` (an actor's worker is the raylet's child); actors
-    asking no CPU may be placed on the head too."""
-    for node in [cluster.cluster.head_node, *cluster.workers]:
-        if any(pid in descendants(info.process.pid) for infos in node.all_processes.values() for info in infos):
-            return node.node_id
-    raise AssertionError(f"pid {pid} is on no node of the cluster")
+from tests.ray.helpers import START, node_of
+from tests.support import LONG, SHORT, process_alive, short_tempdir, take_events, wait_until
 
 
 def debug(client: Client, op: str, session_id: str, **args: Any) -> Any:

@@ -9,11 +9,14 @@ backend of its own (not knowing the node was lost) would meet."""
 from __future__ import annotations
 
 import re
+import threading
 
+from jidocoder import Client
 from jidocoder.daemon.backend import Answered, Died, Ready
 from jidocoder.daemon.store import SessionStore
-from tests.ray.helpers import Collector, spec
-from tests.support import LONG
+from jidocoder.errors import SessionCrashedError
+from tests.ray.helpers import START, Collector, node_of, spec
+from tests.support import LONG, wait_until
 
 SESSIONS = 8
 ROUNDS = 12          # messages each session is sent, one round at a time
@@ -94,3 +97,61 @@ def test_losing_a_node_while_writing_loses_nothing_acknowledged(cluster, backend
             assert [m.content for m in store.load()[0]] == acknowledged[sid]
         finally:
             store.close()
+
+
+def test_losing_a_node_while_clients_write_through_the_daemon_loses_nothing_acknowledged(cluster, ray_daemon):
+    """The same through a daemon started with --backend ray and real Clients, one writer thread
+    per session: a call inside an actor on the lost node raises SessionCrashedError and was not
+    applied (its writes are stored only with its reply); every acknowledged message is back,
+    in order, byte for byte; the sessions serve on."""
+    import ray
+    # After the test above, Ray counts its lost node alive a while (~12 s): wait until it
+    # does not, or a create placed there dies before it serves. Then a fresh node to lose.
+    live = {node.node_id for node in [cluster.cluster.head_node, *cluster.workers]}
+    wait_until(lambda: {n["NodeID"] for n in ray.nodes() if n["Alive"]} <= live, 2 * LONG,
+               "Ray to count only the living nodes")
+    cluster.workers.append(cluster.add_node())
+    cluster.cluster.wait_for_nodes()
+    daemon = ray_daemon()
+    with Client(daemon.socket, timeout=START) as c:
+        sids = [c.create_session(config={"max_history": 1000}) for _ in range(SESSIONS)]
+        node = {sid: node_of(cluster, c.get_session_pid(sid)) for sid in sids}
+    doomed = max(cluster.workers, key=lambda worker: list(node.values()).count(worker.node_id))
+    held = {sid for sid in sids if node[sid] == doomed.node_id}
+    assert held, f"no session on a worker node: {node}"
+    acknowledged: dict[str, list[str]] = {sid: [] for sid in sids}
+    crashed: dict[str, list[str]] = {sid: [] for sid in sids}
+    failures: list[BaseException] = []
+    lose = threading.Event()
+
+    def write(sid: str) -> None:
+        try:
+            with Client(daemon.socket, timeout=2 * START) as writer:
+                for n in range(1, ROUNDS + 1):
+                    content = f"{sid[-6:]} #{n} \x00é"
+                    if n == LOSE_AFTER + 1:
+                        lose.wait(2 * LONG)
+                    try:
+                        writer.send_message(sid, "user", content)
+                        acknowledged[sid].append(content)
+                    except SessionCrashedError:
+                        crashed[sid].append(content)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            failures.append(exc)
+
+    writers = [threading.Thread(target=write, args=(sid,)) for sid in sids]
+    for thread in writers:
+        thread.start()
+    wait_until(lambda: all(len(acks) >= LOSE_AFTER for acks in acknowledged.values()), START,
+               f"{LOSE_AFTER} messages each")
+    lose.set()  # the writers send on: the loss finds calls in flight, or waiting to be sent
+    cluster.lose_node(doomed)
+    for thread in writers:
+        thread.join(4 * LONG)
+    assert failures == [] and not any(thread.is_alive() for thread in writers), failures
+    with Client(daemon.socket, timeout=START) as c:
+        for sid in sids:
+            assert [m.content for m in c.get_conversation_history(sid)] == acknowledged[sid], (sid, crashed[sid])
+            assert len(acknowledged[sid]) + len(crashed[sid]) == ROUNDS
+            assert c.get_session_info(sid).restarts >= (1 if sid in held else 0)
+            assert node_of(cluster, c.get_session_pid(sid)) != doomed.node_id
