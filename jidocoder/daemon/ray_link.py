@@ -211,6 +211,7 @@ class RayLink:
             self.outstanding = None
             self._counts(happened.message_count, happened.file_count)
             self._frames.append(happened.reply)
+            self._send_next()  # the next waiting call, now that this one is answered
         else:
             self._died(happened)
         self._wake()
