@@ -36,7 +36,6 @@ import heapq
 import itertools
 import logging
 import signal
-import socket
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -115,10 +114,7 @@ class Hibernation:
         self.forget(record)
         link = record.running_link
         log.info("session %s (pid %d) hibernates (%s)", record.session_id, link.pid, why)
-        try:
-            link.sock.shutdown(socket.SHUT_WR)  # EOF: it closes its store and exits 0
-        except OSError:
-            pass  # already gone: its exit is on its way
+        link.hang_up()  # it closes its store and ends
         grace = sup.settings.terminate_grace
         sup.loop.call_later(grace, lambda: sup.signal_process(link, signal.SIGKILL))
         return True

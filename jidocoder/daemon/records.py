@@ -14,7 +14,8 @@ from .. import wire
 from ..context import page
 from ..models import SessionState
 from ..states import SERVING, SessionStatus
-from .link import Pending, SessionLink
+from .backend import SessionHandle
+from .link import Pending
 from .store import from_micros
 from .loop import Timer
 
@@ -38,7 +39,7 @@ class SessionRecord:
     hibernated: bool = False  # no process, by hibernation: the next call revives it
     hibernating: bool = False  # its process was told to leave (EOF) and has not been reaped
     announce_revival: bool = False  # session_revived once the reviving process serves
-    link: SessionLink | None = None
+    link: SessionHandle | None = None
     restarts: int = 0  # restarts after crashes, as SessionInfo.restarts counts them
     crashes: deque[float] | None = None  # times of the recent ones (restarts policy), from a first crash
     announce_restart: bool = False  # a crash restart: session_restarted once it serves
@@ -113,7 +114,7 @@ class SessionRecord:
         return self.link is not None and self.link.exit_status is None
 
     @property
-    def running_link(self) -> SessionLink:
+    def running_link(self) -> SessionHandle:
         """The link that ``running`` or ``serving`` has just said exists (a checker cannot
         follow a property, so this says it once instead of at each caller)."""
         assert self.link is not None, f"session {self.session_id} has no process"

@@ -752,6 +752,13 @@ class SessionStore(_Database):
         if group is not None:
             group.finish()
 
+    def abort_group(self) -> None:
+        """End the group storing none of its writes (its transaction rolled back): for a caller
+        that met an error of its own between them."""
+        group, self._group = self._group, None
+        if group is not None:
+            group.abort()
+
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._group if self._group is not None else super()._write()
 
@@ -1078,6 +1085,11 @@ class _Group:
         if self.tx is not None:
             tx, self.tx = self.tx, None
             tx.__exit__(None, None, None)  # COMMIT, rolled back if that fails
+
+    def abort(self) -> None:
+        if self.tx is not None:
+            tx, self.tx = self.tx, None
+            tx.__exit__(RuntimeError, None, None)  # ROLLBACK
 
     def _raise_failed(self, what: str) -> None:
         """The store's error that failed the group (a StorageError is one the caller can tell
