@@ -93,6 +93,11 @@ class Settings(BaseModel):
     spawn: Literal["auto", "clone", "fork"] = Field(
         "auto", description="How session processes are made: clone (from a template process; "
                             "x86_64 and aarch64), fork (by the daemon), or auto.")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Where sessions run: local (a forked process each) or ray (a Ray actor "
+                             "each, anywhere in a Ray cluster; needs pip install 'jidocoder[ray]', see docs/ray.md).")
+    ray_address: str = Field("", description="The Ray cluster to run sessions in with backend ray "
+                             "(ray.init's address; empty: a cluster started on this machine).")
     terminate_grace: float = Field(2.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a session ends.")
     log_max_bytes: int = Field(10 * MiB, ge=4096, description="daemon.log is rotated past this size.")
     log_backups: int = Field(3, ge=0, description="Rotated daemon.log files kept.")

@@ -7,7 +7,16 @@ import os
 import pytest
 
 from benchmarks.common import processes_with_env
+from benchmarks.ray_cluster import in_own_netns
 from tests.support import TEMP_PREFIX, children_of, process_alive
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/ray runs only inside a network namespace of its own, started for it by
+    tests/integration/test_ray_cluster.py (its clusters must reach nothing but loopback)."""
+    if collection_path.name == "ray" and collection_path.parent.name == "tests":
+        return not in_own_netns() or None
+    return None
 
 
 def suite_daemons() -> set[int]:

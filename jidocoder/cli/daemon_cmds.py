@@ -48,6 +48,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 # -- daemon start ---------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    from ..daemon.backends import RAY_EXTRA, ray_installed
+    if settings.backend == "ray" and not ray_installed():  # said here, before any daemon starts
+        print(f"jidocoder: --backend ray runs sessions as Ray actors and needs Ray: {RAY_EXTRA}",
+              file=sys.stderr)
+        return EXIT_FAILED
     from ..daemon.startup import check_socket_path
     check_socket_path(settings.socket)
     if args.foreground:

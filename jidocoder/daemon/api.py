@@ -20,6 +20,7 @@ from .clients import ClientConnection
 from .events import GLOBAL_TOPIC, EventBus, session_topic
 from .link import Pending
 from .metrics import METRICS
+from .records import status_value
 from .ops import DEBUG_HANDLERS, SESSION_OPS
 from .supervisor import Supervisor
 from .table import SLOT_SIZE
@@ -40,7 +41,8 @@ class Api:
         self._status = status
         self._shutdown = shutdown
         self._clients = clients
-        self.channels = True  # direct channels (channels.py): False sends every call relayed
+        # direct channels (channels.py) only from a backend whose sessions can hold an fd
+        self.channels = supervisor.backend.hands_out_channels
         # handle_<op> by name, looked up once: a failed getattr per session call costs more
         # than the rest of its dispatch.
         self.handlers = {name[len("handle_"):]: getattr(self, name)
@@ -166,8 +168,9 @@ class Api:
         """The counters (metrics.py) and the gauges read now; ``jidocoder metrics`` renders them."""
         supervisor = self.supervisor
         by_status: dict[str, int] = {}
-        for record in supervisor.records.values():
-            by_status[record.status.value] = by_status.get(record.status.value, 0) + 1
+        for entry in supervisor.records.values():  # a sleeper as it is: not woken to be counted
+            status = status_value(entry)
+            by_status[status] = by_status.get(status, 0) + 1
         return {**METRICS.snapshot(), "sessions": by_status, "failed_sessions": len(supervisor.failed),
                 "live_processes": len(supervisor.by_pid), "clients": self._clients()}
 

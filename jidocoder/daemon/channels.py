@@ -31,6 +31,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..states import SessionStatus
+from .backend import SessionHandle
 from .link import Pending, SessionLink
 from .metrics import METRICS
 from .records import SessionRecord
@@ -64,6 +65,9 @@ class Channels:
             self.relay(pending, "the client is gone")
             return
         link = record.running_link
+        if not isinstance(link, SessionLink):  # a backend's session with no fd to hand (Ray's)
+            self.relay(pending, "this backend's sessions take no channels")
+            return
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as exc:  # EMFILE, ENFILE: out of fds
@@ -85,19 +89,21 @@ class Channels:
         pending.reply({"result": {"relay": why}})
 
     # -- frames from the process -------------------------------------------------------------
-    def on_frame(self, record: SessionRecord, link: SessionLink, frame: dict[str, Any]) -> None:
+    def on_frame(self, record: SessionRecord, link: SessionHandle, frame: dict[str, Any]) -> None:
         """A direct call's events, a wake, or the calls served (for the metrics: the process
         times them, the daemon never sees them); ``link`` is the process that sent it."""
         if "mark" in frame:
             self.sup.bus.publish_all(record.session_id, frame.get("events") or (),
                                      [link.pid, frame.get("mark")])
+            if frame.get("ack") is True:  # its events window is half used (pacing.py)
+                self.sup.pacing.ack(record.session_id, link, frame["mark"])
         elif "wake" in frame:
             self.wake(record, link, frame["wake"])
         elif type(frame["served"]) is list:  # direct calls, for the metrics
             for op, seconds, failed in frame["served"]:
                 METRICS.observe_call(str(op), float(seconds), bool(failed))
 
-    def wake(self, record: SessionRecord, link: SessionLink, mark: Any) -> None:
+    def wake(self, record: SessionRecord, link: SessionHandle, mark: Any) -> None:
         """``idle → active`` for a direct call, published with the call's mark, before the
         session serves it; it is told whether anything was published."""
         sup = self.sup
@@ -141,7 +147,7 @@ class Channels:
             return None
         return {"begun": _begun(ids, self.started_at_exit[pid])}
 
-    def on_exit(self, link: SessionLink, started: int) -> None:
+    def on_exit(self, link: SessionHandle, started: int) -> None:
         """A session process was reaped: remember where it stopped, answer who asked."""
         self.started_at_exit[link.pid] = started
         while len(self.started_at_exit) > KEPT_EXITS:

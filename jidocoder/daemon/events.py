@@ -118,6 +118,9 @@ class EventBus:
     def _send_one(subscriber: Subscriber, event: dict[str, Any]) -> None:
         subscriber.send_event(event, wire.pack_frame({"event": event}, wire.MAX_FRAME))
 
+    def subscribers(self, topic: str) -> set[Subscriber] | tuple[()]:
+        return self._subscribers.get(topic, ())
+
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         members = self._subscribers.get(topic)
         if members is not None:

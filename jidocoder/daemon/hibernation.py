@@ -36,7 +36,6 @@ import heapq
 import itertools
 import logging
 import signal
-import socket
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -61,7 +60,9 @@ class Hibernation:
         self.after = settings.hibernate_after_minutes * 60  # 0: never for idleness
         self.max_live = settings.max_live_sessions
         self.live: OrderedDict[str, SessionRecord] = OrderedDict()  # with a process, LRU first
-        self._idle_due: list[tuple[float, int, float, str]] = []  # sleepers that are active, by id
+        # (when, order, since, ids): sleepers that are active, with no call since ``since``, go
+        # idle ``when``; a start's share one entry per timeout (100,000: one entry, made at once)
+        self._idle_due: list[tuple[float, int, float, deque[str]]] = []
         self._order = itertools.count()
         self.in_line: deque[SessionRecord] = deque()  # sleepers called while no room could be made
 
@@ -114,10 +115,7 @@ class Hibernation:
         self.forget(record)
         link = record.running_link
         log.info("session %s (pid %d) hibernates (%s)", record.session_id, link.pid, why)
-        try:
-            link.sock.shutdown(socket.SHUT_WR)  # EOF: it closes its store and exits 0
-        except OSError:
-            pass  # already gone: its exit is on its way
+        link.hang_up()  # it closes its store and ends
         grace = sup.settings.terminate_grace
         sup.loop.call_later(grace, lambda: sup.signal_process(link, signal.SIGKILL))
         return True
@@ -221,26 +219,26 @@ class Hibernation:
     def due_idle(self, session_id: str, since: float, timeout_minutes: float) -> None:
         """A sleeper that is active, with no call since ``since``: idle ``timeout_minutes``
         later, unless a call comes first."""
-        due = since + timeout_minutes * 60
-        heapq.heappush(self._idle_due, (due, next(self._order), since, session_id))
+        self.due_idle_all({timeout_minutes: [session_id]}, since)
 
-    def due_idle_all(self, sleepers: list[tuple[str, float]], since: float) -> None:
-        """``due_idle`` for each (session id, timeout_minutes) a start found, heaped at once."""
-        order = self._order
-        self._idle_due += [(since + timeout * 60, next(order), since, session_id)
-                           for session_id, timeout in sleepers]
-        heapq.heapify(self._idle_due)
+    def due_idle_all(self, by_timeout: dict[float, list[str]], since: float) -> None:
+        """``due_idle`` for the ids of each timeout (minutes), one entry for each timeout."""
+        for timeout, session_ids in by_timeout.items():
+            heapq.heappush(self._idle_due, (since + timeout * 60, next(self._order), since, deque(session_ids)))
 
     def idle_sleepers(self, now: float) -> None:
         due = self._idle_due
         for _ in range(IDLE_CHANGES_PER_TICK):
             if not due or due[0][0] >= now:
                 return
-            _, _, since, session_id = heapq.heappop(due)
+            _, _, since, session_ids = due[0]
+            session_id = session_ids.popleft()
+            if not session_ids:
+                heapq.heappop(due)
             record = self.sup.records.get(session_id)
             if (record is not None and record.hibernated and record.last_activity == since
                     and record.status is SessionStatus.ACTIVE):
                 self.sup.change_unasked(record, SessionStatus.IDLE)
                 if record.status is SessionStatus.ACTIVE:  # the registry refused: next tick
-                    heapq.heappush(due, (now + 1.0, next(self._order), since, session_id))
+                    heapq.heappush(due, (now + 1.0, next(self._order), since, deque((session_id,))))
 

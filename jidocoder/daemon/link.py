@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import os
 import socket
 import time
 import weakref
@@ -81,7 +82,17 @@ class Call:
 _request_ids = itertools.count(1)
 
 
+def new_request_id() -> int:
+    """An id for a request to any session process or actor, never used before (``take_in_flight``)."""
+    return next(_request_ids)
+
+
 class SessionLink:
+    """``backend.SessionHandle`` for a forked process: a socketpair and a pid of ours."""
+
+    on_this_machine = True  # its pid is ours to measure (/proc) and signal
+    death: int | None = None  # its exit status comes from reaping it (waitpid), never from here
+
     def __init__(self, pid: int, sock: socket.socket, incarnation: int, max_frame: int,
                  on_writable_change: Callable[[SessionLink, bool], None],
                  max_reply: int = wire.MAX_FRAME) -> None:
@@ -107,12 +118,31 @@ class SessionLink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def key(self) -> int:
+        """What the supervisor finds it by when a process is reaped: its pid."""
+        return self.pid
+
+    def signal(self, signum: int) -> None:
+        if self.exit_status is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def hang_up(self) -> None:
+        """EOF on its socket: it closes its store and exits 0 (hibernation)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already gone: its exit is on its way
+
     def request(self, op: str, args: bytes, pending: Pending) -> bool:
         """Queue the call, ``args`` encoded as the client sent them (framed around, never
         decoded: ``wire.request_buffers``); True when the queue was empty, i.e. the caller must
         see that ``flush`` runs (the loop's ``flush_soon``: every call of a turn leaves in one
         send)."""
-        link_id = next(_request_ids)
+        link_id = new_request_id()
         buffers = wire.request_buffers(link_id, op, args, pending.deadline, self.max_frame)
         self.in_flight[link_id] = Call(op, args, pending)
         pending.client.links.add(self)

@@ -13,8 +13,10 @@ from typing import Any, NamedTuple
 from .. import wire
 from ..context import page
 from ..models import SessionState
-from ..states import SessionStatus
-from .link import Pending, SessionLink
+from ..states import SERVING, SessionStatus
+from .backend import SessionHandle
+from .link import Pending
+from .store import from_micros
 from .loop import Timer
 
 # A call held until the session's process serves: who waits, and what to do then.
@@ -37,7 +39,7 @@ class SessionRecord:
     hibernated: bool = False  # no process, by hibernation: the next call revives it
     hibernating: bool = False  # its process was told to leave (EOF) and has not been reaped
     announce_revival: bool = False  # session_revived once the reviving process serves
-    link: SessionLink | None = None
+    link: SessionHandle | None = None
     restarts: int = 0  # restarts after crashes, as SessionInfo.restarts counts them
     crashes: deque[float] | None = None  # times of the recent ones (restarts policy), from a first crash
     announce_restart: bool = False  # a crash restart: session_restarted once it serves
@@ -113,7 +115,7 @@ class SessionRecord:
         return self.link is not None and self.link.exit_status is None
 
     @property
-    def running_link(self) -> SessionLink:
+    def running_link(self) -> SessionHandle:
         """The link that ``running`` or ``serving`` has just said exists (a checker cannot
         follow a property, so this says it once instead of at each caller)."""
         assert self.link is not None, f"session {self.session_id} has no process"
@@ -130,17 +132,43 @@ class SessionRecord:
         return self.dumped[1]
 
 
-class Sleeper(NamedTuple):
-    """A hibernated session as a start finds it: its columns of the registry's ``asleep``
-    table, not its state (~300 bytes, made at ~1 µs). It becomes a ``SessionRecord`` (its row
-    read then) the first time anything asks for it (``KnownSessions``): a start with 100,000
-    of them decodes no state and makes no record."""
+# A hibernated session as a start finds it: its row of the registry's ``asleep`` table as sqlite
+# gives it, (created_at µs, session_id, status, message_count, timeout_minutes). It is kept as
+# that plain tuple, nothing made per session (a start with 100,000 of them), until anything
+# asks for it: ``KnownSessions`` then makes it a ``SessionRecord`` (its state read then).
+SleeperRow = tuple[int, str, str, int, float]
 
-    created_at: datetime
+
+class Sleeper(NamedTuple):
+    """A ``SleeperRow`` by its names, made when it wakes."""
+
+    created_micros: int
     session_id: str
-    status: SessionStatus
+    status_value: str  # one of SLEEPING_STATUSES (ondisk.sleepers sets the others aside)
     message_count: int
     timeout_minutes: float
+
+    @property
+    def created_at(self) -> datetime:
+        return from_micros(self.created_micros)
+
+    @property
+    def status(self) -> SessionStatus:
+        return SLEEPING_STATUSES[self.status_value]
+
+
+SLEEPING_STATUSES = {status.value: status for status in SERVING}  # an enum call costs ~1 µs
+
+
+def creation_order(entry: SessionRecord | SleeperRow | SessionState) -> tuple[datetime, str]:
+    """The order of ``list_sessions``: by creation, then id."""
+    if isinstance(entry, tuple):
+        return from_micros(entry[0]), entry[1]
+    return entry.created_at, entry.session_id
+
+
+def status_value(entry: SessionRecord | SleeperRow) -> str:
+    return entry[2] if isinstance(entry, tuple) else entry.status.value
 
 
 def _parse_plain(session_id: str, row: bytes) -> SessionState:
@@ -158,9 +186,9 @@ def read_rows_with(parse: Callable[[str, bytes], SessionState]) -> None:
     _read_row = parse
 
 
-class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
+class KnownSessions(dict[str, "SessionRecord | SleeperRow"]):
     """Every known session by id, kept in creation order: ``list_sessions`` pages through it
-    (``page``) without sorting or decoding the sessions before ``offset``. A ``Sleeper`` in it
+    (``page``) without sorting or decoding the sessions before ``offset``. A ``SleeperRow`` in it
     is turned into its record by ``wake_entry`` (the supervisor's) when it is first asked for:
     ``get`` and ``page`` only ever give records."""
 
@@ -170,29 +198,29 @@ class KnownSessions(dict[str, "SessionRecord | Sleeper"]):
 
     def get(self, session_id: str, default: None = None) -> SessionRecord | None:  # type: ignore[override]
         value = dict.get(self, session_id)
-        return self._record(value) if isinstance(value, Sleeper) else value
+        return value if value is None or isinstance(value, SessionRecord) else self._record(value)
 
-    def _record(self, sleeper: Sleeper) -> SessionRecord:
-        record = self.wake_entry(sleeper)
-        self[sleeper.session_id] = record  # same key: same place in the order
+    def _record(self, row: SleeperRow) -> SessionRecord:
+        record = self.wake_entry(Sleeper._make(row))
+        self[record.session_id] = record  # same key: same place in the order
         return record
 
     def records(self) -> list[SessionRecord]:
         """The entries that are records already (a sleeper has nothing to stop or settle)."""
-        return [value for value in self.values() if not isinstance(value, Sleeper)]
+        return [value for value in self.values() if isinstance(value, SessionRecord)]
 
     def add(self, record: SessionRecord) -> None:
         """Added last; one created before the newest (a recovered session, a clock stepped
         back) puts them all in order again, which is rare."""
         newest = next(reversed(self.values()), None)
         self[record.session_id] = record
-        if newest is not None and (record.created_at, record.session_id) < (newest.created_at, newest.session_id):
-            ordered = sorted(self.values(), key=lambda r: (r.created_at, r.session_id))
+        if newest is not None and creation_order(record) < creation_order(newest):
+            ordered = sorted(self.items(), key=lambda item: creation_order(item[1]))
             self.clear()
-            self.update((r.session_id, r) for r in ordered)
+            self.update(ordered)
 
     def page(self, offset: Any, limit: Any) -> list[SessionRecord]:
-        return [self._record(v) if isinstance(v, Sleeper) else v for v in page(self.values(), offset, limit)]
+        return [v if isinstance(v, SessionRecord) else self._record(v) for v in page(self.values(), offset, limit)]
 
 
 def session_info(record: SessionRecord, message_count: int) -> dict[str, Any]:

@@ -88,12 +88,17 @@ class Daemon:
                        clients=lambda: len(self.clients))
         self._install_signals()
         self.loop.watch(self.listener, self._accept)
-        restored = self.supervisor.restore_sessions(throttled(on_progress))
+        gc.disable()  # a start makes up to 100,000 long-lived objects: no collection while it does
+        try:
+            restored = self.supervisor.restore_sessions(throttled(on_progress))
+        finally:
+            gc.enable()
         log.info("daemon pid %d serving on %s (state dir %s), %d sessions restored",
                  os.getpid(), self.settings.socket, self.settings.state_dir, restored)
         self.loop.every(check_interval(self.settings.hang_timeout), self.supervisor.check_sessions)
         self.loop.every(MEMORY_CHECK_INTERVAL, self.supervisor.check_memory)
-        gc.freeze()  # what exists now is shared with every session forked from here on
+        gc.freeze()  # what exists now is shared with every session forked from here on, and
+        # the known sessions are never walked by a collection again
         self.supervisor.start_spares()
         on_ready()
         self.systemd.ready(f"serving on {self.settings.socket}, {restored} sessions restored")
@@ -164,7 +169,8 @@ class Daemon:
         conn = ClientConnection(sock, pid, max_request=self.settings.max_request_bytes,
                                 max_buffer=self.settings.client_buffer_bytes,
                                 on_interest=self._client_interest,
-                                on_closed=self._drop_client, flush_soon=self.loop.flush_soon)
+                                on_closed=self._drop_client, flush_soon=self.loop.flush_soon,
+                                pacer=self.supervisor.pacing if self.supervisor else None)
         self.clients.add(conn)
         METRICS.connections += 1
         self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))

@@ -9,6 +9,9 @@ keeps no end. What a channel may cost the session is bounded per channel:
   relayed one (``wire.FrameDecoder(relayed=True)``); a header over it closes that channel only;
 - a client that does not read its replies is throttled: while replies to it are unsent the
   session stops reading its channel, so its backlog is one batch of replies;
+- while ``spec.events_window`` bytes of its direct calls' events are unacknowledged by the
+  daemon (a subscriber of them is behind: the daemon's pacing.py) no channel is read; the link
+  still is;
 - a closed channel's requests not yet begun are dropped unapplied (API.md §10: its client gave
   up), exactly as the daemon's ``cancel`` does for relayed calls.
 
@@ -93,6 +96,10 @@ class SessionLoop:
         self.poller = select.poll()
         self.poller.register(self.link, _IN)
         self.idle = False  # the daemon said so: a direct call first asks to be made active
+        self.holding = False  # the events window is full: no channel is read (pacing.py)
+        self.unacked: deque[tuple[int, int]] = deque()  # events frames sent: (mark, bytes)
+        self.unacked_bytes = 0
+        self.ack_asked = False
         self.mark = 0  # event batches sent on the link for direct calls (and wakes)
         self.held: list[Any] = []  # link requests read while waiting to be woken
         # Direct calls served, [op, seconds, failed], for the daemon's metrics (it sees none of
@@ -113,7 +120,7 @@ class SessionLoop:
                     code = self.on_link()
                     if code is not None:
                         return code
-                elif fd in self.channels:
+                elif fd in self.channels and not self.holding:
                     self.on_channel(fd, mask)
 
     # -- the link ----------------------------------------------------------------------------
@@ -161,6 +168,8 @@ class SessionLoop:
                 requests.append(frame)
             elif "channel" in frame:
                 self.add_channel()
+            elif "acked" in frame:
+                self.acked(frame["acked"])
             elif "idle" in frame:
                 self.idle = True
                 if self.process.begun > frame["idle"]:  # calls the daemon had not counted yet
@@ -185,7 +194,50 @@ class SessionLoop:
             return
         channel = Channel(self.fds.popleft(), self.process.spec.max_frame)
         self.channels[channel.sock.fileno()] = channel
-        self.poller.register(channel.sock, _IN)
+        if not self.holding:
+            self.poller.register(channel.sock, _IN)
+
+    def send_events(self, events: list[Any], mark: int) -> None:
+        """A direct call's events, to the daemon, under the events window (pacing.py): an
+        acknowledgement is asked for once half of it is used; with all of it used, no channel
+        is read until one comes."""
+        process, window = self.process, self.process.spec.events_window
+        frame = {"events": events, "mark": mark}
+        data = process.encode_reply(frame)
+        if not self.ack_asked and self.unacked_bytes + len(data) >= window // 2:
+            self.ack_asked = True
+            frame["ack"] = True
+            data = process.encode_reply(frame)
+        self.unacked.append((mark, len(data)))
+        self.unacked_bytes += len(data)
+        process.sock.sendall(data)
+        if self.unacked_bytes >= window:
+            self.hold(True)
+
+    def acked(self, mark: Any) -> None:
+        """The daemon published (and its subscribers took enough of) the events up to ``mark``."""
+        if type(mark) is not int:
+            return
+        while self.unacked and self.unacked[0][0] <= mark:
+            self.unacked_bytes -= self.unacked.popleft()[1]
+        self.ack_asked = False
+        if self.unacked_bytes < self.process.spec.events_window:
+            self.hold(False)
+        elif self.unacked:  # one frame larger than the window is still out: ask for it alone
+            self.ack_asked = True
+            self.process.send({"mark": self.unacked[-1][0], "ack": True})
+
+    def hold(self, holding: bool) -> None:
+        """Serve no channel while the events window is full; its clients wait, their calls
+        unread, until the daemon acknowledges."""
+        if holding == self.holding:
+            return
+        self.holding = holding
+        for fd, channel in self.channels.items():
+            if holding:
+                self.poller.unregister(fd)
+            else:
+                self.poller.register(fd, select.POLLOUT if channel.out else _IN)
 
     def wake(self) -> int | None:
         """Ask the daemon to make the session active (stored, published) and wait until it
@@ -255,7 +307,7 @@ class SessionLoop:
         if events:
             self.mark += 1
             mark = self.mark
-            process.send({"events": events, "mark": mark})
+            self.send_events(events, mark)
         for reply in replies:  # the marks its caller waits for, if subscribed (_direct.py)
             if mark is not None:
                 reply["mark"] = mark  # its events: on the session's topic
@@ -273,7 +325,8 @@ class SessionLoop:
 
     def drop(self, fd: int) -> None:
         channel = self.channels.pop(fd)
-        self.poller.unregister(fd)
+        if not self.holding:
+            self.poller.unregister(fd)
         channel.sock.close()
 
 

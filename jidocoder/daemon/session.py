@@ -71,6 +71,7 @@ class SessionSpec:
     daemon_pid: int
     log_level: int
     debug_ops: bool
+    events_window: int = 2 * 1024 * 1024  # direct calls' events unacknowledged (pacing.py)
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__, config=self.config.model_dump(), state_dir=str(self.state_dir))

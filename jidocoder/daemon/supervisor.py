@@ -39,18 +39,19 @@ from ..states import LIVE, SERVING, SessionStatus
 from . import exits, ondisk, restarts, store, watchdog
 from .events import EventBus, session_topic
 from .channels import Channels
+from .pacing import Pacing, events_window
 from .hibernation import Hibernation
-from .link import Pending, SessionLink
+from .link import Pending
 from .logs import write_session_record
 from .loop import Loop
 from .records import KnownSessions, SessionRecord, failed_info, read_rows_with, session_info
 from .restore import Restore
 from .restarts import RestartPolicy, Verdict
+from .backend import SessionHandle
+from .backends import open_backend
 from .session import SessionSpec
-from .spares import Spare, SparePool
 from .table import SessionTable
 from .usage import UsageSampler
-from .template import can_clone, run_forked_spare, run_template
 
 log = logging.getLogger("jidocoder.daemon")
 
@@ -70,24 +71,21 @@ class Supervisor:
         read_rows_with(registry.parse)  # a sleeper's row, read as the registry reads it
         self.hibernation = Hibernation(self)
         self.channels = Channels(self)
+        self.pacing = Pacing(loop, bus)  # slow subscribers slow the sessions they watch
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
-        self.by_pid: dict[int, tuple[SessionRecord, SessionLink]] = {}
+        self.by_pid: dict[int, tuple[SessionRecord, SessionHandle]] = {}  # by the handle's key
         self.on_all_stopped: Callable[[], None] | None = None
         self.shutting_down = False
         self._awaiting_spare: deque[SessionRecord] = deque()
         self.unerased: set[str] = set()  # ended sessions whose registry row is still to delete
         self.daemon_pid = os.getpid()
-        use_template = settings.spawn == "clone" or (settings.spawn == "auto" and can_clone())
         warm = self._spec("warm-up", SessionConfig(), slot=0)  # a throwaway with our settings
-        self.spares = SparePool(loop, settings.spare_processes,
-                                functools.partial(run_template, warm=warm, table=self.table),
-                                functools.partial(run_forked_spare, warm=warm, table=self.table),
-                                use_template, on_spare=self._hand_out_spares,
-                                on_failure=self._spawn_failed)
+        self.backend = open_backend(settings, loop, self.table, warm, on_available=self._hand_out_spares,
+                                    on_failure=self._spawn_failed)
 
     def start_spares(self) -> None:
         """After the daemon's imports and ``gc.freeze()``, before any session."""
-        self.spares.start()
+        self.backend.start()
 
     # -- creating, restoring, recovering -------------------------------------------------------
     def create_session(self, metadata: Any, llm_config: Any, config: Any, pending: Pending, *,
@@ -142,7 +140,7 @@ class Supervisor:
 
     # -- processes ----------------------------------------------------------------------------
     def spawn_session(self, record: SessionRecord) -> None:
-        """Give the session a spare process now, or as soon as one is made (in order)."""
+        """Start the session in its backend now, or as soon as it has room (in order)."""
         self._awaiting_spare.append(record)
         self._hand_out_spares()
 
@@ -152,24 +150,20 @@ class Supervisor:
             if self.records.get(record.session_id) is not record or self.shutting_down:
                 self._awaiting_spare.popleft()  # terminated or stopping while it waited
                 continue
-            spare = self.spares.take()
-            if spare is None:
+            incarnation = (record.link.incarnation + 1) if record.link else 1
+            link = self.backend.open(self._spec(record.session_id, record.state.config, record.slot),
+                                     incarnation, min(wire.MAX_FRAME, self.settings.memory_limit_mb * 1024 * 1024))
+            if link is None:
                 break
             self._awaiting_spare.popleft()
-            self._start_in(record, spare)
-        self.spares.top_up(wanted=len(self._awaiting_spare))
+            self._start_in(record, link)
+        self.backend.top_up(wanted=len(self._awaiting_spare))
 
-    def _start_in(self, record: SessionRecord, spare: Spare) -> None:
-        incarnation = (record.link.incarnation + 1) if record.link else 1
-        spec = self._spec(record.session_id, record.state.config, record.slot)
-        link = SessionLink(spare.pid, spare.sock, incarnation, self.max_frame, self._want_write,
-                           max_reply=min(wire.MAX_FRAME, self.settings.memory_limit_mb * 1024 * 1024))
+    def _start_in(self, record: SessionRecord, link: SessionHandle) -> None:
         record.link = link
         record.spawned_at = time.monotonic()
-        self.by_pid[spare.pid] = (record, link)
+        self.by_pid[link.key] = (record, link)
         self.loop.watch(link, lambda: self._on_readable(record, link), link.flush)
-        if link.send({"spec": spec.to_wire()}):
-            self.loop.flush_soon(link)
         self.write_slot(record)
 
     def _spec(self, session_id: str, config: SessionConfig, slot: int) -> SessionSpec:
@@ -177,7 +171,8 @@ class Supervisor:
                            durability=self.settings.durability, cache_max_bytes=self.settings.cache_max_bytes,
                            hang_timeout=self.settings.hang_timeout, max_frame=self.max_frame,
                            daemon_pid=self.daemon_pid, log_level=logging.getLogger().level,
-                           debug_ops=self.settings.debug_ops)
+                           debug_ops=self.settings.debug_ops,
+                           events_window=events_window(self.settings.client_buffer_bytes))
 
     def _spawn_failed(self, reason: str) -> None:
         """No process could be made for the first session waiting for one: a create fails with
@@ -197,11 +192,7 @@ class Supervisor:
     def max_frame(self) -> int:
         return wire.request_limit(self.settings.max_request_bytes)
 
-    def _want_write(self, link: SessionLink, wanted: bool) -> None:
-        if not link.eof and link.exit_status is None:
-            self.loop.want_write(link, wanted)
-
-    def _on_readable(self, record: SessionRecord, link: SessionLink) -> None:
+    def _on_readable(self, record: SessionRecord, link: SessionHandle) -> None:
         for frame in link.read_frames():
             self._on_frame(record, link, frame)
         if link.eof:
@@ -210,10 +201,12 @@ class Supervisor:
                 log.error("session %s (pid %d) broke framing on its socket (%s): killing it",
                           record.session_id, link.pid, link.broken)
                 self.kill_process(link, "protocol error", signal.SIGKILL)
-            self._reap_now(link.pid)  # a dying process closes its fds just before it becomes a
-                                      # zombie: its exit is usually there already, before SIGCHLD
+            if link.death is not None:  # a backend that knows the death already (Ray's)
+                self._on_exit(link.key, link.death)
+            else:  # a dying process closes its fds just before it becomes a zombie: its exit
+                self._reap_now(link.pid)  # is usually there already, before SIGCHLD
 
-    def _on_frame(self, record: SessionRecord, link: SessionLink, frame: Any) -> None:
+    def _on_frame(self, record: SessionRecord, link: SessionHandle, frame: Any) -> None:
         if not isinstance(frame, dict):
             return
         if "log" in frame:
@@ -236,7 +229,7 @@ class Supervisor:
             else:
                 call.pending.reply({"result": frame.get("result")})
 
-    def _on_ready(self, record: SessionRecord, link: SessionLink) -> None:
+    def _on_ready(self, record: SessionRecord, link: SessionHandle) -> None:
         link.ready = True
         record.start_attempts = 0
         self.write_slot(record)
@@ -395,7 +388,7 @@ class Supervisor:
         else:
             self.finish_session(record, "terminated by request", erase=True)
 
-    def stop_process(self, link: SessionLink) -> None:
+    def stop_process(self, link: SessionHandle) -> None:
         """SIGTERM now, SIGKILL after the grace period; the reaper finishes the rest."""
         link.stopping = True
         self.signal_process(link, signal.SIGTERM)
@@ -445,22 +438,28 @@ class Supervisor:
             return False
         if pid == 0:
             return False
-        entry = self.by_pid.pop(pid, None)
+        self._on_exit(pid, status)
+        return True
+
+    def _on_exit(self, key: int, status: int) -> None:
+        """A session's process or actor (found by its handle's ``key``), or another child of
+        the backend's, has ended with ``status``."""
+        entry = self.by_pid.pop(key, None)
         try:
             if entry is None:
-                self.spares.handle_exit(pid)
+                self.backend.exited(key)
             else:
                 self.handle_exit(*entry, status)
         except Exception:  # one exit handled badly must not leave the other children unreaped
-            log.exception("handling the exit of process %d failed", pid)
+            log.exception("handling the exit of process %d failed", key)
         if self.shutting_down:
             self._check_all_stopped()
-        return True
 
-    def handle_exit(self, record: SessionRecord, link: SessionLink, status: int) -> None:
+    def handle_exit(self, record: SessionRecord, link: SessionHandle, status: int) -> None:
         link.exit_status = status
         self._drain(record, link)
         self.loop.unwatch(link)
+        self.pacing.forget(link)
         link.close()
         if self.records.get(record.session_id) is not record:
             return  # a process its session let go of (a create that failed): nothing more
@@ -488,7 +487,7 @@ class Supervisor:
                 self._quarantine(record, judged.reason)
             self.give_up(record, judged.reason)
 
-    def _settle_in_flight(self, record: SessionRecord, link: SessionLink, reason: str) -> None:
+    def _settle_in_flight(self, record: SessionRecord, link: SessionHandle, reason: str) -> None:
         """Calls the dead process had begun fail; those it never read wait for its successor."""
         crash = SessionCrashedError(f"session {record.session_id}'s process died serving this call "
                                     f"({reason}); it may or may not have been applied")
@@ -500,7 +499,7 @@ class Supervisor:
         record.waiting[:0] = [(call.pending, functools.partial(self.route, record, call.op, call.args,
                                                                call.pending)) for call in unread]
 
-    def _drain(self, record: SessionRecord, link: SessionLink) -> None:
+    def _drain(self, record: SessionRecord, link: SessionHandle) -> None:
         """The process is dead: everything it wrote is already in the socket; take it all."""
         while not link.eof:
             frames = link.read_frames()
@@ -618,36 +617,33 @@ class Supervisor:
         limit = self.settings.memory_limit_mb
         for record in list(self.hibernation.live.values()):
             link = record.link
-            if _watched(link) and (rss := self.usage.sample(record.slot, link.pid)) and rss > limit * 1024 * 1024:
+            if (_watched(link) and link.on_this_machine  # elsewhere, the backend's limits apply
+                    and (rss := self.usage.sample(record.slot, link.pid)) and rss > limit * 1024 * 1024):
                 log.error("session %s (pid %d) uses %d MiB, over memory_limit_mb=%d: killing it",
                           record.session_id, link.pid, rss // (1024 * 1024), limit)
                 self.kill_process(link, "memory limit", signal.SIGKILL)
         self.usage.forget_gone(set(self.by_pid))
 
-    def kill_hung(self, link: SessionLink) -> None:
+    def kill_hung(self, link: SessionHandle) -> None:
         """SIGUSR1 (its stack to daemon.log), then SIGTERM, then SIGKILL: the hang ladder."""
         self.kill_process(link, "hung", signal.SIGUSR1)
         self.loop.call_later(restarts.STACK_DUMP_GRACE, lambda: self.signal_process(link, signal.SIGTERM))
         self.loop.call_later(restarts.STACK_DUMP_GRACE + restarts.KILL_GRACE,
                              lambda: self.signal_process(link, signal.SIGKILL))
 
-    def kill_process(self, link: SessionLink, reason: str, signum: int) -> None:
+    def kill_process(self, link: SessionHandle, reason: str, signum: int) -> None:
         link.kill_reason = reason
         self.signal_process(link, signum)
 
-    def signal_process(self, link: SessionLink, signum: int) -> None:
-        if link.exit_status is None:
-            try:
-                os.kill(link.pid, signum)
-            except ProcessLookupError:
-                pass
+    def signal_process(self, link: SessionHandle, signum: int) -> None:
+        link.signal(signum)
 
     # -- stopping the daemon ------------------------------------------------------------------
     def stop_all(self, on_all_stopped: Callable[[], None]) -> None:
         """Stop every session process, keep every persisted status; call back when all are reaped."""
         self.shutting_down = True
         self.on_all_stopped = on_all_stopped
-        self.spares.close()
+        self.backend.close()
         stopping = SessionCrashedError("the daemon is stopping")
         for record in self._awaiting_spare:
             waiter, record.create_waiter = record.create_waiter, None
@@ -663,12 +659,12 @@ class Supervisor:
         self._check_all_stopped()
 
     def _check_all_stopped(self) -> None:
-        if self.on_all_stopped is not None and not self.by_pid and not self.spares.live_pids:
+        if self.on_all_stopped is not None and not self.by_pid and not self.backend.live_pids:
             callback, self.on_all_stopped = self.on_all_stopped, None
             callback()
 
 
-def _watched(link: SessionLink | None) -> TypeGuard[SessionLink]:
+def _watched(link: SessionHandle | None) -> TypeGuard[SessionHandle]:
     """A live process that nobody is already stopping or killing."""
     return (link is not None and link.exit_status is None and not link.stopping
             and link.kill_reason is None)

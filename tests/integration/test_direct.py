@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 
-from jidocoder import Client, SessionCrashedError, SessionNotFoundError
+from jidocoder import Client, SessionCrashedError, SessionNotFoundError, wire
+from tests.integration.test_events import RAW_MAX, raw_subscriber
 from tests.integration.test_reconnect import in_background, restart
 from tests.support import LONG, SHORT, contents, fd_count, take_events, wait_until
 
@@ -100,3 +103,41 @@ def test_a_daemon_killed_while_a_direct_write_is_in_flight_stores_it_once(daemon
         assert contents(writer, session_id) == ["before", "once", "after"]
         types = [e.type for e in take_events(writer, 3, timeout=SHORT)]
         assert "conversation_added" in types or "events_gap" in types
+
+
+def test_a_subscriber_slower_than_the_session_paces_it_and_misses_nothing(daemon_factory):
+    # Direct calls never wait on the daemon: without pacing (daemon/pacing.py) this subscriber,
+    # reading all along but slower than the session answers, would fall 64 KiB behind and be
+    # dropped. With it, the session waits for the subscriber instead.
+    daemon = daemon_factory(client_buffer_bytes=65536)
+    count, content = 400, "y" * 4096
+    with daemon.client() as producer:
+        session_id = producer.create_session()
+        raw = raw_subscriber(daemon.socket, session_id)
+        with raw:
+            got: list = []
+            reader = threading.Thread(target=read_slowly, args=(raw, count, got))
+            reader.start()
+            for i in range(count):
+                producer.send_message(session_id, "user", f"{i:04d}{content}")
+            reader.join(LONG)
+        frames = [frame for frame in got if "event" in frame]
+        assert [f["event"]["payload"]["content"][:4] for f in frames] == [f"{i:04d}" for i in range(count)]
+        assert not [frame for frame in got if "closing" in frame]
+        assert contents(producer, session_id) == [f"{i:04d}{content}" for i in range(count - 100, count)]
+    assert "behind" not in daemon.log_text()
+
+
+def read_slowly(raw, count: int, got: list) -> None:
+    """Take frames 2 KiB at a time, with a pause after each read: slower than a session makes
+    4 KiB events (the pause shapes the load; nothing waits on it)."""
+    decoder = wire.FrameDecoder(RAW_MAX)
+    events = 0
+    while events < count:
+        data = raw.recv(2048)
+        if not data:
+            return
+        for frame in decoder.feed(data):
+            got.append(frame)
+            events += "event" in frame
+        time.sleep(0.0002)

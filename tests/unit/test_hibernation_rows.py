@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from jidocoder import wire
 from jidocoder.daemon import ondisk
-from jidocoder.daemon.records import SessionRecord, session_info
+from jidocoder.daemon.records import SessionRecord, creation_order, session_info
 from jidocoder.daemon.store import Registry
 from jidocoder.errors import DamagedStoreError
 from jidocoder.models import SessionState
@@ -27,8 +27,8 @@ def test_a_hibernated_put_is_listed_asleep_in_columns_and_a_live_put_or_delete_t
         assert registry.load_rows() == []  # a start reads no state of a sleeper
         [(micros, session_id, status, count, timeout)] = registry.load_asleep()
         assert (session_id, status, count, timeout) == (state.session_id, "active", 7, 2.5)
-        [sleeper], odd = ondisk.sleepers(registry)
-        assert sleeper.created_at == state.created_at and odd == []
+        found, odd = ondisk.sleepers(registry)
+        assert creation_order(found[state.session_id]) == (state.created_at, state.session_id) and odd == []
         assert registry.parse(session_id, registry.row(session_id)) == state
         registry.put(state)  # revived: no longer asleep
         assert registry.load_asleep() == [] and [i for i, _ in registry.load_rows()] == [session_id]
@@ -43,11 +43,11 @@ def test_sleepers_come_oldest_first_and_an_odd_status_is_read_in_full(tmp_path):
         registry.put(newer, hibernated=True)
         registry.put(older, hibernated=True)
         found, odd = ondisk.sleepers(registry)
-        assert [s.session_id for s in found] == ["session_b", "session_a"] and odd == []
+        assert list(found) == ["session_b", "session_a"] and odd == []
         with registry._write() as conn:
             conn.execute("UPDATE asleep SET status = 'terminating' WHERE session_id = 'session_a'")
         found, odd = ondisk.sleepers(registry)
-        assert [s.session_id for s in found] == ["session_b"] and odd == ["session_a"]
+        assert list(found) == ["session_b"] and odd == ["session_a"]
 
 
 def test_a_damaged_row_found_when_parsed_is_moved_out(tmp_path):

@@ -156,6 +156,18 @@ def test_classify_sorts_erasable_orphan_and_stray_files_and_deletes_nothing(tmp_
     assert {p.name: p.read_bytes() for p in sessions.iterdir() if p.is_file()} == before
 
 
+def test_a_sleepers_database_is_passed_over_but_its_other_names_are_looked_at(tmp_path):
+    """A start names its 100,000 hibernated ids (``asleep``): their ``<id>.db`` is not looked
+    at; a sidecar still counts for its id, and a file named just ``<id>`` is still stray."""
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    for name in (f"{SID}.db", f"{SID}.db-wal", SID, f"{OTHER}.db"):
+        (sessions / name).write_bytes(b"bytes of " + name.encode())
+    with Registry(tmp_path) as registry:
+        found = classify_session_files(tmp_path, registry, statuses={}, asleep={SID})
+    assert found == SessionFiles(erase=(), orphans=(OTHER,), stray=(sessions / SID,))
+
+
 def test_classify_with_no_sessions_dir_finds_nothing(tmp_path):
     with Registry(tmp_path) as registry:
         assert classify_session_files(tmp_path, registry) == SessionFiles((), (), ())
