@@ -63,10 +63,11 @@ def scale_rows(label: str, got: tuple, base: tuple, base_label: str, note: str) 
                 floor_name=floor_name, note=note)]
 
 
-# What the "most" point leaves free: 10,000 live sessions take ~21 GB of this 24.7 GB machine
-# (~1.9 MB USS each, plus the kernel's page tables and stacks), so the full run wants the
-# machine to itself; a quarter kept free stopped it at 7,902 while others ran their suites.
-MOST_RESERVE = 0.05
+# What the "most" point leaves free: each live session takes ~2.24 MB of MemAvailable here
+# (2.0 MB USS, plus the kernel's page tables and stacks), so 10,000 take ~22.4 GB of this
+# 24.7 GB machine and the full run wants it to itself. A quarter kept free stopped it at 7,902
+# while others ran their suites; 5 % at 9,871 on a quiet machine; 3 % leaves ~0.7 GB.
+MOST_RESERVE = 0.03
 
 
 def revive_all(socket_path: str, ids: list[str]) -> None:
