@@ -14,7 +14,8 @@ import pytest
 from jidocoder import Client, SessionCrashedError, SessionNotFoundError, wire
 from tests.integration.test_events import RAW_MAX, raw_subscriber
 from tests.integration.test_reconnect import in_background, restart
-from tests.support import LONG, SHORT, contents, fd_count, take_events, wait_until
+from tests.support import (LONG, SHORT, contents, fd_count, process_alive, rss_kib, take_events,
+                           wait_until)
 
 
 def channel_pid(client: Client, session_id: str) -> int:
@@ -141,3 +142,29 @@ def read_slowly(raw, count: int, got: list) -> None:
             got.append(frame)
             events += "event" in frame
         time.sleep(0.0002)
+
+
+def test_a_client_that_never_reads_its_replies_is_throttled_and_blocks_no_other(daemon):
+    # 400 requests for a 1 MiB history each, sent on one channel and never read: served a batch
+    # at a time (serving.CHANNEL_BATCH), so the session holds one batch of replies, not 400 MiB,
+    # and still serves the other clients' channels.
+    big = "z" * 65536
+    with daemon.client() as greedy, daemon.client() as other:
+        session_id = greedy.create_session()
+        for i in range(16):
+            greedy.send_message(session_id, "user", f"{i:02d}{big}")
+        pid = greedy.get_session_pid(session_id)
+        rss_before = rss_kib(pid)
+        channel = greedy._direct.channels[session_id]
+        deadline = time.monotonic() + LONG
+        frames = [greedy._conn.core.direct_request(
+            "get_conversation_history", {"session_id": session_id, "offset": 0, "limit": None},
+            deadline)[1] for _ in range(400)]
+        channel.sock.sendall(b"".join(frames))  # ~40 KB: the kernel takes it all
+        other.send_message(session_id, "user", "served meanwhile")
+        assert other.get_active_files(session_id) == []
+        assert rss_kib(pid) - rss_before < 64 * 1024, "the session buffered more than a batch"
+        assert process_alive(pid)
+    with daemon.client() as reader:
+        stored = contents(reader, session_id)
+    assert stored == [f"{i:02d}{big}" for i in range(16)] + ["served meanwhile"]
