@@ -5,6 +5,7 @@ it by default: crashes, hangs, hibernation, reconnect); here, what is the channe
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 import time
@@ -168,3 +169,21 @@ def test_a_client_that_never_reads_its_replies_is_throttled_and_blocks_no_other(
     with daemon.client() as reader:
         stored = contents(reader, session_id)
     assert stored == [f"{i:02d}{big}" for i in range(16)] + ["served meanwhile"]
+
+
+def test_a_daemon_out_of_fds_answers_relay_and_the_call_goes_relayed(daemon):
+    # The one fallback (docs/protocol.md): no channel can be made, so this call goes through
+    # the daemon, and the next call, with fds to spare again, gets its channel.
+    with daemon.client() as client:
+        session_id = client.create_session()
+        client.get_session_pid(session_id)  # its process serves: only the socketpair is left
+        soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (fd_count(daemon.pid), hard))
+        try:
+            client.send_message(session_id, "user", "relayed")
+            assert session_id not in client._direct.channels
+        finally:
+            resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        client.send_message(session_id, "user", "direct")
+        assert channel_pid(client, session_id) == client.get_session_pid(session_id)
+        assert contents(client, session_id) == ["relayed", "direct"]
