@@ -15,7 +15,7 @@ import pytest
 from jidocoder import Client, SessionCrashedError, SessionNotFoundError, wire
 from tests.integration.test_events import RAW_MAX, raw_subscriber
 from tests.integration.test_reconnect import in_background, restart
-from tests.support import (LONG, SHORT, contents, fd_count, process_alive, rss_kib, take_events,
+from tests.support import (LONG, SHORT, contents, cpu_seconds, fd_count, process_alive, rss_kib, take_events,
                            wait_until)
 
 
@@ -55,9 +55,11 @@ def test_a_call_its_process_dies_serving_raises_crashed_and_the_next_is_served(d
         session_id = client.create_session()
         client.send_message(session_id, "user", "before")
         pid = client.get_session_pid(session_id)
+        spent = cpu_seconds(pid)
         thread, outcome = in_background(
             lambda: client._call("debug_hang", {"session_id": session_id, "seconds": 60}))
-        wait_until(lambda: client._direct.channels[session_id].lock.locked(), SHORT, "the call")
+        # debug_hang busy-loops: its process burning CPU says the call has begun
+        wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the call to begin")
         os.kill(pid, signal.SIGKILL)
         thread.join(LONG)
         assert isinstance(outcome.get("error"), SessionCrashedError)
@@ -73,7 +75,7 @@ def test_a_call_the_dead_process_never_read_is_served_by_its_successor(daemon):
         pid = client.get_session_pid(session_id)
         os.kill(pid, signal.SIGSTOP)  # it reads nothing more
         thread, outcome = in_background(lambda: client.send_message(session_id, "user", "queued"))
-        wait_until(lambda: client._direct.channels[session_id].lock.locked(), SHORT, "the call")
+        wait_until(lambda: client._direct.channels[session_id].in_flight, SHORT, "the call")
         os.kill(pid, signal.SIGKILL)
         thread.join(LONG)
         assert outcome == {"result": None}
@@ -187,3 +189,39 @@ def test_a_daemon_out_of_fds_answers_relay_and_the_call_goes_relayed(daemon):
         client.send_message(session_id, "user", "direct")
         assert channel_pid(client, session_id) == client.get_session_pid(session_id)
         assert contents(client, session_id) == ["relayed", "direct"]
+
+
+def test_threads_sharing_a_client_pipeline_on_its_channel_and_a_kill_settles_each_call(daemon):
+    # 8 threads, one Client, one channel: their calls are in flight together (served in order,
+    # in groups). The session is SIGKILLed mid-stream: each call either returned (stored once),
+    # raised SessionCrashedError (begun: stored or not), or was served by the successor.
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session(config={"max_history": 1000})
+        pid = client.get_session_pid(session_id)
+        outcomes: dict[str, str] = {}
+
+        def write(thread: int) -> None:
+            for i in range(50):
+                content = f"t{thread}-{i}"
+                try:
+                    client.send_message(session_id, "user", content)
+                    outcomes[content] = "stored"
+                except SessionCrashedError:
+                    outcomes[content] = "crashed"
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(outcomes) >= 100, LONG, "100 calls answered")
+        os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(LONG)
+        assert len(outcomes) == 400
+        stored = contents(client, session_id)
+        assert len(stored) == len(set(stored))  # none twice
+        assert {c for c, how in outcomes.items() if how == "stored"} <= set(stored)
+        assert set(stored) <= set(outcomes)
+        for t in range(8):  # each thread's calls were applied in the order it made them
+            mine = [int(c.split("-")[1]) for c in stored if c.startswith(f"t{t}-")]
+            assert mine == sorted(mine)
+        assert client.get_session_pid(session_id) != pid
