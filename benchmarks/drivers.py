@@ -240,7 +240,7 @@ def run_load(socket_path: str, clients: int, threads_per_client: int, duration: 
 def measure_throughput(ctx: Context) -> list[Row]:
     rows = []
     duration = ctx.counts["duration"]
-    for clients, in_flight, target in ((8, 1, 0.6), (64, 1, 0.6), (8, 32, 0.5)):
+    for clients, in_flight, target in ((8, 1, 1.0), (64, 1, 0.6), (8, 32, 0.5)):
         key = f"{clients}x{in_flight}"
         rate = run_load(ctx.daemon.socket, clients, in_flight, duration)
         floor = ctx.floors.values[f"throughput_{key}"]

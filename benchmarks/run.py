@@ -22,6 +22,7 @@ from .common import kill_group
 from .daemon import BenchDaemon, stop_all
 from .drivers import (Context, Floors, measure_create, measure_crash, measure_event_latency,
                       measure_send_message, measure_terminate, measure_throughput)
+from .drivers_direct import measure_direct
 from .drivers_async import measure_async_client, measure_reconnect
 from .drivers_more import (measure_burst, measure_durability, measure_idle_memory,
                            measure_kill_storm, measure_start)
@@ -33,13 +34,13 @@ from .report import Row, table, write_json
 FULL = dict(fork=500, relay=3000, create=200, rtt=3000, events=1000, kills=40, terminate=100,
             duration=3.0, idle_sessions=200, starts=5, durable=1000, burst=100, storm=1000,
             scale=[1, 100, 1000], scale_rtt=1000, scale_most=10000, commits=1000, interpreters=10,
-            revive=200, known=100_000)
+            revive=200, known=100_000, channel_sessions=1000)
 QUICK = dict(fork=100, relay=500, create=30, rtt=500, events=100, kills=8, terminate=15,
              duration=0.7, idle_sessions=50, starts=2, durable=200, burst=100, storm=200,
              scale=[1, 20, 100], scale_rtt=200, scale_most=0, commits=200, interpreters=3,
-             revive=20, known=2000)
+             revive=20, known=2000, channel_sessions=50)
 
-DRIVERS = [measure_create, measure_send_message, measure_throughput, measure_event_latency,
+DRIVERS = [measure_create, measure_send_message, measure_direct, measure_throughput, measure_event_latency,
            measure_crash, measure_terminate, measure_idle_memory, measure_start,
            measure_durability, measure_burst, measure_kill_storm, measure_scale_and_restore,
            measure_fork_choice, measure_async_client, measure_reconnect, measure_observers,

@@ -33,6 +33,8 @@ This module, like every client module, never imports ``jidocoder.daemon``.
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -75,7 +77,8 @@ class Call:
     """One request in flight: its frame (kept for a resend), its reply once it comes, and
     whatever its shell waits on (a Condition, a Future)."""
 
-    __slots__ = ("id", "op", "frame", "deadline", "reply", "waiter", "topic", "sent", "resent")
+    __slots__ = ("id", "op", "frame", "deadline", "reply", "waiter", "topic", "sent", "resent",
+                 "fd")
 
     def __init__(self, request_id: int, op: str, frame: bytes, deadline: float,
                  topic: str | None) -> None:
@@ -88,6 +91,7 @@ class Call:
         self.topic = topic  # the topic a (un)subscription is about
         self.sent = False  # some of it reached a socket: it may have been applied
         self.resent = False
+        self.fd: int | None = None  # what came attached to its reply (open_channel's channel)
 
     def has_reply(self) -> bool:
         return self.reply is not None
@@ -132,6 +136,7 @@ class ClientProtocol:
         self.max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
         self.daemon_pid: int | None = None
         self.daemon_version: str | None = None
+        self.channels = False  # the daemon hands out direct channels (hello says so)
         self._ids = itertools.count(1)  # atomic under the GIL: no lock needed to take one
         # Replies and events have no size limit (docs/api.md §9) but what a header can say; they
         # come from our own daemon, behind a 0600 socket, so they are decoded without a budget.
@@ -140,18 +145,47 @@ class ClientProtocol:
         self.events: deque[Event] = deque()
         self.gaps: dict[str, list[int]] = {}  # topic → [first_missing, next_seq] dropped
         self.topics: dict[str, int] = {}  # subscribed topic → last seq received on it
+        self.fds: deque[int] = deque()  # received (SCM_RIGHTS), for the channel replies to come
+        self.marks: dict[str, tuple[int, int]] = {}  # session → last [pid, mark] of its events
 
     # -- calls -------------------------------------------------------------------------------
 
     def start_call(self, op: str, args: dict[str, Any], deadline: float) -> Call:
         """A new call, packed (``LimitExceededError`` before anything is sent) and in flight."""
-        if op in IDEMPOTENT_BY_CALL_ID:
+        if op in IDEMPOTENT_BY_CALL_ID and "call_id" not in args:  # kept if a channel made it
             args = {**args, "call_id": uuid.uuid4().hex}
         request_id = next(self._ids)
         frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
         call = Call(request_id, op, frame, deadline, _topic_of(op, args))
         self.pending[request_id] = call
         return call
+
+    def direct_request(self, op: str, args: dict[str, Any],
+                       deadline: float) -> tuple[int, bytes, dict[str, Any]]:
+        """A call for a direct channel (_direct.py): its id, frame, and args (with the call id,
+        to keep if it must go relayed after all). Its id is random and large, unlike the
+        daemon's link ids: the session writes it as ``started`` in its slot, and the daemon
+        tells a Client whose channel was lost whether its call was the one begun."""
+        if op in IDEMPOTENT_BY_CALL_ID and "call_id" not in args:
+            args = {**args, "call_id": uuid.uuid4().hex}
+        request_id = secrets.randbelow(2**63 - 2**40) + 2**40
+        frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
+        return request_id, frame, args
+
+    def mark_to_await(self, session_id: str, reply: dict[str, Any]) -> int:
+        """The mark of the events this client receives that a direct reply must follow (0:
+        none): its events (``mark``) go on the session's topic, an ``idle → active`` (``woke``)
+        on both."""
+        mark, woke = reply.get("mark"), reply.get("woke")
+        mark = mark if type(mark) is int else 0
+        woke = woke if type(woke) is int else 0
+        if SESSION_TOPIC_PREFIX + session_id in self.topics:
+            return max(mark, woke)
+        return woke if GLOBAL_TOPIC in self.topics else 0
+
+    def mark_seen(self, session_id: str, pid: int, mark: int) -> bool:
+        seen = self.marks.get(session_id)
+        return seen is not None and seen[0] == pid and seen[1] >= mark
 
     def forget(self, call: Call) -> None:
         """Its caller gave up: a late reply finds no call and is dropped."""
@@ -199,8 +233,12 @@ class ClientProtocol:
         if not isinstance(frame, dict):
             raise ProtocolError(f"the daemon sent a {type(frame).__name__}, not a message")
         if "event" in frame:
-            self._buffer_event(to_model(Event, frame["event"]))
+            event = to_model(Event, frame["event"])
+            self._buffer_event(event)
             received.events = True
+            mark = frame.get("mark")
+            if event.session_id is not None and isinstance(mark, list) and len(mark) == 2:
+                self.marks[event.session_id] = (mark[0], mark[1])
         elif "closing" in frame:  # the daemon says why it closes: the reason to give
             closing = frame["closing"]
             received.closing = str(closing.get("code")) if isinstance(closing, dict) else ""
@@ -211,10 +249,25 @@ class ClientProtocol:
             received.end = f"the daemon refused a frame: {frame['error'].get('message')}"
         else:
             call = self.pending.pop(frame.get("id"), None)  # type: ignore[arg-type]
-            if call is not None:
+            fd = self._attached_fd(frame)
+            if call is None and fd is not None:
+                os.close(fd)  # a channel its caller gave up waiting for
+            elif call is not None:
+                call.fd = fd
                 call.reply = frame
                 self._note_reply(call)
                 received.answered.append(call)
+
+    def _attached_fd(self, frame: dict[str, Any]) -> int | None:
+        """The fd a reply came with: only a channel's (``{"pid", "channel": true}``) has one."""
+        result = frame.get("result")
+        if type(result) is dict and result.get("channel") is True and self.fds:
+            return self.fds.popleft()
+        return None
+
+    def close_fds(self) -> None:
+        while self.fds:
+            os.close(self.fds.popleft())
 
     def _note_reply(self, call: Call) -> None:
         """What a reply changes in the core itself: the daemon's limits, the subscriptions."""
@@ -227,6 +280,7 @@ class ClientProtocol:
         if call.op == "hello" and isinstance(result, dict):
             self.daemon_pid = result.get("pid")
             self.daemon_version = result.get("version")
+            self.channels = result.get("channels") is True
             self.max_request_bytes = result.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES
         elif call.op.startswith("subscribe"):
             last = result.get("last_seq", 0) if isinstance(result, dict) else 0
@@ -271,6 +325,7 @@ class ClientProtocol:
         the events those bring), then every call still waiting, as it was (same id, call id
         and deadline). Whatever a frame of the old connection left half-read is dropped."""
         self._decoder = wire.FrameDecoder(wire.MAX_FRAME)
+        self.close_fds()
         waiting = list(self.pending.values())
         frames = [self.start_call("hello", {}, _NO_DEADLINE).frame]
         for topic in sorted(self.topics, key=lambda t: t == GLOBAL_TOPIC):

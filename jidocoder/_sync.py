@@ -56,6 +56,7 @@ __all__ = ["DRAIN_THREAD_NAME", "SyncConnection"]
 
 # The longest one blocking recv waits (SO_RCVTIMEO): with less time left it polls first.
 RECV_SLICE = 0.05
+_FD_SPACE = socket.CMSG_SPACE(4 * 4)  # room for a few fds: one per open_channel reply
 
 
 class SyncConnection:
@@ -95,6 +96,10 @@ class SyncConnection:
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         """Send one request and return its result, or raise the error the daemon answered."""
+        return self.call_with_fd(op, args)[0]
+
+    def call_with_fd(self, op: str, args: dict[str, Any]) -> tuple[Any, int | None]:
+        """``call``, and the fd its reply came with (the caller's to close), if any."""
         deadline = time.monotonic() + self.timeout
         call = self.core.start_call(op, args, deadline)
         call.waiter = None
@@ -109,7 +114,21 @@ class SyncConnection:
             if call.reply is None:
                 with self._lock:
                     self.core.forget(call)
-        return call.outcome()
+        try:
+            return call.outcome(), call.fd
+        except BaseException:
+            if call.fd is not None:
+                os.close(call.fd)
+            raise
+
+    def await_mark(self, session_id: str, pid: int, mark: int, deadline: float) -> None:
+        """Read the daemon's events until the session's events of ``mark`` came (a direct
+        reply waits for them: _direct.py), the connection breaks (they come on the new one,
+        or as a gap) or ``deadline`` passes."""
+        def ready() -> bool:
+            return self.core.mark_seen(session_id, pid, mark) or self.life.broken or self.life.ended
+        with self._lock:
+            self._await(ready, deadline)
 
     def _send(self, call: Call) -> None:
         if not self._send_lock.acquire(timeout=_remaining(call.deadline)):
@@ -240,13 +259,16 @@ class SyncConnection:
             if timeout is not None and timeout < RECV_SLICE and \
                     not self._poller.poll(timeout * 1000):
                 return None
-            count = self.sock.recv_into(self._buffer, wire.RECV_CHUNK)
+            # recvmsg, not recv: an open_channel reply brings its channel's fd (SCM_RIGHTS)
+            count, ancillary, _flags, _ = self.sock.recvmsg_into([self._buffer], _FD_SPACE)
         except BlockingIOError:
             return None
         except OSError as e:
             return Received([], end=f"reading failed: {e.strerror or e}", cause=e, reconnect=True)
         finally:
             self._lock.acquire()
+        if ancillary:
+            self.core.fds.extend(wire.received_fds(ancillary))
         if count == 0:
             return self.core.end_of_stream()
         return self.core.receive(self._buffer[:count])

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _api
 from ._api import DEFAULT_INCLUDE, Request, T
+from ._direct import DIRECT_OPS, DirectCalls
 from ._protocol import DEFAULT_MAX_REQUEST_BYTES
 from ._sync import DRAIN_THREAD_NAME, SyncConnection
 from .config import default_socket_path
@@ -34,6 +35,7 @@ class Client:
         self._conn = SyncConnection(
             socket_path if socket_path is not None else default_socket_path(), timeout,
             event_buffer)
+        self._direct = DirectCalls(self._conn)  # a session's own calls: on its channel
 
     def __enter__(self) -> Client:
         return self
@@ -48,6 +50,7 @@ class Client:
     def close(self) -> None:
         """Close the connection; idempotent, leaves no fd, thread or buffered event behind.
         Every waiting thread, and every later call, raises ``DaemonUnavailableError``."""
+        self._direct.close()
         self._conn.close()
 
     @property
@@ -79,10 +82,17 @@ class Client:
         return self._conn.core.max_request_bytes
 
     def _run(self, request: Request[T]) -> T:
+        if request.op in DIRECT_OPS:
+            if self._conn.life.ended:
+                raise self._conn.life.error(self.socket_path)
+            return request.convert(self._direct.call(request.op, request.args))
         return request.convert(self._conn.call(request.op, request.args))
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
-        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here."""
+        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here, on
+        the session's channel as its other calls do."""
+        if op.startswith("debug_") and "session_id" in args:
+            return self._direct.call(op, args)
         return self._conn.call(op, args)
 
     # -- sessions ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ and the ``default`` hook lets another thread run in the middle of a pack).
 
 from __future__ import annotations
 
+import array
 import functools
 import itertools
 import socket
@@ -819,6 +820,15 @@ def read_frame(sock: socket.socket, max_size: int) -> object | None:
 def write_frame(sock: socket.socket, obj: object, max_size: int) -> None:
     """Send one frame; on ``InvalidArgumentError``/``LimitExceededError`` nothing is sent."""
     sock.sendall(pack_frame(obj, max_size))
+
+
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds a ``recvmsg`` brought (SCM_RIGHTS), in order: a channel's or the table's."""
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return list(fds)
 
 
 def set_receive_timeout(sock: socket.socket, seconds: float) -> None:

@@ -100,9 +100,7 @@ def _read_reply_with_fd(sock: socket.socket) -> tuple[dict[str, Any], int | None
     fds = array.array("i")
     while True:
         data, ancillary, _flags, _ = sock.recvmsg(wire.RECV_CHUNK, socket.CMSG_SPACE(fds.itemsize))
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        fds.extend(wire.received_fds(ancillary))
         if not data:
             raise DaemonUnavailableError("the daemon closed the connection before handing over its table")
         frames = decoder.feed(data)

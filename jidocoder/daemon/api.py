@@ -41,6 +41,8 @@ class Api:
         self._status = status
         self._shutdown = shutdown
         self._clients = clients
+        # direct channels (channels.py) only from a backend whose sessions can hold an fd
+        self.channels = supervisor.backend.hands_out_channels
         # handle_<op> by name, looked up once: a failed getattr per session call costs more
         # than the rest of its dispatch.
         self.handlers = {name[len("handle_"):]: getattr(self, name)
@@ -76,7 +78,8 @@ class Api:
 
     # -- the daemon's own operations ---------------------------------------------------------------
     def handle_hello(self, conn: ClientConnection, pending: Pending, **_: Any) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes}
+        return {"pid": os.getpid(), "version": __version__, "max_request_bytes": self.max_request_bytes,
+                "channels": self.channels}
 
     def handle_create_session(self, conn: ClientConnection, pending: Pending,
                               metadata: Any = None, llm_config: Any = None,
@@ -111,6 +114,19 @@ class Api:
                                session_id: Any = None) -> object:
         self.supervisor.answer_pid(self.supervisor.find(session_id), pending)
         return DEFERRED
+
+    def handle_open_channel(self, conn: ClientConnection, pending: Pending,
+                            session_id: Any = None) -> object:
+        """A direct channel to the session's process (channels.py); ``{"pid"}`` with the fd
+        attached, or ``{"relay": why}`` and none: its calls go relayed."""
+        self.supervisor.channels.open(self.supervisor.find(session_id), conn, pending)
+        return DEFERRED
+
+    def handle_channel_lost(self, conn: ClientConnection, pending: Pending,
+                            pid: Any = None, ids: Any = None) -> object:
+        """Which of a lost channel's calls its process had begun (channels.py)."""
+        answer = self.supervisor.channels.lost(pending, pid, ids)
+        return DEFERRED if answer is None else answer
 
     def handle_list_failed_sessions(self, conn: ClientConnection,
                                     pending: Pending) -> list[dict[str, Any]]:

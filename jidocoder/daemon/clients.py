@@ -11,7 +11,9 @@ The loop never blocks on a client, and no client can make the daemon grow withou
   ``client_buffer_bytes`` behind (a subscriber that stopped reading while events flow) falls
   behind: it gets no more events or replies, a last ``{"closing": {code, message}}`` frame is
   queued after what it has not read yet, and the connection closes once that is sent (or the
-  peer is gone), so its Client can say why it was dropped;
+  peer is gone), so its Client can say why it was dropped; a client more than half that far
+  behind slows the sessions whose events it takes until it catches up (pacing.py), for at most
+  ``pacing.STALL_SECONDS`` if it has stopped reading;
 - replies are never dropped (the client asked for them), so a client that sends requests but
   does not read the replies is throttled instead: while its out-buffer is over the bound, or it
   has ``MAX_IN_FLIGHT`` calls unanswered, the daemon stops reading from it.
@@ -22,9 +24,10 @@ from __future__ import annotations
 import array
 import logging
 import socket
+import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 from collections.abc import Callable, Iterator
 
 from .. import wire
@@ -33,6 +36,13 @@ from .metrics import METRICS
 
 log = logging.getLogger("jidocoder.daemon")
 
+class Pacer(Protocol):
+    """Told when a connection's unsent bytes cross half of its bound (pacing.Pacing)."""
+
+    def congestion_began(self, conn: ClientConnection) -> None: ...
+    def congestion_ended(self, conn: ClientConnection) -> None: ...
+
+
 MAX_IN_FLIGHT = 128  # unanswered calls per connection before the daemon stops reading it
 
 
@@ -40,7 +50,8 @@ class ClientConnection:
     def __init__(self, sock: socket.socket, peer_pid: int, *, max_request: int, max_buffer: int,
                  on_interest: Callable[[ClientConnection, bool, bool], None],
                  on_closed: Callable[[ClientConnection], None],
-                 flush_soon: Callable[[ClientConnection], None]) -> None:
+                 flush_soon: Callable[[ClientConnection], None],
+                 pacer: Pacer | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer_pid = peer_pid
@@ -60,6 +71,8 @@ class ClientConnection:
         self.backlog: deque[Any] = deque()  # requests read but held back while throttled
         self.resume_scheduled = False
         self._on_closed = on_closed
+        self._pacer = pacer
+        self.congested_since: float | None = None  # over half of max_buffer since (pacing.py)
         # What the loop was last told to wait for (it starts watching for reads): the loop is
         # told only of changes, not on every call and reply.
         self._interest = (True, False)
@@ -133,17 +146,19 @@ class ClientConnection:
                     self._queue(buffer)
         self._update_interest()
 
-    def reply_with_fd(self, request_id: Any, message: dict[str, Any], fd: int) -> None:
+    def reply_with_fd(self, request_id: Any, message: dict[str, Any], fd: int,
+                      refused: dict[str, Any] | None = None) -> None:
         """The answer to a call, with ``fd`` passed along (SCM_RIGHTS) on its first byte. Sent
         now, after whatever was queued before it (so the fd arrives with this reply and no
-        other); what the socket does not take at once is queued as usual."""
+        other); what the socket does not take at once is queued as usual. If it cannot go now,
+        ``refused`` is the answer (None: an ``invalid_request`` error)."""
         self.in_flight -= 1
         frame = wire.pack_frame({"id": request_id, **message}, wire.MAX_FRAME)
         self.flush()
         if self.closed or self.closing is not None:
             return
         if self._out:  # the peer is not reading: no fd for it
-            self._refuse_fd(request_id, "the client has not read its earlier replies")
+            self._refuse_fd(request_id, "the client has not read its earlier replies", refused)
             return
         try:
             sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -154,16 +169,20 @@ class ClientConnection:
             self.close(f"write failed: {exc}")
             return
         if sent == 0:
-            self._refuse_fd(request_id, "the connection could not take the reply")
+            self._refuse_fd(request_id, "the connection could not take the reply", refused)
             return
         if sent < len(frame):
             self._queue(frame[sent:])
         self._update_interest()
 
-    def _refuse_fd(self, request_id: Any, why: str) -> None:
-        error = InvalidArgumentError(f"{why}: ask for the table on a connection of its own, with "
-                                     "nothing else in flight", code="invalid_request", field="op")
-        self.send({"id": request_id, "error": error.to_wire()})
+    def _refuse_fd(self, request_id: Any, why: str, refused: dict[str, Any] | None) -> None:
+        if refused is not None:
+            self.send({"id": request_id, **refused})
+        else:
+            error = InvalidArgumentError(f"{why}: ask for the table on a connection of its own, "
+                                         "with nothing else in flight", code="invalid_request",
+                                         field="op")
+            self.send({"id": request_id, "error": error.to_wire()})
         self._update_interest()
 
     @property
@@ -223,6 +242,8 @@ class ClientConnection:
         was_empty = not self._out
         self._out.append(frame)
         self._out_bytes += len(frame)
+        if self._out_bytes > self.max_buffer // 2 and self.congested_since is None:
+            self._congested(True)
         if was_empty and not self._flush_due:
             self._flush_due = True
             self._flush_soon(self)
@@ -240,10 +261,22 @@ class ClientConnection:
                 return
             self._out_bytes -= sent
             wire.drop_sent(out, sent)
+        if self.congested_since is not None and self._out_bytes <= self.max_buffer // 2:
+            self._congested(False)
         if self.closing is not None and not out and not self.closed:
             self.close("disconnected")  # the closing frame is out: already logged
             return
         self._update_interest()
+
+    def _congested(self, now_congested: bool) -> None:
+        """Over half of ``max_buffer`` unsent, or back under it: the sessions whose events it
+        takes are paced by it meanwhile (pacing.py)."""
+        self.congested_since = time.monotonic() if now_congested else None
+        if self._pacer is not None:
+            if now_congested:
+                self._pacer.congestion_began(self)
+            else:
+                self._pacer.congestion_ended(self)
 
     @property
     def pending_bytes(self) -> int:
@@ -255,6 +288,8 @@ class ClientConnection:
         self.closed = True
         self._out.clear()
         self._out_bytes = 0
+        if self.congested_since is not None:
+            self._congested(False)
         if reason != "disconnected":
             log.warning("client %s disconnected: %s", self.peer_pid, reason)
         self._on_closed(self)

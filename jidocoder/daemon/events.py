@@ -76,6 +76,7 @@ class EventBus:
         self._history = history
         self._held: dict[str, deque[dict[str, Any]]] = {}
         self._subscribers: dict[str, set[Subscriber]] = defaultdict(set)
+        self.marking: list[int] | None = None  # publish_all's mark, while it publishes
 
     def subscribe(self, topic: str, subscriber: Subscriber, since: int | None = None) -> int:
         """Join ``topic``; with ``since``, the held events after it first (or the gap). Returns
@@ -117,6 +118,9 @@ class EventBus:
     def _send_one(subscriber: Subscriber, event: dict[str, Any]) -> None:
         subscriber.send_event(event, wire.pack_frame({"event": event}, wire.MAX_FRAME))
 
+    def subscribers(self, topic: str) -> set[Subscriber] | tuple[()]:
+        return self._subscribers.get(topic, ())
+
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         members = self._subscribers.get(topic)
         if members is not None:
@@ -148,13 +152,25 @@ class EventBus:
                 if subscriber not in delivered:
                     delivered.add(subscriber)
                     if frame is None:
-                        frame = wire.pack_frame({"event": event}, wire.MAX_FRAME)
+                        frame = wire.pack_frame(self._framed(event), wire.MAX_FRAME)
                     subscriber.send_event(event, frame)
         METRICS.observe_event(kind, payload, len(delivered))
 
-    def publish_all(self, session_id: str, events: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        for kind, payload in events:
-            self.publish(kind, session_id, payload)
+    def publish_all(self, session_id: str, events: Iterable[tuple[str, dict[str, Any]]],
+                    mark: list[int] | None = None) -> None:
+        """``mark`` ([pid, n]): the session's direct reply that waits for these events
+        (serving.py); it goes with each, for the Client that holds that reply until it sees it."""
+        self.marking = mark
+        try:
+            for kind, payload in events:
+                self.publish(kind, session_id, payload)
+        finally:
+            self.marking = None
+
+    def _framed(self, event: dict[str, Any]) -> dict[str, Any]:
+        if self.marking is None:
+            return {"event": event}
+        return {"event": event, "mark": self.marking}
 
     def _topics(self, kind: str, session_id: str | None) -> list[str]:
         names = TOPICS_BY_TYPE.get(kind, (SESSION,))

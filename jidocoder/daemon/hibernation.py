@@ -95,6 +95,7 @@ class Hibernation:
     def may_hibernate(self, record: SessionRecord) -> bool:
         return (record.serving and record.persistent and record.status in SERVING
                 and not record.running_link.in_flight and not record.running_link.unsent
+                and not self.sup.table.read(record.slot).started  # inside a (direct) call
                 and not record.waiting and record.restart_timer is None
                 and record.create_waiter is None)
 

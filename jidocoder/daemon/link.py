@@ -8,6 +8,7 @@ status comes from reaping it (``SIGCHLD``), which the supervisor does.
 
 from __future__ import annotations
 
+import array
 import itertools
 import os
 import socket
@@ -164,6 +165,25 @@ class SessionLink:
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; True as for ``request``."""
         return self._queue([wire.pack_frame(frame, self.max_frame)])
+
+    def send_with_fd(self, frame: dict[str, Any], fd: int) -> bool:
+        """Send ``frame`` now with ``fd`` attached (SCM_RIGHTS) to its first byte; False, with
+        nothing sent, if the process has not taken what was queued before it (the fd must
+        ride on this frame's bytes and no other's) or is gone. The caller closes ``fd``: once
+        sent, the process holds its own copy."""
+        self.flush()
+        if self._out or self.eof or self.exit_status is not None:
+            return False
+        data = wire.pack_frame(frame, self.max_frame)
+        try:
+            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               array.array("i", [fd]))])
+        except OSError:  # full (BlockingIOError), or the process is going
+            return False
+        if sent < len(data):
+            self._queue([data[sent:]])
+            self.flush()
+        return True
 
     def _queue(self, buffers: list[bytes]) -> bool:
         was_empty = not self._out

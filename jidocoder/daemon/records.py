@@ -52,6 +52,7 @@ class SessionRecord:
     terminate_waiters: list[Pending] = field(default_factory=list)
     last_activity: float = field(default_factory=time.monotonic)
     spawned_at: float = 0.0
+    seen_calls: int = 0  # its process's ``calls`` counter at the last check (channels.py)
     status_write_failed: bool = False  # an unasked status change the registry refused: said once
     dumped: tuple[SessionState, dict[str, Any]] | None = None  # the state and its model_dump()
 

@@ -169,7 +169,8 @@ class Daemon:
         conn = ClientConnection(sock, pid, max_request=self.settings.max_request_bytes,
                                 max_buffer=self.settings.client_buffer_bytes,
                                 on_interest=self._client_interest,
-                                on_closed=self._drop_client, flush_soon=self.loop.flush_soon)
+                                on_closed=self._drop_client, flush_soon=self.loop.flush_soon,
+                                pacer=self.supervisor.pacing if self.supervisor else None)
         self.clients.add(conn)
         METRICS.connections += 1
         self.loop.watch(conn, lambda: self._on_client_readable(conn), lambda: self._on_client_writable(conn))

@@ -46,6 +46,7 @@ from .calls import call_handler, internal_error, parse_request
 from .logs import LOG_NAME
 from .ops import DEBUG_HANDLERS, HANDLERS, PERSISTERS
 from .process import dump_stack_on_sigusr1, set_parent_death_signal, set_process_name
+from .serving import SessionLoop
 from .table import SessionTable
 
 log = logging.getLogger("jidocoder.session")
@@ -70,6 +71,7 @@ class SessionSpec:
     daemon_pid: int
     log_level: int
     debug_ops: bool
+    events_window: int = 2 * 1024 * 1024  # direct calls' events unacknowledged (pacing.py)
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__, config=self.config.model_dump(), state_dir=str(self.state_dir))
@@ -199,33 +201,10 @@ class SessionProcess:
         table.beat(slot)
         self.publish_counters()
         self.send({"ready": {"message_count": self.context.message_count}})
-        # A client's request, its args relayed undecoded by the daemon: decoded within the
-        # budget, and args that cannot be decoded are answered, not a broken stream.
-        decoder = wire.FrameDecoder(self.spec.max_frame, relayed=True)
-        # The socket's own receive timeout (SO_RCVTIMEO) is the heartbeat's clock: waiting in
-        # recv itself costs one syscall per request where a selector cost two, plus its Python.
+        # The socket's own receive timeout (SO_RCVTIMEO) keeps the heartbeat beating while a
+        # wake waits for the daemon; the loop itself waits in poll (serving.py).
         wire.set_receive_timeout(self.sock, self.beat_interval)
-        recv = self.sock.recv
-        while True:
-            table.beat(slot)
-            try:
-                data = recv(READ_CHUNK)
-            except BlockingIOError:  # the timeout: nothing came, beat and wait again
-                continue
-            if not data:  # hibernated (docs/api.md §13), or the daemon is gone
-                self.close_store()
-                return exits.EXIT_OK
-            try:
-                frames = decoder.feed(data)
-                if frames:
-                    frames = self.without_cancelled(frames + self.read_ahead(decoder))
-            except JidocoderError:
-                return exits.EXIT_PROTOCOL
-            if len(frames) == 1:
-                self.mark_started(frames[0])
-                self.send(self.handle(frames[0]))
-            elif frames:
-                self.serve_together(frames)
+        return SessionLoop(self).run()
 
     def close_store(self) -> None:
         """Leave cleanly: every write was committed before its reply, so this only folds the
@@ -236,19 +215,6 @@ class SessionProcess:
                 self.store.close()
             except Exception as exc:  # noqa: BLE001 - leaving anyway
                 log.warning("closing the store on the way out failed: %s", exc)
-
-    def read_ahead(self, decoder: wire.FrameDecoder) -> list[Any]:
-        """Every whole frame already on the socket, without waiting: a ``cancel`` the daemon
-        sent after calls that are queued here must be seen before any of them begins."""
-        frames: list[Any] = []
-        while True:
-            try:
-                data = self.sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return frames
-            if not data:  # the daemon is gone: the next blocking recv says so too
-                return frames
-            frames += decoder.feed(data)
 
     def without_cancelled(self, frames: list[Any]) -> list[Any]:
         """The requests to serve: the daemon's ``{"cancel": [ids]}`` frames (their clients
@@ -269,10 +235,11 @@ class SessionProcess:
                 served.append(frame)
         return served
 
-    def serve_together(self, frames: list[Any]) -> None:
+    def serve_together(self, frames: list[Any], send: bool = True) -> list[dict[str, Any]]:
         """Requests that arrived together: handled in order, their writes committed once and
         their replies sent in one write, all after the last is handled. A request that stops
-        the process lets those before it finish first (committed and answered). If the shared
+        the process lets those before it finish first (committed and answered; a channel's
+        are lost with it: its client asks the daemon which were begun). If the shared
         commit fails, nothing of the group stays, and each is served again alone, so that one
         the store can take is not refused for another's sake."""
         store, stop = self.store, None
@@ -290,9 +257,11 @@ class SessionProcess:
         self.grouping = False
         if store is not None and not self.end_group(stop):
             replies = [self.handle(frame) for frame in frames[:len(replies)]]
-        self.sock.sendall(b"".join(self.encode_reply(reply) for reply in replies))
+        if send:  # relayed calls: the replies on the link; a channel's: the caller sends them
+            self.sock.sendall(b"".join(self.encode_reply(reply) for reply in replies))
         if stop is not None:
             raise stop
+        return replies
 
     def end_group(self, stop: StopServing | None) -> bool:
         """Commit the group; False (context read back as stored) if it could not be."""
@@ -313,6 +282,11 @@ class SessionProcess:
         if isinstance(frame, dict) and isinstance(frame.get("id"), int):
             self.begun += 1
             self.table.write_started(self.spec.slot, frame["id"], self.begun)
+
+    def mark_done(self) -> None:
+        """Every call begun was answered: ``started`` back to 0, so the daemon sees the process
+        between calls (it may hibernate it) and, after a crash, that none was begun."""
+        self.table.write_started(self.spec.slot, 0, self.begun)
 
     def handle(self, frame: Any) -> dict[str, Any]:
         if type(frame) is wire.Refused:  # over its decoding budget (wire.decode_bounded)

@@ -38,6 +38,8 @@ from ..models import SessionConfig, SessionState
 from ..states import LIVE, SERVING, SessionStatus
 from . import exits, ondisk, restarts, store, watchdog
 from .events import EventBus, session_topic
+from .channels import Channels
+from .pacing import Pacing, events_window
 from .hibernation import Hibernation
 from .link import Pending
 from .logs import write_session_record
@@ -68,6 +70,8 @@ class Supervisor:
         self.records = KnownSessions(self.restore.record_of)  # in list_sessions' order: oldest first
         read_rows_with(registry.parse)  # a sleeper's row, read as the registry reads it
         self.hibernation = Hibernation(self)
+        self.channels = Channels(self)
+        self.pacing = Pacing(loop, bus)  # slow subscribers slow the sessions they watch
         self.failed: dict[str, SessionState] = {}  # given up, data kept for recover_session
         self.by_pid: dict[int, tuple[SessionRecord, SessionHandle]] = {}  # by the handle's key
         self.on_all_stopped: Callable[[], None] | None = None
@@ -167,7 +171,8 @@ class Supervisor:
                            durability=self.settings.durability, cache_max_bytes=self.settings.cache_max_bytes,
                            hang_timeout=self.settings.hang_timeout, max_frame=self.max_frame,
                            daemon_pid=self.daemon_pid, log_level=logging.getLogger().level,
-                           debug_ops=self.settings.debug_ops)
+                           debug_ops=self.settings.debug_ops,
+                           events_window=events_window(self.settings.client_buffer_bytes))
 
     def _spawn_failed(self, reason: str) -> None:
         """No process could be made for the first session waiting for one: a create fails with
@@ -210,6 +215,8 @@ class Supervisor:
             link.last_word = str(frame.get("damaged") or frame.get("store_failed"))
         elif "ready" in frame:
             self._on_ready(record, link)
+        elif "mark" in frame or "wake" in frame or "served" in frame:  # direct calls' (channels.py)
+            self.channels.on_frame(record, link, frame)
         elif "id" in frame:
             call = link.in_flight.pop(frame["id"], None)
             self.bus.publish_all(record.session_id, frame.get("events") or ())
@@ -452,6 +459,7 @@ class Supervisor:
         link.exit_status = status
         self._drain(record, link)
         self.loop.unwatch(link)
+        self.pacing.forget(link)
         link.close()
         if self.records.get(record.session_id) is not record:
             return  # a process its session let go of (a create that failed): nothing more
@@ -483,7 +491,9 @@ class Supervisor:
         """Calls the dead process had begun fail; those it never read wait for its successor."""
         crash = SessionCrashedError(f"session {record.session_id}'s process died serving this call "
                                     f"({reason}); it may or may not have been applied")
-        begun, unread = link.take_in_flight(self.table.read(record.slot).started)
+        started = self.table.read(record.slot).started
+        self.channels.on_exit(link, started)
+        begun, unread = link.take_in_flight(started)
         for call in begun:
             call.pending.reply({"error": crash.to_wire()})
         record.waiting[:0] = [(call.pending, functools.partial(self.route, record, call.op, call.args,
@@ -587,9 +597,11 @@ class Supervisor:
                     log.error("session %s (pid %d) hung for %.1fs: dumping its stack, then killing it",
                               record.session_id, link.pid, now - max(beat, record.spawned_at))
                     self.kill_hung(link)
+                self.channels.note_activity(record, now)
             if (record.status is SessionStatus.ACTIVE and not (link and link.in_flight)
                     and watchdog.is_idle(record.last_activity, now, record.state.config.timeout_minutes)):
                 self.change_unasked(record, SessionStatus.IDLE)  # a call being served is activity
+                self.channels.tell_idle(record)
         self.hibernation.expired(now)
         self.hibernation.revive_in_line()
         self.hibernation.idle_sleepers(now)

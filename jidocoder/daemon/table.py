@@ -23,8 +23,9 @@ the machines we run on), with each field's one writer:
   24   last_activity f64 daemon    CLOCK_MONOTONIC of its last call (idleness)
   32   message_count u32 session   messages held
   36   file_count   u32  session   active files held
-  40   started      u64  session   id of the last request it began (after a crash, the daemon
-                                   knows exactly which calls the process had read)
+  40   started      u64  session   id of the request it is serving, 0 between calls (after a
+                                   crash, the daemon knows exactly which calls the process had
+                                   read; a process at 0 may be hibernated)
   48   calls        u64  session   requests it began, since its process started
   56   rss          u64  daemon    resident bytes, from its watchdog (``usage.py``)
   64   cpu_percent  f64  daemon    CPU % over the watchdog's last interval

@@ -96,7 +96,7 @@ def test_arguments_a_handler_does_not_take_are_invalid_argument(daemon: Daemon) 
 
 def test_hello(daemon: Daemon) -> None:
     assert daemon.call("hello") == {"result": {"pid": os.getpid(), "version": __version__,
-                                               "max_request_bytes": 1234}}
+                                               "max_request_bytes": 1234, "channels": True}}
 
 
 def test_daemon_status_is_the_callable_given(daemon: Daemon) -> None:

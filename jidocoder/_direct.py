@@ -1,0 +1,272 @@
+"""``Client``'s direct calls: a session's calls go straight to its process, on a channel.
+
+The first call to a session asks the daemon for a channel (``open_channel``): a socketpair
+whose other end the session's process holds; the reply brings this end (SCM_RIGHTS). From then
+on that session's calls cross one hop, and the daemon touches none of them (docs/protocol.md,
+"Direct channels"). The daemon keeps the rest: sessions' lifecycle, events, ``create``, ``list``,
+``info``, ``terminate``.
+
+A channel carries several calls at once, as the daemon connection does: the Client's threads
+each write a whole frame, and whoever waits for a reply while nobody reads reads for all of
+them (``Channel``). The session serves a channel's requests in order, those that arrive
+together as one group (one commit), so threads sharing a Client pipeline their calls as on the
+relayed path. A late reply (its caller gave up at its deadline) is read and dropped.
+
+What a lost channel (EOF, reset) means is the daemon's to say, as for a relayed call: it is
+asked which of the calls in flight (in the order they were sent) the dead process had begun (``channel_lost``, from its
+table's ``started`` field): those raise ``SessionCrashedError``; the others are sent again, as
+they were (same id, call id, deadline), on a channel to the successor, which ``open_channel``
+waits for. A daemon that never ran that process (it was restarted, and its sessions with it)
+answers that it cannot tell: the call is resent, and its call id keeps it at most once.
+
+Events before replies: a reply that carries a ``mark`` waits, if this Client is subscribed to the
+session, until the daemon's events of that mark have come (``SyncConnection.await_mark``), so a
+subscriber sees a call's events before the call returns, as on the relayed path.
+
+Where no channel can be made (the daemon says ``relay``: out of fds, a backend without them),
+the call goes relayed; the next call asks again. A channel unused for ``CHANNEL_IDLE_SECONDS``
+is closed at the next call: a session holds one fd per client using it, not per client ever.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+from . import wire
+from ._dial import send_until, shutdown
+from ._lifecycle import timed_out
+from ._sync import SyncConnection
+from .errors import ProtocolError, SessionCrashedError, from_wire
+
+__all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
+
+# Calls a session serves itself (the daemon's SESSION_OPS): these take a channel.
+DIRECT_OPS = frozenset({
+    "send_message", "get_conversation_history", "clear_conversation", "add_file",
+    "remove_file", "get_active_files", "update_file_index", "get_file_index", "build_context",
+    "cache_file", "get_file", "invalidate_file", "clear_session_cache"})
+
+CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less on each side)
+
+_LOST = object()  # the channel ended before the reply came
+_CLOSED = object()  # the channel was closed on this side before the call was sent on it
+
+
+class Channel:
+    """One end of a channel to one process of one session, shared by the Client's threads.
+
+    Several calls may be in flight on it (a session serves a channel's requests in order, and
+    those that arrive together in one group commit): each thread writes its frame whole under
+    ``send_lock``, then waits for its reply. Whoever waits and finds nobody reading reads (the
+    leader/follower of _sync.py, on a smaller scale): it routes each reply to its caller by id
+    and wakes them. The socket is closed by the last thread to stop using it."""
+
+    __slots__ = ("sock", "pid", "decoder", "send_lock", "lock", "arrived", "in_flight",
+                 "replies", "reading", "last_used", "closed", "lost_ids", "poller", "users")
+
+    def __init__(self, fd: int, pid: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.pid = pid
+        self.decoder = wire.FrameDecoder(wire.MAX_FRAME)  # our own session's replies
+        self.send_lock = threading.Lock()  # one whole frame at a time
+        self.lock = threading.Lock()  # guards everything below
+        self.arrived = threading.Condition(self.lock)  # a reply routed, or the reader left
+        self.in_flight: dict[int, None] = {}  # ids sent and not answered, in the order sent
+        self.replies: dict[int, Any] = {}  # answered, not yet taken by their caller
+        self.reading = False
+        self.last_used = time.monotonic()
+        self.closed = False
+        self.lost_ids: list[int] | None = None  # set when it ended: the ids then in flight
+        self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
+        self.poller.register(self.sock, select.POLLIN)
+        self.users = 0  # threads inside round_trip: the last one out closes a closed channel
+
+    def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
+                   deadline: float) -> Any:
+        """Send ``frame`` and wait for its reply (a dict), ``_LOST`` or ``_CLOSED``; a
+        timeout raises."""
+        with self.lock:
+            if self.closed:
+                return _CLOSED
+            self.users += 1
+            self.last_used = time.monotonic()
+        try:
+            self._send(request_id, frame, op, timeout, deadline)
+            return self._await(request_id, op, timeout, deadline)
+        finally:
+            with self.lock:
+                self.in_flight.pop(request_id, None)  # given up: its late reply is dropped
+                self.users -= 1
+                if self.closed and not self.users and not self.reading:
+                    self.sock.close()
+
+    def _send(self, request_id: int, frame: bytes, op: str, timeout: float,
+              deadline: float) -> None:
+        if not self.send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise timed_out(op, timeout, "the channel is busy sending; nothing was sent")
+        try:
+            with self.lock:  # in flight in the order sent: the daemon's answer on a loss needs it
+                self.in_flight[request_id] = None
+            sent = send_until(self.sock, frame, deadline)
+        except OSError:
+            return  # the session is gone: the reader sees the end, and the daemon says
+        finally:
+            self.send_lock.release()
+        if sent < len(frame):  # the session is not reading: this channel is out of step
+            self.close()  # half a frame then EOF: the session drops it, never applied
+            raise timed_out(op, timeout, "the session is not reading; not applied")
+
+    def _await(self, request_id: int, op: str, timeout: float, deadline: float) -> Any:
+        with self.lock:
+            while True:
+                if request_id in self.replies:
+                    return self.replies.pop(request_id)
+                if self.lost_ids is not None:
+                    return _LOST
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise timed_out(op, timeout, "no reply; the request may still be applied")
+                if self.reading:
+                    self.arrived.wait(remaining)
+                    continue
+                self.reading = True
+                self.lock.release()
+                try:
+                    frames = self._read(remaining)
+                finally:
+                    self.lock.acquire()
+                    self.reading = False
+                self._route(frames)
+                self.arrived.notify_all()
+
+    def _read(self, remaining: float) -> list[Any] | None:
+        """Frames that came within ``remaining`` seconds ([] if none); None: the channel ended."""
+        if not self.poller.poll(remaining * 1000):
+            return []
+        try:
+            data = self.sock.recv(wire.RECV_CHUNK)
+        except OSError:
+            data = b""
+        if not data:
+            return None
+        try:
+            return self.decoder.feed(data)
+        except ProtocolError:
+            return None
+
+    def _route(self, frames: list[Any] | None) -> None:
+        """Hand each reply to its caller (held under ``lock``); a reply whose caller gave up
+        is dropped; the end of the channel is noted with the calls then unanswered."""
+        if frames is None:
+            self.lost_ids = list(self.in_flight)
+            return
+        for frame in frames:
+            if not isinstance(frame, dict):
+                self.lost_ids = list(self.in_flight)  # not our session's: unusable
+                return
+            request_id = frame.get("id")
+            if request_id in self.in_flight:
+                del self.in_flight[request_id]
+                self.replies[request_id] = frame
+            elif request_id is None and isinstance(frame.get("error"), dict):
+                # the session refused a frame and closed the channel: each caller hears why
+                for waiting in self.in_flight:
+                    self.replies[waiting] = frame
+                self.in_flight.clear()
+                self.closed = True
+                shutdown(self.sock)
+
+    def close(self) -> None:
+        """No call starts on it any more; the socket goes now, or with its last user."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            shutdown(self.sock)  # wakes a thread reading it
+            if not self.users and not self.reading:
+                self.sock.close()
+
+
+class DirectCalls:
+    """The channels of one ``Client``, by session."""
+
+    def __init__(self, conn: SyncConnection) -> None:
+        self.conn = conn
+        self.channels: dict[str, Channel] = {}
+        self.lock = threading.Lock()
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        conn = self.conn
+        session_id = args.get("session_id")
+        if not isinstance(session_id, str) or not conn.core.channels:
+            return conn.call(op, args)  # the daemon says what is wrong, or has no channels
+        deadline = time.monotonic() + conn.timeout
+        with conn._lock:
+            request_id, frame, args = conn.core.direct_request(op, args, deadline)
+        while True:
+            channel = self.channel_for(session_id)
+            if channel is None:
+                return conn.call(op, args)  # no channel can be made: relayed, same call id
+            reply = channel.round_trip(request_id, frame, op, conn.timeout, deadline)
+            if reply is _CLOSED:  # never sent on it: the next channel takes it
+                self._drop(session_id, channel)
+                continue
+            if reply is not _LOST:
+                return self._outcome(session_id, channel, reply, deadline)
+            self._drop(session_id, channel)
+            lost = channel.lost_ids or [request_id]
+            begun = conn.call("channel_lost", {"pid": channel.pid, "ids": lost})["begun"]
+            if begun and request_id in begun:
+                raise SessionCrashedError(
+                    f"session {session_id}'s process died serving this call; it may or may not "
+                    "have been applied")
+
+    def _outcome(self, session_id: str, channel: Channel, reply: dict[str, Any],
+                 deadline: float) -> Any:
+        mark = self.conn.core.mark_to_await(session_id, reply)
+        if mark:
+            self.conn.await_mark(session_id, channel.pid, mark, deadline)
+        if "error" in reply:
+            raise from_wire(reply["error"])
+        return reply.get("result")
+
+    def channel_for(self, session_id: str) -> Channel | None:
+        """The session's channel, opened now if it has none; None: the daemon says relay."""
+        with self.lock:
+            self._close_unused(time.monotonic())
+            channel = self.channels.get(session_id)
+            if channel is not None:
+                return channel
+        result, fd = self.conn.call_with_fd("open_channel", {"session_id": session_id})
+        if fd is None:
+            return None
+        channel = Channel(fd, result["pid"])
+        with self.lock:
+            if session_id in self.channels:  # another thread opened one meanwhile
+                channel.close()
+                return self.channels[session_id]
+            self.channels[session_id] = channel
+        return channel
+
+    def _drop(self, session_id: str, channel: Channel) -> None:
+        with self.lock:
+            if self.channels.get(session_id) is channel:
+                del self.channels[session_id]
+        channel.close()
+
+    def _close_unused(self, now: float) -> None:
+        for session_id, channel in list(self.channels.items()):
+            if now - channel.last_used > CHANNEL_IDLE_SECONDS and not channel.users:
+                del self.channels[session_id]
+                channel.close()
+
+    def close(self) -> None:
+        with self.lock:
+            channels, self.channels = list(self.channels.values()), {}
+        for channel in channels:
+            channel.close()  # a caller reading it wakes up to its end
+
