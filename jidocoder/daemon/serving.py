@@ -42,6 +42,10 @@ _MAX_FDS = 16  # channel fds one read of the link may bring
 _FD_SPACE = socket.CMSG_SPACE(_MAX_FDS * 4)  # 4: sizeof(int)
 _IN = select.POLLIN | select.POLLPRI
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+# Direct calls that sent no events are told to the daemon's metrics at most this often (those
+# that did are told with their events): a reader called back to back would otherwise cost the
+# session and the daemon one frame per call.
+REPORT_SECONDS = 0.05
 
 
 class Channel:
@@ -55,8 +59,10 @@ class Channel:
         self.decoder = wire.FrameDecoder(max_frame, relayed=True)
         self.out: deque[bytes | memoryview] = deque()
 
-    def read_all(self) -> tuple[list[Any], bool]:
-        """Every whole frame there now, and whether the client closed its end."""
+    def read_all(self, hung_up: bool) -> tuple[list[Any], bool]:
+        """Every whole frame there now, and whether the client closed its end. A read shorter
+        than asked for took all there was: no second ``recv`` to be told so (poll said
+        ``hung_up`` if the client had closed by then; if it closes later, poll says so next)."""
         frames: list[Any] = []
         while True:
             try:
@@ -68,6 +74,8 @@ class Channel:
             if not data:
                 return frames, True
             frames += self.decoder.feed(data)
+            if len(data) < wire.RECV_CHUNK:
+                return frames, hung_up
 
     def flush(self) -> bool:
         """Send what the socket takes now; True once nothing is left."""
@@ -103,17 +111,20 @@ class SessionLoop:
         self.mark = 0  # event batches sent on the link for direct calls (and wakes)
         self.held: list[Any] = []  # link requests read while waiting to be woken
         # Direct calls served, [op, seconds, failed], for the daemon's metrics (it sees none of
-        # them): sent in one frame whenever the loop is about to wait, never on a call's path.
+        # them): sent with the next events frame, or alone when the loop is about to wait
+        # (at most every REPORT_SECONDS), never in a frame of their own on a call's path.
         self.served: list[list[Any]] = []
+        self.reported_at = 0.0
 
     def run(self) -> int:
         process, table, slot = self.process, self.process.table, self.process.spec.slot
         timeout_ms = process.beat_interval * 1000
         while True:
             table.beat(slot)
-            ready = self.poller.poll(0 if self.served else timeout_ms)
+            ready = self.poller.poll(self.report_in_ms() if self.served else timeout_ms)
             if not ready and self.served:  # about to wait: the daemon's metrics first
-                self.report_calls()
+                if self.report_in_ms() == 0:
+                    self.report_calls()
                 continue
             for fd, mask in ready:
                 if fd == self.link.fileno():
@@ -202,7 +213,9 @@ class SessionLoop:
         acknowledgement is asked for once half of it is used; with all of it used, no channel
         is read until one comes."""
         process, window = self.process, self.process.spec.events_window
-        frame = {"events": events, "mark": mark}
+        frame: dict[str, Any] = {"events": events, "mark": mark}
+        if self.served:  # the calls that made them, and any before, for the metrics
+            frame["served"], self.served, self.reported_at = self.served, [], time.monotonic()
         data = process.encode_reply(frame)
         if not self.ack_asked and self.unacked_bytes + len(data) >= window // 2:
             self.ack_asked = True
@@ -278,7 +291,7 @@ class SessionLoop:
         if not mask & (_IN | _GONE):
             return
         try:
-            frames, closed = channel.read_all()
+            frames, closed = channel.read_all(bool(mask & select.POLLHUP))
         except JidocoderError as exc:  # a header over the limit: that channel is unusable
             channel.out.append(wire.pack_frame({"id": None, "error": exc.to_wire()}, wire.MAX_FRAME))
             channel.flush()
@@ -319,9 +332,13 @@ class SessionLoop:
         else:  # the client is not reading: read nothing more from it until its replies are out
             self.poller.modify(channel.sock, select.POLLOUT)
 
+    def report_in_ms(self) -> float:
+        """How long the loop may wait before ``served`` is due to the daemon."""
+        return max(0.0, (self.reported_at + REPORT_SECONDS - time.monotonic()) * 1000)
+
     def report_calls(self) -> None:
         self.process.send({"served": self.served})
-        self.served = []
+        self.served, self.reported_at = [], time.monotonic()
 
     def drop(self, fd: int) -> None:
         channel = self.channels.pop(fd)
