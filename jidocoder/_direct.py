@@ -38,7 +38,7 @@ from typing import Any
 from . import wire
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
-from ._sync import SyncConnection
+from ._sync import RECV_SLICE, SyncConnection
 from .errors import ProtocolError, SessionCrashedError, from_wire
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
@@ -50,6 +50,9 @@ DIRECT_OPS = frozenset({
     "cache_file", "get_file", "invalidate_file", "clear_session_cache"})
 
 CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less on each side)
+# How often a call looks for such channels: each look goes over all of them, so not every call
+# (a Client calling 1,000 sessions would spend more on that than on its call).
+SWEEP_SECONDS = CHANNEL_IDLE_SECONDS / 10
 
 _LOST = object()  # the channel ended before the reply came
 
@@ -57,7 +60,8 @@ _LOST = object()  # the channel ended before the reply came
 class Channel:
     """One end of a channel to one process of one session."""
 
-    __slots__ = ("sock", "pid", "decoder", "frames", "lock", "last_used", "closed", "poller")
+    __slots__ = ("sock", "pid", "decoder", "frames", "lock", "last_used", "closed", "poller",
+                 "buffer")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
@@ -69,6 +73,10 @@ class Channel:
         self.closed = False
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
+        # A reply is waited for in ``recv`` itself, woken every RECV_SLICE to look at the
+        # deadline (as SyncConnection reads the daemon): one syscall where poll first made two.
+        wire.set_receive_timeout(self.sock, RECV_SLICE)
+        self.buffer = bytearray(wire.RECV_CHUNK)  # read into, not allocated by every recv
 
     def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
                    deadline: float) -> Any:
@@ -95,16 +103,19 @@ class Channel:
         pending = self.frames
         while not pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.poller.poll(remaining * 1000):
+            if remaining <= 0 or remaining < RECV_SLICE and not self.poller.poll(remaining * 1000):
                 raise timed_out(op, timeout, "no reply; the request may still be applied")
             try:
-                data = self.sock.recv(wire.RECV_CHUNK)
+                count = self.sock.recv_into(self.buffer)
+            except (BlockingIOError, InterruptedError):  # a slice of the wait went by
+                continue
             except OSError:
-                data = b""
-            if not data:
+                count = 0
+            if not count:
                 return _LOST
             try:
-                pending.extend(self.decoder.feed(data))
+                with memoryview(self.buffer) as view:
+                    pending.extend(self.decoder.feed(view[:count]))
             except ProtocolError:
                 return _LOST
         frame = pending.pop(0)
@@ -126,6 +137,7 @@ class DirectCalls:
         self.conn = conn
         self.channels: dict[str, Channel] = {}
         self.lock = threading.Lock()
+        self.swept_at = time.monotonic()
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
@@ -173,7 +185,10 @@ class DirectCalls:
     def channel_for(self, session_id: str) -> Channel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
         with self.lock:
-            self._close_unused(time.monotonic())
+            now = time.monotonic()
+            if now - self.swept_at >= SWEEP_SECONDS:
+                self.swept_at = now
+                self._close_unused(now)
             channel = self.channels.get(session_id)
             if channel is not None:
                 return channel
