@@ -24,7 +24,8 @@ subscriber sees a call's events before the call returns, as on the relayed path.
 
 Where no channel can be made (the daemon says ``relay``: out of fds, a backend without them),
 the call goes relayed; the next call asks again. A channel unused for ``CHANNEL_IDLE_SECONDS``
-is closed at the next call: a session holds one fd per client using it, not per client ever.
+is closed at a later call (looked for every ``SWEEP_SECONDS``): a session holds one fd per
+client using it, not per client ever.
 """
 
 from __future__ import annotations
