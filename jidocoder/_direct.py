@@ -6,13 +6,14 @@ on that session's calls cross one hop, and the daemon touches none of them (docs
 "Direct channels"). The daemon keeps the rest: sessions' lifecycle, events, ``create``, ``list``,
 ``info``, ``terminate``.
 
-A channel is used by one call at a time (its lock held for the round trip): a session serves
-its calls one by one anyway, so nothing is lost, and the calling thread reads its own reply
-with no other thread involved. A late reply (its caller gave up at its deadline) is read and
-dropped by the next caller.
+A channel carries several calls at once, as the daemon connection does: the Client's threads
+each write a whole frame, and whoever waits for a reply while nobody reads reads for all of
+them (``Channel``). The session serves a channel's requests in order, those that arrive
+together as one group (one commit), so threads sharing a Client pipeline their calls as on the
+relayed path. A late reply (its caller gave up at its deadline) is read and dropped.
 
 What a lost channel (EOF, reset) means is the daemon's to say, as for a relayed call: it is
-asked which of the calls in flight the dead process had begun (``channel_lost``, from its
+asked which of the calls in flight (in the order they were sent) the dead process had begun (``channel_lost``, from its
 table's ``started`` field): those raise ``SessionCrashedError``; the others are sent again, as
 they were (same id, call id, deadline), on a channel to the successor, which ``open_channel``
 waits for. A daemon that never ran that process (it was restarted, and its sessions with it)
@@ -56,79 +57,149 @@ CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less
 SWEEP_SECONDS = CHANNEL_IDLE_SECONDS / 10
 
 _LOST = object()  # the channel ended before the reply came
+_CLOSED = object()  # the channel was closed on this side before the call was sent on it
 
 
 class Channel:
-    """One end of a channel to one process of one session."""
+    """One end of a channel to one process of one session, shared by the Client's threads.
 
-    __slots__ = ("sock", "pid", "decoder", "frames", "lock", "last_used", "closed", "poller",
+    Several calls may be in flight on it (a session serves a channel's requests in order, and
+    those that arrive together in one group commit): each thread writes its frame whole under
+    ``send_lock``, then waits for its reply. Whoever waits and finds nobody reading reads (the
+    leader/follower of _sync.py, on a smaller scale): it routes each reply to its caller by id
+    and wakes them. The socket is closed by the last thread to stop using it."""
+
+    __slots__ = ("sock", "pid", "decoder", "send_lock", "lock", "arrived", "in_flight",
+                 "replies", "reading", "last_used", "closed", "lost_ids", "poller", "users",
                  "buffer")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.pid = pid
         self.decoder = wire.FrameDecoder(wire.MAX_FRAME)  # our own session's replies
-        self.frames: list[Any] = []  # read past the one wanted: the next reads take them
-        self.lock = threading.Lock()  # one call at a time
+        self.send_lock = threading.Lock()  # one whole frame at a time
+        self.lock = threading.Lock()  # guards everything below
+        self.arrived = threading.Condition(self.lock)  # a reply routed, or the reader left
+        self.in_flight: dict[int, None] = {}  # ids sent and not answered, in the order sent
+        self.replies: dict[int, Any] = {}  # answered, not yet taken by their caller
+        self.reading = False
         self.last_used = time.monotonic()
         self.closed = False
+        self.lost_ids: list[int] | None = None  # set when it ended: the ids then in flight
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
-        # A reply is waited for in ``recv`` itself, woken every RECV_SLICE to look at the
-        # deadline (as SyncConnection reads the daemon): one syscall where poll first made two.
+        self.users = 0  # threads inside round_trip: the last one out closes a closed channel
+        # The reader waits in ``recv`` itself, woken every RECV_SLICE to look at its deadline
+        # (as SyncConnection reads the daemon): one syscall where poll first made two.
         wire.set_receive_timeout(self.sock, RECV_SLICE)
-        self.buffer = bytearray(wire.RECV_CHUNK)  # read into, not allocated by every recv
+        self.buffer = bytearray(wire.RECV_CHUNK)  # the reader's: not allocated by every recv
 
     def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
                    deadline: float) -> Any:
-        """Send ``frame`` and read until its reply (a dict), or ``_LOST``; a timeout raises.
-        The caller holds ``lock``."""
-        self.last_used = time.monotonic()
+        """Send ``frame`` and wait for its reply (a dict), ``_LOST`` or ``_CLOSED``; a
+        timeout raises."""
+        with self.lock:
+            if self.closed:
+                return _CLOSED
+            self.users += 1
+            self.last_used = time.monotonic()
         try:
+            self._send(request_id, frame, op, timeout, deadline)
+            return self._await(request_id, op, timeout, deadline)
+        finally:
+            with self.lock:
+                self.in_flight.pop(request_id, None)  # given up: its late reply is dropped
+                self.users -= 1
+                if self.closed and not self.users and not self.reading:
+                    self.sock.close()
+
+    def _send(self, request_id: int, frame: bytes, op: str, timeout: float,
+              deadline: float) -> None:
+        if not self.send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise timed_out(op, timeout, "the channel is busy sending; nothing was sent")
+        try:
+            with self.lock:  # in flight in the order sent: the daemon's answer on a loss needs it
+                self.in_flight[request_id] = None
             sent = send_until(self.sock, frame, deadline)
         except OSError:
-            return _LOST
+            return  # the session is gone: the reader sees the end, and the daemon says
+        finally:
+            self.send_lock.release()
         if sent < len(frame):  # the session is not reading: this channel is out of step
             self.close()  # half a frame then EOF: the session drops it, never applied
             raise timed_out(op, timeout, "the session is not reading; not applied")
-        while True:
-            reply = self._next_frame(op, timeout, deadline)
-            if reply is _LOST or reply.get("id") == request_id:
-                return reply
-            if reply.get("id") is None and isinstance(reply.get("error"), dict):
-                self.close()  # the session refused a frame and closed the channel
-                raise from_wire(reply["error"])
-            # else: the late reply of a call whose caller gave up; dropped
 
-    def _next_frame(self, op: str, timeout: float, deadline: float) -> Any:
-        pending = self.frames
-        while not pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or remaining < RECV_SLICE and not self.poller.poll(remaining * 1000):
-                raise timed_out(op, timeout, "no reply; the request may still be applied")
-            try:
-                count = self.sock.recv_into(self.buffer)
-            except (BlockingIOError, InterruptedError):  # a slice of the wait went by
-                continue
-            except OSError:
-                count = 0
-            if not count:
-                return _LOST
-            try:
-                with memoryview(self.buffer) as view:
-                    pending.extend(self.decoder.feed(view[:count]))
-            except ProtocolError:
-                return _LOST
-        frame = pending.pop(0)
-        if not isinstance(frame, dict):
-            raise ProtocolError(f"the session sent a {type(frame).__name__}, not a reply")
-        return frame
+    def _await(self, request_id: int, op: str, timeout: float, deadline: float) -> Any:
+        with self.lock:
+            while True:
+                if request_id in self.replies:
+                    return self.replies.pop(request_id)
+                if self.lost_ids is not None:
+                    return _LOST
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise timed_out(op, timeout, "no reply; the request may still be applied")
+                if self.reading:
+                    self.arrived.wait(remaining)
+                    continue
+                self.reading = True
+                self.lock.release()
+                try:
+                    frames = self._read(remaining)
+                finally:
+                    self.lock.acquire()
+                    self.reading = False
+                self._route(frames)
+                self.arrived.notify_all()
+
+    def _read(self, remaining: float) -> list[Any] | None:
+        """Frames that came within ``remaining`` seconds ([] if none); None: the channel ended."""
+        if remaining < RECV_SLICE and not self.poller.poll(remaining * 1000):
+            return []
+        try:
+            count = self.sock.recv_into(self.buffer)
+        except (BlockingIOError, InterruptedError):  # a slice went by: the caller looks again
+            return []
+        except OSError:
+            count = 0
+        if not count:
+            return None
+        try:
+            return self.decoder.feed(memoryview(self.buffer)[:count])
+        except ProtocolError:
+            return None
+
+    def _route(self, frames: list[Any] | None) -> None:
+        """Hand each reply to its caller (held under ``lock``); a reply whose caller gave up
+        is dropped; the end of the channel is noted with the calls then unanswered."""
+        if frames is None:
+            self.lost_ids = list(self.in_flight)
+            return
+        for frame in frames:
+            if not isinstance(frame, dict):
+                self.lost_ids = list(self.in_flight)  # not our session's: unusable
+                return
+            request_id = frame.get("id")
+            if request_id in self.in_flight:
+                del self.in_flight[request_id]
+                self.replies[request_id] = frame
+            elif request_id is None and isinstance(frame.get("error"), dict):
+                # the session refused a frame and closed the channel: each caller hears why
+                for waiting in self.in_flight:
+                    self.replies[waiting] = frame
+                self.in_flight.clear()
+                self.closed = True
+                shutdown(self.sock)
 
     def close(self) -> None:
-        if not self.closed:
+        """No call starts on it any more; the socket goes now, or with its last user."""
+        with self.lock:
+            if self.closed:
+                return
             self.closed = True
-            shutdown(self.sock)
-            self.sock.close()
+            shutdown(self.sock)  # wakes a thread reading it
+            if not self.users and not self.reading:
+                self.sock.close()
 
 
 class DirectCalls:
@@ -152,27 +223,19 @@ class DirectCalls:
             channel = self.channel_for(session_id)
             if channel is None:
                 return conn.call(op, args)  # no channel can be made: relayed, same call id
-            reply = self._on(channel, request_id, frame, op, deadline)
+            reply = channel.round_trip(request_id, frame, op, conn.timeout, deadline)
+            if reply is _CLOSED:  # never sent on it: the next channel takes it
+                self._drop(session_id, channel)
+                continue
             if reply is not _LOST:
                 return self._outcome(session_id, channel, reply, deadline)
             self._drop(session_id, channel)
-            begun = conn.call("channel_lost", {"pid": channel.pid, "ids": [request_id]})["begun"]
-            if begun:
+            lost = channel.lost_ids or [request_id]
+            begun = conn.call("channel_lost", {"pid": channel.pid, "ids": lost})["begun"]
+            if begun and request_id in begun:
                 raise SessionCrashedError(
                     f"session {session_id}'s process died serving this call; it may or may not "
                     "have been applied")
-
-    def _on(self, channel: Channel, request_id: int, frame: bytes, op: str,
-            deadline: float) -> Any:
-        if not channel.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise timed_out(op, self.conn.timeout, "the session is busy with this client's "
-                            "other calls; nothing was sent")
-        try:
-            if channel.closed:
-                return _LOST
-            return channel.round_trip(request_id, frame, op, self.conn.timeout, deadline)
-        finally:
-            channel.lock.release()
 
     def _outcome(self, session_id: str, channel: Channel, reply: dict[str, Any],
                  deadline: float) -> Any:
@@ -208,23 +271,17 @@ class DirectCalls:
         with self.lock:
             if self.channels.get(session_id) is channel:
                 del self.channels[session_id]
-        with channel.lock:
-            channel.close()
+        channel.close()
 
     def _close_unused(self, now: float) -> None:
         for session_id, channel in list(self.channels.items()):
-            if now - channel.last_used > CHANNEL_IDLE_SECONDS and channel.lock.acquire(False):
-                try:
-                    del self.channels[session_id]
-                    channel.close()
-                finally:
-                    channel.lock.release()
+            if now - channel.last_used > CHANNEL_IDLE_SECONDS and not channel.users:
+                del self.channels[session_id]
+                channel.close()
 
     def close(self) -> None:
         with self.lock:
             channels, self.channels = list(self.channels.values()), {}
         for channel in channels:
-            shutdown(channel.sock)  # wakes a caller reading it
-            with channel.lock:
-                channel.close()
+            channel.close()  # a caller reading it wakes up to its end
 
