@@ -85,8 +85,14 @@ def process_name(pid: int) -> str | None:
 
 
 def session_processes(daemon_pid: int) -> list[int]:
-    """The daemon's children that are session processes (not its template or spares)."""
-    return [pid for pid in children_of(daemon_pid) if process_name(pid) not in HELPER_NAMES]
+    """The daemon's children that are session processes: named ``jido-<8 hex>`` once they
+    begin their session (not the template or a spare, nor a child not named yet: a template
+    just forked still has the daemon's name, a spare just cloned the template's)."""
+    return [pid for pid in children_of(daemon_pid) if is_session_name(process_name(pid))]
+
+
+def is_session_name(name: str | None) -> bool:
+    return name is not None and name.startswith("jido-") and name not in HELPER_NAMES
 
 
 def zombies_among_children(pid: int) -> list[int]:

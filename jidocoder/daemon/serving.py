@@ -340,8 +340,12 @@ class SessionLoop:
             if woke is not None:
                 reply["woke"] = woke  # idle → active: on both topics
             channel.out.append(_packed(reply))
-        if channel.flush():
-            process.mark_done()
+        # Between calls from here, before the replies leave: a process lost with them unsent has
+        # committed each write with its call id, so its successor, sent the call again (not
+        # begun, says the daemon), answers it from that record; and a process whose client does
+        # not read its replies may still be hibernated.
+        process.mark_done()
+        channel.flush()
 
     def report_in_ms(self) -> float:
         """How long the loop may wait before ``served`` is due to the daemon."""
