@@ -25,7 +25,8 @@ subscriber sees a call's events before the call returns, as on the relayed path.
 
 Where no channel can be made (the daemon says ``relay``: out of fds, a backend without them),
 the call goes relayed; the next call asks again. A channel unused for ``CHANNEL_IDLE_SECONDS``
-is closed at the next call: a session holds one fd per client using it, not per client ever.
+is closed at a later call (looked for every ``SWEEP_SECONDS``): a session holds one fd per
+client using it, not per client ever.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 from . import wire
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
-from ._sync import SyncConnection
+from ._sync import RECV_SLICE, SyncConnection
 from .errors import ProtocolError, SessionCrashedError, from_wire
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
@@ -51,6 +52,9 @@ DIRECT_OPS = frozenset({
     "cache_file", "get_file", "invalidate_file", "clear_session_cache"})
 
 CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less on each side)
+# How often a call looks for such channels: each look goes over all of them, so not every call
+# (a Client calling 1,000 sessions would spend more on that than on its call).
+SWEEP_SECONDS = CHANNEL_IDLE_SECONDS / 10
 
 _LOST = object()  # the channel ended before the reply came
 _CLOSED = object()  # the channel was closed on this side before the call was sent on it
@@ -66,7 +70,8 @@ class Channel:
     and wakes them. The socket is closed by the last thread to stop using it."""
 
     __slots__ = ("sock", "pid", "decoder", "send_lock", "lock", "arrived", "in_flight",
-                 "replies", "reading", "last_used", "closed", "lost_ids", "poller", "users")
+                 "replies", "reading", "last_used", "closed", "lost_ids", "poller", "users",
+                 "buffer")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
@@ -84,6 +89,10 @@ class Channel:
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
         self.users = 0  # threads inside round_trip: the last one out closes a closed channel
+        # The reader waits in ``recv`` itself, woken every RECV_SLICE to look at its deadline
+        # (as SyncConnection reads the daemon): one syscall where poll first made two.
+        wire.set_receive_timeout(self.sock, RECV_SLICE)
+        self.buffer = bytearray(wire.RECV_CHUNK)  # the reader's: not allocated by every recv
 
     def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
                    deadline: float) -> Any:
@@ -145,16 +154,18 @@ class Channel:
 
     def _read(self, remaining: float) -> list[Any] | None:
         """Frames that came within ``remaining`` seconds ([] if none); None: the channel ended."""
-        if not self.poller.poll(remaining * 1000):
+        if remaining < RECV_SLICE and not self.poller.poll(remaining * 1000):
             return []
         try:
-            data = self.sock.recv(wire.RECV_CHUNK)
+            count = self.sock.recv_into(self.buffer)
+        except (BlockingIOError, InterruptedError):  # a slice went by: the caller looks again
+            return []
         except OSError:
-            data = b""
-        if not data:
+            count = 0
+        if not count:
             return None
         try:
-            return self.decoder.feed(data)
+            return self.decoder.feed(memoryview(self.buffer)[:count])
         except ProtocolError:
             return None
 
@@ -198,6 +209,7 @@ class DirectCalls:
         self.conn = conn
         self.channels: dict[str, Channel] = {}
         self.lock = threading.Lock()
+        self.swept_at = time.monotonic()
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
@@ -237,7 +249,10 @@ class DirectCalls:
     def channel_for(self, session_id: str) -> Channel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
         with self.lock:
-            self._close_unused(time.monotonic())
+            now = time.monotonic()
+            if now - self.swept_at >= SWEEP_SECONDS:
+                self.swept_at = now
+                self._close_unused(now)
             channel = self.channels.get(session_id)
             if channel is not None:
                 return channel
