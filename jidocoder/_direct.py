@@ -36,81 +36,61 @@ import time
 from typing import Any
 
 from . import wire
+from ._channel import (CHANNEL_IDLE_SECONDS, DIRECT_OPS, LOST, UNSENT, ChannelReplies, DirectCall,
+                       unused)
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
 from ._sync import SyncConnection
-from .errors import ProtocolError, SessionCrashedError, from_wire
+from .errors import JidocoderError
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
-
-# Calls a session serves itself (the daemon's SESSION_OPS): these take a channel.
-DIRECT_OPS = frozenset({
-    "send_message", "get_conversation_history", "clear_conversation", "add_file",
-    "remove_file", "get_active_files", "update_file_index", "get_file_index", "build_context",
-    "cache_file", "get_file", "invalidate_file", "clear_session_cache"})
-
-CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less on each side)
-
-_LOST = object()  # the channel ended before the reply came
 
 
 class Channel:
     """One end of a channel to one process of one session."""
 
-    __slots__ = ("sock", "pid", "decoder", "frames", "lock", "last_used", "closed", "poller")
+    __slots__ = ("sock", "pid", "replies", "lock", "last_used", "closed", "poller")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.pid = pid
-        self.decoder = wire.FrameDecoder(wire.MAX_FRAME)  # our own session's replies
-        self.frames: list[Any] = []  # read past the one wanted: the next reads take them
+        self.replies = ChannelReplies()
         self.lock = threading.Lock()  # one call at a time
         self.last_used = time.monotonic()
         self.closed = False
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
 
-    def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
-                   deadline: float) -> Any:
-        """Send ``frame`` and read until its reply (a dict), or ``_LOST``; a timeout raises.
-        The caller holds ``lock``."""
+    def round_trip(self, call: DirectCall, timeout: float) -> Any:
+        """Send the call's frame and read until its reply (a dict), or ``LOST``; a timeout
+        raises. The caller holds ``lock``."""
         self.last_used = time.monotonic()
         try:
-            sent = send_until(self.sock, frame, deadline)
+            sent = send_until(self.sock, call.frame, call.deadline)
         except OSError:
-            return _LOST
-        if sent < len(frame):  # the session is not reading: this channel is out of step
+            return LOST
+        if sent < len(call.frame):  # the session is not reading: this channel is out of step
             self.close()  # half a frame then EOF: the session drops it, never applied
-            raise timed_out(op, timeout, "the session is not reading; not applied")
-        while True:
-            reply = self._next_frame(op, timeout, deadline)
-            if reply is _LOST or reply.get("id") == request_id:
-                return reply
-            if reply.get("id") is None and isinstance(reply.get("error"), dict):
-                self.close()  # the session refused a frame and closed the channel
-                raise from_wire(reply["error"])
-            # else: the late reply of a call whose caller gave up; dropped
+            raise timed_out(call.op, timeout, "the session is not reading; not applied")
+        try:
+            while (reply := self.replies.take(call.request_id)) is None:
+                if not self._read(call, timeout):
+                    return LOST
+        except JidocoderError:
+            self.close()  # refused, or not replies: out of step
+            raise
+        return reply
 
-    def _next_frame(self, op: str, timeout: float, deadline: float) -> Any:
-        pending = self.frames
-        while not pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.poller.poll(remaining * 1000):
-                raise timed_out(op, timeout, "no reply; the request may still be applied")
-            try:
-                data = self.sock.recv(wire.RECV_CHUNK)
-            except OSError:
-                data = b""
-            if not data:
-                return _LOST
-            try:
-                pending.extend(self.decoder.feed(data))
-            except ProtocolError:
-                return _LOST
-        frame = pending.pop(0)
-        if not isinstance(frame, dict):
-            raise ProtocolError(f"the session sent a {type(frame).__name__}, not a reply")
-        return frame
+    def _read(self, call: DirectCall, timeout: float) -> bool:
+        """One read into ``replies``; False: the channel ended."""
+        remaining = call.remaining()
+        if remaining <= 0 or not self.poller.poll(remaining * 1000):
+            raise timed_out(call.op, timeout, "no reply; the request may still be applied")
+        try:
+            data = self.sock.recv(wire.RECV_CHUNK)
+        except OSError:
+            data = b""
+        return bool(data) and self.replies.feed(data)
 
     def close(self) -> None:
         if not self.closed:
@@ -129,46 +109,37 @@ class DirectCalls:
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
-        session_id = args.get("session_id")
-        if not isinstance(session_id, str) or not conn.core.channels:
-            return conn.call(op, args)  # the daemon says what is wrong, or has no channels
-        deadline = time.monotonic() + conn.timeout
         with conn._lock:
-            request_id, frame, args = conn.core.direct_request(op, args, deadline)
+            call = DirectCall.start(conn.core, op, args, conn.timeout)
+        if call is None:
+            return conn.call(op, args)  # the daemon says what is wrong, or has no channels
         while True:
-            channel = self.channel_for(session_id)
+            channel = self.channel_for(call.session_id)
             if channel is None:
-                return conn.call(op, args)  # no channel can be made: relayed, same call id
-            reply = self._on(channel, request_id, frame, op, deadline)
-            if reply is not _LOST:
-                return self._outcome(session_id, channel, reply, deadline)
-            self._drop(session_id, channel)
-            begun = conn.call("channel_lost", {"pid": channel.pid, "ids": [request_id]})["begun"]
-            if begun:
-                raise SessionCrashedError(
-                    f"session {session_id}'s process died serving this call; it may or may not "
-                    "have been applied")
+                return conn.call(op, call.args)  # no channel can be made: relayed, same call id
+            reply = self._on(channel, call)
+            if reply is not LOST and reply is not UNSENT:
+                return self._outcome(call, channel, reply)
+            self._drop(call.session_id, channel)
+            if reply is LOST:
+                call.after_lost(conn.call("channel_lost", call.lost_query(channel.pid)))
 
-    def _on(self, channel: Channel, request_id: int, frame: bytes, op: str,
-            deadline: float) -> Any:
-        if not channel.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise timed_out(op, self.conn.timeout, "the session is busy with this client's "
-                            "other calls; nothing was sent")
+    def _on(self, channel: Channel, call: DirectCall) -> Any:
+        if not channel.lock.acquire(timeout=call.remaining()):
+            raise timed_out(call.op, self.conn.timeout, "the session is busy with this "
+                            "client's other calls; nothing was sent")
         try:
             if channel.closed:
-                return _LOST
-            return channel.round_trip(request_id, frame, op, self.conn.timeout, deadline)
+                return UNSENT
+            return channel.round_trip(call, self.conn.timeout)
         finally:
             channel.lock.release()
 
-    def _outcome(self, session_id: str, channel: Channel, reply: dict[str, Any],
-                 deadline: float) -> Any:
-        mark = self.conn.core.mark_to_await(session_id, reply)
+    def _outcome(self, call: DirectCall, channel: Channel, reply: dict[str, Any]) -> Any:
+        mark = call.mark(self.conn.core, reply)
         if mark:
-            self.conn.await_mark(session_id, channel.pid, mark, deadline)
-        if "error" in reply:
-            raise from_wire(reply["error"])
-        return reply.get("result")
+            self.conn.await_mark(call.session_id, channel.pid, mark, call.deadline)
+        return call.outcome(reply)
 
     def channel_for(self, session_id: str) -> Channel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
@@ -197,7 +168,7 @@ class DirectCalls:
 
     def _close_unused(self, now: float) -> None:
         for session_id, channel in list(self.channels.items()):
-            if now - channel.last_used > CHANNEL_IDLE_SECONDS and channel.lock.acquire(False):
+            if unused(channel.last_used, now) and channel.lock.acquire(False):
                 try:
                     del self.channels[session_id]
                     channel.close()
@@ -211,4 +182,3 @@ class DirectCalls:
             shutdown(channel.sock)  # wakes a caller reading it
             with channel.lock:
                 channel.close()
-
