@@ -11,10 +11,12 @@ import time
 
 import pytest
 
-from jidocoder import Client, SessionCrashedError, SessionNotFoundError, wire
+from jidocoder import (Client, RequestTimeoutError, SessionCrashedError, SessionNotFoundError,
+                       wire)
 from tests.integration.test_events import RAW_MAX, raw_subscriber
 from tests.integration.test_reconnect import in_background, restart
-from tests.support import LONG, SHORT, contents, fd_count, take_events, wait_until
+from tests.support import (EXPIRES, LONG, SHORT, contents, cpu_seconds, fd_count, take_events,
+                           wait_until)
 
 
 def channel_pid(client: Client, session_id: str) -> int:
@@ -53,9 +55,12 @@ def test_a_call_its_process_dies_serving_raises_crashed_and_the_next_is_served(d
         session_id = client.create_session()
         client.send_message(session_id, "user", "before")
         pid = client.get_session_pid(session_id)
+        cpu = cpu_seconds(pid)
         thread, outcome = in_background(
             lambda: client._call("debug_hang", {"session_id": session_id, "seconds": 60}))
-        wait_until(lambda: client._direct.channels[session_id].lock.locked(), SHORT, "the call")
+        # Begun, not just sent: it spins, as an idle session never does (killed before it read
+        # the call, the successor would be sent it and hang until the watchdog's 10 s).
+        wait_until(lambda: cpu_seconds(pid) > cpu + 0.1, SHORT, "the session to begin the call")
         os.kill(pid, signal.SIGKILL)
         thread.join(LONG)
         assert isinstance(outcome.get("error"), SessionCrashedError)
@@ -76,6 +81,24 @@ def test_a_call_the_dead_process_never_read_is_served_by_its_successor(daemon):
         thread.join(LONG)
         assert outcome == {"result": None}
         assert contents(client, session_id) == ["before", "queued"]
+
+
+def test_a_call_cut_off_mid_frame_is_never_applied_and_the_next_takes_a_new_channel(daemon):
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session()
+        client.send_message(session_id, "user", "before")
+        pid = client.get_session_pid(session_id)
+        os.kill(pid, signal.SIGSTOP)  # more than the socket's buffers hold stays unsent
+        try:
+            client.timeout = EXPIRES * 5
+            with pytest.raises(RequestTimeoutError, match="not applied"):
+                client.send_message(session_id, "user", "z" * (4 << 20))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        client.timeout = SHORT  # the closed channel is replaced; the live process not awaited
+        client.send_message(session_id, "user", "after")
+        assert contents(client, session_id) == ["before", "after"]
+        assert client.get_session_pid(session_id) == pid
 
 
 def test_a_terminated_sessions_channel_ends_with_not_found(daemon):
