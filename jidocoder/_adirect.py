@@ -1,25 +1,25 @@
 """``AsyncClient``'s direct calls: a session's calls go straight to its process, on a channel.
 
 The same design as ``Client``'s (_direct.py; docs/protocol.md, "Direct channels"), and the same
-pure parts (_channel.py: the call, its frame, what its replies and a lost channel mean); here
-only the waiting is asyncio's. A channel is an ``AioSocket`` (_aiosock.py), like the daemon
-connection: read by a reader callback into its ``ChannelReplies``, which wakes the one call
-waiting, so a late reply (its caller cancelled, or gave up at its deadline) is read as it comes
-and dropped when the next call looks for its own.
+pure parts (_channel.py: the call, its frame, the calls in flight on a channel and their
+replies, what a lost channel means); here only the waiting is asyncio's. A channel is an
+``AioSocket`` (_aiosock.py), like the daemon connection: a reader callback feeds its
+``ChannelCalls``, which routes each reply to its call, and wakes that call's Future.
 
-One call at a time per channel (an ``asyncio.Lock``, taken under the call's deadline with
-``asyncio.timeout``, which, unlike ``wait_for`` on 3.11, never loses a lock granted as the time
-runs out): a session serves one channel's calls in order anyway. Cancellation, at any await:
-before the frame is written, nothing was sent; the frame is written whole in one synchronous
-call, so after it the frame goes whole (applied once), its late reply is dropped, and the
-channel stays in step for the next call. A call that reaches its deadline with part of its
-frame still unsent closes the channel: the session drops the half frame at the EOF, unapplied.
+Many calls in flight per channel, as ``Client``'s threads have: each task writes its frame whole
+and waits for its own reply; the session serves a channel's requests in order, those that come
+together as one group (one commit). Cancellation, at any await: before the frame is written,
+nothing was sent; the frame is written whole in one synchronous call, so after it the frame
+goes whole (applied once), its late reply is dropped, and the channel stays in step. A call
+that reaches its deadline with part of its frame unsent closes the channel: the session drops
+the half frame at the EOF, unapplied.
 
-A lost channel (EOF, a reset) before the reply: the daemon is asked ``channel_lost``; begun →
-``SessionCrashedError``, else the same frame goes on a new channel (to the successor). One that
-ended before the frame was written (``UNSENT``) needs no question: the call goes on a new one. A
-``relay`` answer to ``open_channel`` sends the call relayed. Tasks that need a session's channel
-at once wait for one ``open_channel``, not one each. A channel unused for
+A lost channel (EOF, a reset) before the reply: the daemon is asked ``channel_lost`` about the
+calls then in flight; begun → ``SessionCrashedError``, else the same frame goes on a new channel
+(to the successor). A call none of whose bytes went (the channel closed on this side, or
+ended, before the kernel took any) is ``CLOSED``: it goes on a new channel with no question.
+A ``relay`` answer to ``open_channel`` sends the call relayed. Tasks that need a session's
+channel at once wait for one ``open_channel``, not one each. A channel unused for
 ``CHANNEL_IDLE_SECONDS`` is closed at the next call; ``close()`` closes them all.
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 
 from ._aiosock import AioSocket, close_quietly
 from ._async import AsyncConnection
-from ._channel import LOST, UNSENT, ChannelReplies, DirectCall, unused
+from ._channel import CLOSED, LOST, ChannelCalls, DirectCall, take_unused
 from ._lifecycle import timed_out
-from .errors import JidocoderError
+from .errors import RequestTimeoutError
 
 __all__ = ["AsyncDirectCalls"]
 
@@ -43,51 +43,46 @@ __all__ = ["AsyncDirectCalls"]
 class AsyncChannel:
     """One end of a channel to one process of one session (``AioSocket``'s owner)."""
 
-    __slots__ = ("io", "pid", "replies", "lock", "last_used", "lost", "arrived", "__weakref__")
+    __slots__ = ("io", "pid", "calls", "waiters", "last_used", "closed", "__weakref__")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.pid = pid
-        self.replies = ChannelReplies()
-        self.lock = asyncio.Lock()  # one call at a time
+        self.calls = ChannelCalls()
+        self.waiters: dict[int, asyncio.Future[None]] = {}  # by id: woken answered, or at the end
         self.last_used = time.monotonic()
-        self.lost = False
-        self.arrived: asyncio.Future[None] | None = None  # the waiting call's wakeup
+        self.closed = False
         self.io = AioSocket(socket.socket(fileno=fd), self)
 
     async def round_trip(self, call: DirectCall, timeout: float) -> Any:
-        """Write the call's frame, then wait for its reply (a dict) or ``LOST``; its deadline
-        raises. The caller holds ``lock``."""
+        """Write the call's frame, then wait for its reply (a dict), ``LOST`` or ``CLOSED``;
+        its deadline raises."""
+        if self.closed:
+            return CLOSED
         self.last_used = time.monotonic()
-        if self.lost:
-            return UNSENT
-        self.io.write(call.frame)  # whole, at once: see the module docstring
-        try:
-            while (reply := self.replies.take(call.request_id)) is None:
-                if self.lost:
-                    return LOST
-                await self._arrival(call, timeout)
-        except JidocoderError:
-            self.close()  # refused, or not replies: out of step
-            raise
-        return reply
-
-    async def _arrival(self, call: DirectCall, timeout: float) -> None:
-        self.arrived = asyncio.get_running_loop().create_future()
+        self.calls.sent(call.request_id)
+        end = self.io.write(call.frame)  # whole, at once: see the module docstring
+        waiter = self.waiters[call.request_id] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(call.remaining()):
-                await self.arrived
+                await waiter
+            reply = self.calls.take(call.request_id)
         except TimeoutError:
-            if self.io.unsent():  # not all of it reached the session: close, never applied
-                self.close()
-                raise timed_out(call.op, timeout, "the session is not reading; not applied") \
-                    from None
-            raise timed_out(call.op, timeout, "no reply; the request may still be applied") \
-                from None
+            raise self._gave_up(call, timeout, end) from None
         finally:
-            self.arrived = None
+            del self.waiters[call.request_id]
+            self.calls.forget(call.request_id)
+        if reply is LOST and self.io.flushed <= end - len(call.frame):
+            return CLOSED  # not a byte of it went: never applied, the next channel takes it
+        return reply
+
+    def _gave_up(self, call: DirectCall, timeout: float, end: int) -> RequestTimeoutError:
+        if self.io.flushed < end:  # not all of it reached the session: close, never applied
+            self.close()
+            return timed_out(call.op, timeout, "the session is not reading; not applied")
+        return timed_out(call.op, timeout, "no reply; the request may still be applied")
 
     def received(self, data: memoryview, fds: list[int]) -> None:
-        if not self.replies.feed(data):
+        if not self.calls.feed(data):  # refused (each call in flight hears why) or unusable
             self.close()
         self._wake()
 
@@ -95,11 +90,16 @@ class AsyncChannel:
         self.close()
 
     def _wake(self) -> None:
-        if self.arrived is not None and not self.arrived.done():
-            self.arrived.set_result(None)
+        """Wake the calls answered, or all of them once the channel ended."""
+        calls = self.calls
+        for request_id, waiter in self.waiters.items():
+            if (request_id in calls.replies or calls.lost_ids is not None) and not waiter.done():
+                waiter.set_result(None)
 
     def close(self) -> None:
-        self.lost = True
+        """No call starts on it any more; the calls in flight on it are lost."""
+        self.closed = True
+        self.calls.end()
         self.io.close()
         self._wake()
 
@@ -123,30 +123,19 @@ class AsyncDirectCalls:
             channel = await self.channel_for(call.session_id)
             if channel is None:
                 return await conn.call(op, call.args)  # no channel: relayed, same call id
-            reply = await self._on(channel, call)
-            if reply is UNSENT:
+            reply = await channel.round_trip(call, conn.timeout)
+            if reply is CLOSED:  # never sent on it: the next channel takes it
                 self._drop(call.session_id, channel)
                 continue
             if reply is LOST:
                 self._drop(call.session_id, channel)
-                call.after_lost(await conn.call("channel_lost", call.lost_query(channel.pid)))
+                query = call.lost_query(channel.pid, channel.calls.lost_ids)
+                call.after_lost(await conn.call("channel_lost", query))
                 continue
             mark = call.mark(conn.core, reply)
             if mark:
                 await conn.await_mark(call.session_id, channel.pid, mark, call.deadline)
             return call.outcome(reply)
-
-    async def _on(self, channel: AsyncChannel, call: DirectCall) -> Any:
-        try:
-            async with asyncio.timeout(call.remaining()):
-                await channel.lock.acquire()
-        except TimeoutError:
-            raise timed_out(call.op, self.conn.timeout, "the session is busy with this "
-                            "client's other calls; nothing was sent") from None
-        try:
-            return await channel.round_trip(call, self.conn.timeout)
-        finally:
-            channel.lock.release()
 
     async def channel_for(self, session_id: str) -> AsyncChannel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
@@ -173,10 +162,8 @@ class AsyncDirectCalls:
         channel.close()  # its waiting calls, if any, find it lost and ask the daemon
 
     def _close_unused(self, now: float) -> None:
-        for session_id, channel in list(self.channels.items()):
-            if unused(channel.last_used, now) and not channel.lock.locked():
-                del self.channels[session_id]
-                channel.close()
+        for channel in take_unused(self.channels, now, lambda channel: channel.waiters):
+            channel.close()
 
     def close(self) -> None:
         _close_all(self.channels)

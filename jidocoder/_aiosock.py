@@ -15,8 +15,10 @@ the async shell, and a write here is what a call's safety rests on, wherever it 
 - ``write`` takes the whole frame at once, synchronously: sent now, or what is left kept and
   flushed in order. No await comes between a frame's first byte and its last, so a task
   cancelled at any await has either not written its frame or written all of it (docs/api.md
-  §11: applied once or not at all). ``unsent()`` says whether some of it still waits: a call
-  that gives up then closes the socket, and the half frame before the EOF is never applied.
+  §11: applied once or not at all). It returns where the frame ends in the stream, and
+  ``flushed`` counts what the kernel took, so a call knows whether its frame went whole, in
+  part (giving up, it closes the socket: the half frame before the EOF is never applied) or
+  not at all (it can go on another socket).
 - What arrives goes to the owner's ``received(data, fds)`` and the end to ``ended(error)``.
   The owner is held weakly: the loop holds this object (its callbacks), not the AsyncClient
   above it, so a client dropped without ``close()`` is collected and its finalizer closes this.
@@ -47,7 +49,8 @@ class AioSocket:
     """``sock`` (connected) read and written on the running loop until ``close()``; with
     ``fd_space`` > 0, the fds that come with the bytes are taken too (up to that much room)."""
 
-    __slots__ = ("sock", "fd", "loop", "owner", "fd_space", "closed", "_out", "_buffer")
+    __slots__ = ("sock", "fd", "loop", "owner", "fd_space", "closed", "accepted", "flushed", "_out",
+                 "_buffer")
 
     def __init__(self, sock: socket.socket, owner: Owner, fd_space: int = 0) -> None:
         sock.setblocking(False)
@@ -57,39 +60,45 @@ class AioSocket:
         self.owner = weakref.ref(owner)
         self.fd_space = fd_space
         self.closed = False
+        self.accepted = 0  # bytes given to write(), ever
+        self.flushed = 0  # of those, taken by the kernel
         self._out = bytearray()  # written, not yet taken by the kernel
         self._buffer = memoryview(bytearray(wire.RECV_CHUNK))
         self.loop.add_reader(self.fd, self._readable)
 
     # -- out ---------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        """All of ``data``, now or as soon as the peer reads: see the module docstring. On a
-        socket whose peer is gone it is dropped; the reader sees that end."""
+    def write(self, data: bytes) -> int:
+        """All of ``data``, now or as soon as the peer reads: see the module docstring. Where
+        it ends in the stream (compare ``flushed``). On a socket whose peer is gone it is
+        dropped; the reader sees that end."""
+        self.accepted += len(data)
         if self.closed:
-            return
+            return self.accepted
         if not self._out:
             try:
                 sent = self.sock.send(data, _SEND_FLAGS)
             except BlockingIOError:
                 sent = 0
             except OSError:
-                return  # EPIPE, a reset: the read side ends it
+                return self.accepted  # EPIPE, a reset: the read side ends it
+            self.flushed += sent
             if sent == len(data):
-                return
+                return self.accepted
             self.loop.add_writer(self.fd, self._writable)
             data = data[sent:]
         self._out += data
-
-    def unsent(self) -> int:
-        return len(self._out)
+        return self.accepted
 
     def _writable(self) -> None:
         try:
             sent = self.sock.send(self._out, _SEND_FLAGS)
         except BlockingIOError:
             return
-        except OSError:
-            sent = len(self._out)  # the peer is gone: nothing more will be taken
+        except OSError:  # the peer is gone: nothing more will be taken
+            self._out.clear()
+            self.loop.remove_writer(self.fd)
+            return
+        self.flushed += sent
         del self._out[:sent]
         if not self._out:
             self.loop.remove_writer(self.fd)

@@ -6,13 +6,14 @@ on that session's calls cross one hop, and the daemon touches none of them (docs
 "Direct channels"). The daemon keeps the rest: sessions' lifecycle, events, ``create``, ``list``,
 ``info``, ``terminate``.
 
-A channel is used by one call at a time (its lock held for the round trip): a session serves
-its calls one by one anyway, so nothing is lost, and the calling thread reads its own reply
-with no other thread involved. A late reply (its caller gave up at its deadline) is read and
-dropped by the next caller.
+A channel carries several calls at once, as the daemon connection does: the Client's threads
+each write a whole frame, and whoever waits for a reply while nobody reads reads for all of
+them (``Channel``). The session serves a channel's requests in order, those that arrive
+together as one group (one commit), so threads sharing a Client pipeline their calls as on the
+relayed path. A late reply (its caller gave up at its deadline) is read and dropped.
 
 What a lost channel (EOF, reset) means is the daemon's to say, as for a relayed call: it is
-asked which of the calls in flight the dead process had begun (``channel_lost``, from its
+asked which of the calls in flight (in the order they were sent) the dead process had begun (``channel_lost``, from its
 table's ``started`` field): those raise ``SessionCrashedError``; the others are sent again, as
 they were (same id, call id, deadline), on a channel to the successor, which ``open_channel``
 waits for. A daemon that never ran that process (it was restarted, and its sessions with it)
@@ -36,67 +37,125 @@ import time
 from typing import Any
 
 from . import wire
-from ._channel import (CHANNEL_IDLE_SECONDS, DIRECT_OPS, LOST, UNSENT, ChannelReplies, DirectCall,
-                       unused)
+from ._channel import (CHANNEL_IDLE_SECONDS, CLOSED, DIRECT_OPS, LOST, ChannelCalls, DirectCall,
+                       take_unused)
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
 from ._sync import SyncConnection
-from .errors import JidocoderError
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
 
 
 class Channel:
-    """One end of a channel to one process of one session."""
+    """One end of a channel to one process of one session, shared by the Client's threads.
 
-    __slots__ = ("sock", "pid", "replies", "lock", "last_used", "closed", "poller")
+    Several calls may be in flight on it (a session serves a channel's requests in order, and
+    those that arrive together in one group commit): each thread writes its frame whole under
+    ``send_lock``, then waits for its reply. Whoever waits and finds nobody reading reads (the
+    leader/follower of _sync.py, on a smaller scale): it routes each reply to its caller by id
+    and wakes them. The socket is closed by the last thread to stop using it."""
+
+    __slots__ = ("sock", "pid", "calls", "send_lock", "lock", "arrived", "reading", "last_used",
+                 "closed", "poller", "users")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.pid = pid
-        self.replies = ChannelReplies()
-        self.lock = threading.Lock()  # one call at a time
+        self.calls = ChannelCalls()  # in flight, their replies, the end (_channel.py)
+        self.send_lock = threading.Lock()  # one whole frame at a time
+        self.lock = threading.Lock()  # guards everything below
+        self.arrived = threading.Condition(self.lock)  # a reply routed, or the reader left
+        self.reading = False
         self.last_used = time.monotonic()
         self.closed = False
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
+        self.users = 0  # threads inside round_trip: the last one out closes a closed channel
 
     def round_trip(self, call: DirectCall, timeout: float) -> Any:
-        """Send the call's frame and read until its reply (a dict), or ``LOST``; a timeout
-        raises. The caller holds ``lock``."""
-        self.last_used = time.monotonic()
+        """Send the call's frame and wait for its reply (a dict), ``LOST`` or ``CLOSED``; a
+        timeout raises."""
+        with self.lock:
+            if self.closed:
+                return CLOSED
+            self.users += 1
+            self.last_used = time.monotonic()
         try:
-            sent = send_until(self.sock, call.frame, call.deadline)
-        except OSError:
-            return LOST
-        if sent < len(call.frame):  # the session is not reading: this channel is out of step
-            self.close()  # half a frame then EOF: the session drops it, never applied
-            raise timed_out(call.op, timeout, "the session is not reading; not applied")
-        try:
-            while (reply := self.replies.take(call.request_id)) is None:
-                if not self._read(call, timeout):
-                    return LOST
-        except JidocoderError:
-            self.close()  # refused, or not replies: out of step
-            raise
-        return reply
+            self._send(call.request_id, call.frame, call.op, timeout, call.deadline)
+            return self._await(call.request_id, call.op, timeout, call.deadline)
+        finally:
+            with self.lock:
+                self.calls.forget(call.request_id)  # given up: its late reply is dropped
+                self.users -= 1
+                if self.closed and not self.users and not self.reading:
+                    self.sock.close()
 
-    def _read(self, call: DirectCall, timeout: float) -> bool:
-        """One read into ``replies``; False: the channel ended."""
-        remaining = call.remaining()
-        if remaining <= 0 or not self.poller.poll(remaining * 1000):
-            raise timed_out(call.op, timeout, "no reply; the request may still be applied")
+    def _send(self, request_id: int, frame: bytes, op: str, timeout: float,
+              deadline: float) -> None:
+        if not self.send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise timed_out(op, timeout, "the channel is busy sending; nothing was sent")
+        try:
+            with self.lock:  # in flight in the order sent: the daemon's answer on a loss needs it
+                self.calls.sent(request_id)
+            sent = send_until(self.sock, frame, deadline)
+        except OSError:
+            return  # the session is gone: the reader sees the end, and the daemon says
+        finally:
+            self.send_lock.release()
+        if sent < len(frame):  # the session is not reading: this channel is out of step
+            self.close()  # half a frame then EOF: the session drops it, never applied
+            raise timed_out(op, timeout, "the session is not reading; not applied")
+
+    def _await(self, request_id: int, op: str, timeout: float, deadline: float) -> Any:
+        with self.lock:
+            while True:
+                reply = self.calls.take(request_id)
+                if reply is not None:
+                    return reply
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise timed_out(op, timeout, "no reply; the request may still be applied")
+                if self.reading:
+                    self.arrived.wait(remaining)
+                    continue
+                self.reading = True
+                self.lock.release()
+                try:
+                    data = self._read(remaining)
+                finally:
+                    self.lock.acquire()
+                    self.reading = False
+                self._route(data)
+                self.arrived.notify_all()
+
+    def _read(self, remaining: float) -> bytes | None:
+        """What came within ``remaining`` seconds (b"" if nothing); None: the channel ended."""
+        if not self.poller.poll(remaining * 1000):
+            return b""
         try:
             data = self.sock.recv(wire.RECV_CHUNK)
         except OSError:
             data = b""
-        return bool(data) and self.replies.feed(data)
+        return data or None
 
-    def close(self) -> None:
-        if not self.closed:
+    def _route(self, data: bytes | None) -> None:
+        """Hand each reply to its caller (held under ``lock``); a reply whose caller gave up
+        is dropped; the end of the channel is noted with the calls then unanswered."""
+        if data is None:
+            self.calls.end()
+        elif not self.calls.feed(data):  # refused (each caller hears why) or unusable
             self.closed = True
             shutdown(self.sock)
-            self.sock.close()
+
+    def close(self) -> None:
+        """No call starts on it any more; the socket goes now, or with its last user."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            shutdown(self.sock)  # wakes a thread reading it
+            if not self.users and not self.reading:
+                self.sock.close()
 
 
 class DirectCalls:
@@ -117,23 +176,15 @@ class DirectCalls:
             channel = self.channel_for(call.session_id)
             if channel is None:
                 return conn.call(op, call.args)  # no channel can be made: relayed, same call id
-            reply = self._on(channel, call)
-            if reply is not LOST and reply is not UNSENT:
+            reply = channel.round_trip(call, conn.timeout)
+            if reply is CLOSED:  # never sent on it: the next channel takes it
+                self._drop(call.session_id, channel)
+                continue
+            if reply is not LOST:
                 return self._outcome(call, channel, reply)
             self._drop(call.session_id, channel)
-            if reply is LOST:
-                call.after_lost(conn.call("channel_lost", call.lost_query(channel.pid)))
-
-    def _on(self, channel: Channel, call: DirectCall) -> Any:
-        if not channel.lock.acquire(timeout=call.remaining()):
-            raise timed_out(call.op, self.conn.timeout, "the session is busy with this "
-                            "client's other calls; nothing was sent")
-        try:
-            if channel.closed:
-                return UNSENT
-            return channel.round_trip(call, self.conn.timeout)
-        finally:
-            channel.lock.release()
+            query = call.lost_query(channel.pid, channel.calls.lost_ids)
+            call.after_lost(conn.call("channel_lost", query))
 
     def _outcome(self, call: DirectCall, channel: Channel, reply: dict[str, Any]) -> Any:
         mark = call.mark(self.conn.core, reply)
@@ -163,22 +214,15 @@ class DirectCalls:
         with self.lock:
             if self.channels.get(session_id) is channel:
                 del self.channels[session_id]
-        with channel.lock:
-            channel.close()
+        channel.close()
 
     def _close_unused(self, now: float) -> None:
-        for session_id, channel in list(self.channels.items()):
-            if unused(channel.last_used, now) and channel.lock.acquire(False):
-                try:
-                    del self.channels[session_id]
-                    channel.close()
-                finally:
-                    channel.lock.release()
+        for channel in take_unused(self.channels, now, lambda channel: channel.users):
+            channel.close()
 
     def close(self) -> None:
         with self.lock:
             channels, self.channels = list(self.channels.values()), {}
         for channel in channels:
-            shutdown(channel.sock)  # wakes a caller reading it
-            with channel.lock:
-                channel.close()
+            channel.close()  # a caller reading it wakes up to its end
+

@@ -7,8 +7,10 @@ keeps no end. What a channel may cost the session is bounded per channel:
 
 - a request frame is at most ``spec.max_frame`` and decoded within the same memory budget as a
   relayed one (``wire.FrameDecoder(relayed=True)``); a header over it closes that channel only;
-- a client that does not read its replies is throttled: while replies to it are unsent the
-  session stops reading its channel, so its backlog is one batch of replies;
+- a client that does not read its replies is throttled: a channel's requests are served at most
+  ``CHANNEL_BATCH`` at a time, and while replies to it are unsent the session serves and reads
+  nothing more of that channel, so its backlog is one batch of replies; one read of a channel
+  is at most ``wire.RECV_CHUNK``, so what is read and not yet served is bounded too;
 - while ``spec.events_window`` bytes of its direct calls' events are unacknowledged by the
   daemon (a subscriber of them is behind: the daemon's pacing.py) no channel is read; the link
   still is;
@@ -40,6 +42,7 @@ log = logging.getLogger("jidocoder.session")
 
 _MAX_FDS = 16  # channel fds one read of the link may bring
 _FD_SPACE = socket.CMSG_SPACE(_MAX_FDS * 4)  # 4: sizeof(int)
+CHANNEL_BATCH = 16  # a channel's requests served together at most (their replies: its backlog)
 _IN = select.POLLIN | select.POLLPRI
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -47,27 +50,28 @@ _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 class Channel:
     """One client's direct channel, as its session holds it."""
 
-    __slots__ = ("sock", "decoder", "out")
+    __slots__ = ("sock", "decoder", "out", "pending", "writing")
 
     def __init__(self, fd: int, max_frame: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(False)
         self.decoder = wire.FrameDecoder(max_frame, relayed=True)
         self.out: deque[bytes | memoryview] = deque()
+        self.pending: deque[Any] = deque()  # requests read and not yet begun
+        self.writing = False  # polled for POLLOUT: replies unsent, or requests pending
 
-    def read_all(self) -> tuple[list[Any], bool]:
-        """Every whole frame there now, and whether the client closed its end."""
-        frames: list[Any] = []
-        while True:
-            try:
-                data = self.sock.recv(wire.RECV_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return frames, False
-            except OSError:
-                return frames, True
-            if not data:
-                return frames, True
-            frames += self.decoder.feed(data)
+    def read(self) -> bool:
+        """One read's whole frames into ``pending``; False once the client closed its end."""
+        try:
+            data = self.sock.recv(wire.RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.pending += self.decoder.feed(data)
+        return True
 
     def flush(self) -> bool:
         """Send what the socket takes now; True once nothing is left."""
@@ -236,8 +240,9 @@ class SessionLoop:
         for fd, channel in self.channels.items():
             if holding:
                 self.poller.unregister(fd)
-            else:
-                self.poller.register(fd, select.POLLOUT if channel.out else _IN)
+            else:  # POLLOUT: its requests still pending are served at once
+                channel.writing = bool(channel.out or channel.pending)
+                self.poller.register(fd, select.POLLOUT if channel.writing else _IN)
 
     def wake(self) -> int | None:
         """Ask the daemon to make the session active (stored, published) and wait until it
@@ -272,23 +277,35 @@ class SessionLoop:
     def on_channel(self, fd: int, mask: int) -> None:
         channel = self.channels[fd]
         if channel.out and not channel.flush():
+            return  # still not taken: nothing more for this client until it is
+        if not channel.pending and mask & (_IN | _GONE):
+            try:
+                open_ = channel.read()
+            except JidocoderError as exc:  # a header over the limit: that channel is unusable
+                channel.out.append(wire.pack_frame({"id": None, "error": exc.to_wire()}, wire.MAX_FRAME))
+                channel.flush()
+                self.drop(fd)
+                return
+            if not open_:  # its client closed it: what it had not begun is never applied
+                self.drop(fd)
+                return
+        self.serve_pending(channel)
+
+    def serve_pending(self, channel: Channel) -> None:
+        """Serve the channel's requests, a batch at a time, while its replies are taken; wait
+        for POLLOUT while some are not (or requests wait behind a hold), else for requests."""
+        pending = channel.pending
+        while pending and not self.holding:
+            count = min(len(pending), CHANNEL_BATCH)
+            self.serve_channel(channel, [pending.popleft() for _ in range(count)])
+            if channel.out:
+                break
+        if self.holding:  # its channels are not polled now: hold(False) sets them up again
             return
-        if channel.out == deque() and mask & select.POLLOUT:
-            self.poller.modify(channel.sock, _IN)  # drained: read it again
-        if not mask & (_IN | _GONE):
-            return
-        try:
-            frames, closed = channel.read_all()
-        except JidocoderError as exc:  # a header over the limit: that channel is unusable
-            channel.out.append(wire.pack_frame({"id": None, "error": exc.to_wire()}, wire.MAX_FRAME))
-            channel.flush()
-            self.drop(fd)
-            return
-        if closed:  # its client closed it: what it had not begun is never applied
-            self.drop(fd)
-            return
-        if frames:
-            self.serve_channel(channel, frames)
+        writing = bool(channel.out or pending)
+        if writing != channel.writing:
+            channel.writing = writing
+            self.poller.modify(channel.sock, select.POLLOUT if writing else _IN)
 
     def serve_channel(self, channel: Channel, frames: list[Any]) -> None:
         woke = self.wake() if self.idle else None
@@ -316,8 +333,6 @@ class SessionLoop:
             channel.out.append(_packed(reply))
         if channel.flush():
             process.mark_done()
-        else:  # the client is not reading: read nothing more from it until its replies are out
-            self.poller.modify(channel.sock, select.POLLOUT)
 
     def report_calls(self) -> None:
         self.process.send({"served": self.served})

@@ -18,7 +18,7 @@ import pytest
 from jidocoder import AsyncClient, RequestTimeoutError, SessionCrashedError
 from jidocoder import _channel
 from tests.integration.test_async_client import restart_when_killed, run
-from tests.support import EXPIRES, LONG, SHORT, cpu_seconds, fd_count
+from tests.support import EXPIRES, LONG, SHORT, check_settled, cpu_seconds, fd_count
 
 
 async def until(predicate: Callable[[], object], message: str, timeout: float = SHORT) -> None:
@@ -35,7 +35,7 @@ async def history(client: AsyncClient, session_id: str) -> list[str]:
 
 async def session_with(client: AsyncClient, content: str) -> tuple[str, int]:
     """A new session holding one message (so its channel is open), and its process."""
-    session_id = await client.create_session()
+    session_id = await client.create_session(config={"max_history": 1000})
     await client.send_message(session_id, "user", content)
     return session_id, await client.get_session_pid(session_id)
 
@@ -91,6 +91,35 @@ def test_many_tasks_share_one_channel_and_each_message_is_stored_once_in_order(d
         assert [m for m in held if m.startswith(f"{n}:")] == [f"{n}:{k}:é\x00✓" for k in range(4)]
 
 
+def test_tasks_pipelining_on_one_channel_each_settle_when_the_session_is_killed(daemon):
+    # 8 tasks, one channel, their calls in flight together. The session is SIGKILLed
+    # mid-stream: each call returned (stored once), raised SessionCrashedError (begun: stored
+    # or not), or was served by the successor; none twice, each task's in its order.
+    async def main():
+        async with AsyncClient(daemon.socket, timeout=LONG) as client:
+            session_id, pid = await session_with(client, "first")
+            outcomes: dict[str, str] = {}
+
+            async def write(task: int) -> None:
+                for i in range(50):
+                    content = f"t{task}-{i}"
+                    try:
+                        await client.send_message(session_id, "user", content)
+                        outcomes[content] = "stored"
+                    except SessionCrashedError:
+                        outcomes[content] = "crashed"
+
+            writers = asyncio.gather(*(write(t) for t in range(8)))
+            await until(lambda: len(outcomes) >= 100, "100 calls answered", LONG)
+            os.kill(pid, signal.SIGKILL)
+            await writers
+            assert channel_pid(client, session_id) != pid
+            return outcomes, (await history(client, session_id))[1:]
+
+    outcomes, stored = run(main())
+    check_settled(outcomes, stored, writers=8, each=50)
+
+
 def test_calls_cancelled_at_any_await_are_stored_once_or_not_at_all_on_one_channel(daemon):
     rng = random.Random(20261205)
     sent = [f"m{n:03d}-" + "x" * rng.randrange(0, 3000) for n in range(150)]
@@ -138,7 +167,7 @@ def test_a_call_whose_frame_the_stopped_session_never_took_is_never_applied(daem
                 with pytest.raises(RequestTimeoutError, match="not applied"):
                     await client.send_message(session_id, "user", big)
                 assert session_id not in client._direct.channels or \
-                    client._direct.channels[session_id].lost
+                    client._direct.channels[session_id].closed
             finally:
                 os.kill(pid, signal.SIGCONT)
             client.timeout = LONG
@@ -178,7 +207,7 @@ def test_a_call_the_killed_process_never_read_is_served_once_by_its_successor(da
             os.kill(pid, signal.SIGSTOP)  # it reads nothing more
             queued = asyncio.ensure_future(client.send_message(session_id, "user", "queued"))
             channel = client._direct.channels[session_id]
-            await until(lambda: channel.arrived is not None, "the call to be written")
+            await until(lambda: channel.waiters, "the call to be written")
             os.kill(pid, signal.SIGKILL)
             await queued
             assert channel_pid(client, session_id) != pid

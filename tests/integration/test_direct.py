@@ -5,6 +5,7 @@ it by default: crashes, hangs, hibernation, reconnect); here, what is the channe
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 import time
@@ -15,8 +16,8 @@ from jidocoder import (Client, RequestTimeoutError, SessionCrashedError, Session
                        wire)
 from tests.integration.test_events import RAW_MAX, raw_subscriber
 from tests.integration.test_reconnect import in_background, restart
-from tests.support import (EXPIRES, LONG, SHORT, contents, cpu_seconds, fd_count, take_events,
-                           wait_until)
+from tests.support import (EXPIRES, LONG, SHORT, check_settled, contents, cpu_seconds, fd_count,
+                           process_alive, rss_kib, take_events, wait_until)
 
 
 def channel_pid(client: Client, session_id: str) -> int:
@@ -55,12 +56,11 @@ def test_a_call_its_process_dies_serving_raises_crashed_and_the_next_is_served(d
         session_id = client.create_session()
         client.send_message(session_id, "user", "before")
         pid = client.get_session_pid(session_id)
-        cpu = cpu_seconds(pid)
+        spent = cpu_seconds(pid)
         thread, outcome = in_background(
             lambda: client._call("debug_hang", {"session_id": session_id, "seconds": 60}))
-        # Begun, not just sent: it spins, as an idle session never does (killed before it read
-        # the call, the successor would be sent it and hang until the watchdog's 10 s).
-        wait_until(lambda: cpu_seconds(pid) > cpu + 0.1, SHORT, "the session to begin the call")
+        # debug_hang busy-loops: its process burning CPU says the call has begun
+        wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the call to begin")
         os.kill(pid, signal.SIGKILL)
         thread.join(LONG)
         assert isinstance(outcome.get("error"), SessionCrashedError)
@@ -76,7 +76,7 @@ def test_a_call_the_dead_process_never_read_is_served_by_its_successor(daemon):
         pid = client.get_session_pid(session_id)
         os.kill(pid, signal.SIGSTOP)  # it reads nothing more
         thread, outcome = in_background(lambda: client.send_message(session_id, "user", "queued"))
-        wait_until(lambda: client._direct.channels[session_id].lock.locked(), SHORT, "the call")
+        wait_until(lambda: client._direct.channels[session_id].calls.in_flight, SHORT, "the call")
         os.kill(pid, signal.SIGKILL)
         thread.join(LONG)
         assert outcome == {"result": None}
@@ -164,3 +164,76 @@ def read_slowly(raw, count: int, got: list) -> None:
             got.append(frame)
             events += "event" in frame
         time.sleep(0.0002)
+
+
+def test_a_client_that_never_reads_its_replies_is_throttled_and_blocks_no_other(daemon):
+    # 400 requests for a 1 MiB history each, sent on one channel and never read: served a batch
+    # at a time (serving.CHANNEL_BATCH), so the session holds one batch of replies, not 400 MiB,
+    # and still serves the other clients' channels.
+    big = "z" * 65536
+    with daemon.client() as greedy, daemon.client() as other:
+        session_id = greedy.create_session()
+        for i in range(16):
+            greedy.send_message(session_id, "user", f"{i:02d}{big}")
+        pid = greedy.get_session_pid(session_id)
+        rss_before = rss_kib(pid)
+        channel = greedy._direct.channels[session_id]
+        deadline = time.monotonic() + LONG
+        frames = [greedy._conn.core.direct_request(
+            "get_conversation_history", {"session_id": session_id, "offset": 0, "limit": None},
+            deadline)[1] for _ in range(400)]
+        channel.sock.sendall(b"".join(frames))  # ~40 KB: the kernel takes it all
+        other.send_message(session_id, "user", "served meanwhile")
+        assert other.get_active_files(session_id) == []
+        assert rss_kib(pid) - rss_before < 64 * 1024, "the session buffered more than a batch"
+        assert process_alive(pid)
+    with daemon.client() as reader:
+        stored = contents(reader, session_id)
+    assert stored == [f"{i:02d}{big}" for i in range(16)] + ["served meanwhile"]
+
+
+def test_a_daemon_out_of_fds_answers_relay_and_the_call_goes_relayed(daemon):
+    # The one fallback (docs/protocol.md): no channel can be made, so this call goes through
+    # the daemon, and the next call, with fds to spare again, gets its channel.
+    with daemon.client() as client:
+        session_id = client.create_session()
+        client.get_session_pid(session_id)  # its process serves: only the socketpair is left
+        soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (fd_count(daemon.pid), hard))
+        try:
+            client.send_message(session_id, "user", "relayed")
+            assert session_id not in client._direct.channels
+        finally:
+            resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        client.send_message(session_id, "user", "direct")
+        assert channel_pid(client, session_id) == client.get_session_pid(session_id)
+        assert contents(client, session_id) == ["relayed", "direct"]
+
+
+def test_threads_sharing_a_client_pipeline_on_its_channel_and_a_kill_settles_each_call(daemon):
+    # 8 threads, one Client, one channel: their calls are in flight together (served in order,
+    # in groups). The session is SIGKILLed mid-stream: each call either returned (stored once),
+    # raised SessionCrashedError (begun: stored or not), or was served by the successor.
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session(config={"max_history": 1000})
+        pid = client.get_session_pid(session_id)
+        outcomes: dict[str, str] = {}
+
+        def write(thread: int) -> None:
+            for i in range(50):
+                content = f"t{thread}-{i}"
+                try:
+                    client.send_message(session_id, "user", content)
+                    outcomes[content] = "stored"
+                except SessionCrashedError:
+                    outcomes[content] = "crashed"
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(outcomes) >= 100, LONG, "100 calls answered")
+        os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(LONG)
+        check_settled(outcomes, contents(client, session_id), writers=8, each=50)
+        assert client.get_session_pid(session_id) != pid
