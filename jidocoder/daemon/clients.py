@@ -36,6 +36,7 @@ from .metrics import METRICS
 
 log = logging.getLogger("jidocoder.daemon")
 
+
 class Pacer(Protocol):
     """Told when a connection's unsent bytes cross half of its bound (pacing.Pacing)."""
 

@@ -15,7 +15,7 @@ import pytest
 from jidocoder import (Client, RequestTimeoutError, SessionCrashedError, SessionNotFoundError,
                        wire)
 from tests.integration.test_events import RAW_MAX, raw_subscriber
-from tests.integration.test_reconnect import in_background, restart
+from tests.integration.test_reconnect import call_across_a_daemon_kill, in_background
 from tests.support import (EXPIRES, LONG, SHORT, check_settled, contents, cpu_seconds, fd_count,
                            process_alive, rss_kib, take_events, wait_until)
 
@@ -116,11 +116,8 @@ def test_a_daemon_killed_while_a_direct_write_is_in_flight_stores_it_once(daemon
         session_id = writer.create_session()
         writer.subscribe_to_session(session_id)
         writer.send_message(session_id, "user", "before")
-        writer._call("debug_kill_daemon_after_commit", {"session_id": session_id})
-        thread, outcome = in_background(lambda: writer.send_message(session_id, "user", "once"))
-        wait_until(lambda: daemon.proc.poll() is not None, SHORT, "the session to kill the daemon")
-        restart(daemon)
-        thread.join(LONG)
+        outcome = call_across_a_daemon_kill(daemon, writer, session_id,
+                                            lambda: writer.send_message(session_id, "user", "once"))
         assert outcome == {"result": None}
         writer.send_message(session_id, "user", "after")
         assert contents(writer, session_id) == ["before", "once", "after"]

@@ -32,6 +32,17 @@ def in_background(call):
     return thread, outcome
 
 
+def call_across_a_daemon_kill(daemon, client, session_id: str, call) -> dict:
+    """``call`` sent while its session's next commit kills the daemon, which comes back: the
+    call's outcome once the client has resent it (``{"result": ...}`` or ``{"error": ...}``)."""
+    client._call("debug_kill_daemon_after_commit", {"session_id": session_id})
+    thread, outcome = in_background(call)
+    wait_until(lambda: daemon.proc.poll() is not None, SHORT, "the session to kill the daemon")
+    restart(daemon)
+    thread.join(LONG)
+    return outcome
+
+
 def assert_no_silent_hole(events: list[Event], topic: str) -> None:
     """Each event of ``topic`` follows the one before it by one seq, or an events_gap says
     exactly what is missing; no seq comes twice."""
@@ -64,12 +75,8 @@ def test_a_writer_whose_daemon_dies_between_commit_and_reply_stores_each_message
 def test_a_create_whose_reply_was_lost_is_not_made_twice(daemon):
     with Client(daemon.socket, timeout=LONG) as client:
         sid = client.create_session()
-        client._call("debug_kill_daemon_after_commit", {"session_id": sid})
         # The daemon dies as the session stores this message; a create sent meanwhile waits.
-        thread, outcome = in_background(lambda: client.send_message(sid, "user", "m"))
-        wait_until(lambda: daemon.proc.poll() is not None, SHORT, "the session to kill the daemon")
-        restart(daemon)
-        thread.join(LONG)
+        outcome = call_across_a_daemon_kill(daemon, client, sid, lambda: client.send_message(sid, "user", "m"))
         assert outcome == {"result": None}
         created = client.create_session(metadata={"n": 1})
         assert sorted(i.session_id for i in client.list_sessions()) == sorted([sid, created])
