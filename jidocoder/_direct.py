@@ -25,7 +25,8 @@ subscriber sees a call's events before the call returns, as on the relayed path.
 
 Where no channel can be made (the daemon says ``relay``: out of fds, a backend without them),
 the call goes relayed; the next call asks again. A channel unused for ``CHANNEL_IDLE_SECONDS``
-is closed at the next call: a session holds one fd per client using it, not per client ever.
+is closed at a later call (looked for every ``SWEEP_SECONDS``): a session holds one fd per
+client using it, not per client ever.
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ from ._channel import (CHANNEL_IDLE_SECONDS, CLOSED, DIRECT_OPS, LOST, ChannelCa
                        take_unused)
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
-from ._sync import SyncConnection
+from ._sync import RECV_SLICE, SyncConnection
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
+
+# How often a call looks for unused channels: each look goes over all of them, so not every
+# call (a Client calling 1,000 sessions would spend more on that than on its call).
+SWEEP_SECONDS = CHANNEL_IDLE_SECONDS / 10
 
 
 class Channel:
@@ -56,7 +61,7 @@ class Channel:
     and wakes them. The socket is closed by the last thread to stop using it."""
 
     __slots__ = ("sock", "pid", "calls", "send_lock", "lock", "arrived", "reading", "last_used",
-                 "closed", "poller", "users")
+                 "closed", "poller", "users", "buffer")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
@@ -71,6 +76,10 @@ class Channel:
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
         self.users = 0  # threads inside round_trip: the last one out closes a closed channel
+        # The reader waits in ``recv`` itself, woken every RECV_SLICE to look at its deadline
+        # (as SyncConnection reads the daemon): one syscall where poll first made two.
+        wire.set_receive_timeout(self.sock, RECV_SLICE)
+        self.buffer = bytearray(wire.RECV_CHUNK)  # the reader's: not allocated by every recv
 
     def round_trip(self, call: DirectCall, timeout: float) -> Any:
         """Send the call's frame and wait for its reply (a dict), ``LOST`` or ``CLOSED``; a
@@ -128,17 +137,19 @@ class Channel:
                 self._route(data)
                 self.arrived.notify_all()
 
-    def _read(self, remaining: float) -> bytes | None:
-        """What came within ``remaining`` seconds (b"" if nothing); None: the channel ended."""
-        if not self.poller.poll(remaining * 1000):
-            return b""
+    def _read(self, remaining: float) -> memoryview | None:
+        """What came within ``remaining`` seconds (empty if nothing); None: the channel ended."""
+        if remaining < RECV_SLICE and not self.poller.poll(remaining * 1000):
+            return memoryview(b"")
         try:
-            data = self.sock.recv(wire.RECV_CHUNK)
+            count = self.sock.recv_into(self.buffer)
+        except (BlockingIOError, InterruptedError):  # a slice went by: the caller looks again
+            return memoryview(b"")
         except OSError:
-            data = b""
-        return data or None
+            count = 0
+        return memoryview(self.buffer)[:count] if count else None
 
-    def _route(self, data: bytes | None) -> None:
+    def _route(self, data: memoryview | None) -> None:
         """Hand each reply to its caller (held under ``lock``); a reply whose caller gave up
         is dropped; the end of the channel is noted with the calls then unanswered."""
         if data is None:
@@ -165,6 +176,7 @@ class DirectCalls:
         self.conn = conn
         self.channels: dict[str, Channel] = {}
         self.lock = threading.Lock()
+        self.swept_at = time.monotonic()
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
@@ -195,7 +207,10 @@ class DirectCalls:
     def channel_for(self, session_id: str) -> Channel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
         with self.lock:
-            self._close_unused(time.monotonic())
+            now = time.monotonic()
+            if now - self.swept_at >= SWEEP_SECONDS:
+                self.swept_at = now
+                self._close_unused(now)
             channel = self.channels.get(session_id)
             if channel is not None:
                 return channel

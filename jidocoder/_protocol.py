@@ -35,7 +35,6 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -153,7 +152,7 @@ class ClientProtocol:
     def start_call(self, op: str, args: dict[str, Any], deadline: float) -> Call:
         """A new call, packed (``LimitExceededError`` before anything is sent) and in flight."""
         if op in IDEMPOTENT_BY_CALL_ID and "call_id" not in args:  # kept if a channel made it
-            args = {**args, "call_id": uuid.uuid4().hex}
+            args = {**args, "call_id": new_call_id()}
         request_id = next(self._ids)
         frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
         call = Call(request_id, op, frame, deadline, _topic_of(op, args))
@@ -167,7 +166,7 @@ class ClientProtocol:
         daemon's link ids: the session writes it as ``started`` in its slot, and the daemon
         tells a Client whose channel was lost whether its call was the one begun."""
         if op in IDEMPOTENT_BY_CALL_ID and "call_id" not in args:
-            args = {**args, "call_id": uuid.uuid4().hex}
+            args = {**args, "call_id": new_call_id()}
         request_id = secrets.randbelow(2**63 - 2**40) + 2**40
         frame = self._pack(op, {"id": request_id, "op": op, "args": args, "deadline": deadline})
         return request_id, frame, args
@@ -341,6 +340,11 @@ class ClientProtocol:
 
 
 _NO_DEADLINE = float("inf")  # the core's own calls on a new connection: answered or lost with it
+
+
+def new_call_id() -> str:
+    """128 random bits in hex, as uuid4().hex looks: a third of its cost, on every stored call."""
+    return os.urandom(16).hex()
 
 
 def _topic_of(op: str, args: dict[str, Any]) -> str | None:

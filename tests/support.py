@@ -9,16 +9,18 @@ import os
 import shutil
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, TypeVar
 from collections.abc import Callable
 
 from benchmarks.common import rss_kib  # noqa: F401  re-exported: tests read RSS as the benchmarks do
-from jidocoder import Client
+from jidocoder import Client, wire
 
 SHORT = 5.0   # something that should happen at once
 LONG = 30.0   # something that involves many processes
@@ -85,8 +87,14 @@ def process_name(pid: int) -> str | None:
 
 
 def session_processes(daemon_pid: int) -> list[int]:
-    """The daemon's children that are session processes (not its template or spares)."""
-    return [pid for pid in children_of(daemon_pid) if process_name(pid) not in HELPER_NAMES]
+    """The daemon's children that are session processes: named ``jido-<8 hex>`` once they
+    begin their session (not the template or a spare, nor a child not named yet: a template
+    just forked still has the daemon's name, a spare just cloned the template's)."""
+    return [pid for pid in children_of(daemon_pid) if is_session_name(process_name(pid))]
+
+
+def is_session_name(name: str | None) -> bool:
+    return name is not None and name.startswith("jido-") and name not in HELPER_NAMES
 
 
 def zombies_among_children(pid: int) -> list[int]:
@@ -293,3 +301,44 @@ class Tmux:
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=SHORT)
         wait_until(lambda: not process_alive(self.server_pid), SHORT, "the tmux server to exit")
+
+
+def debug(client: Client, op: str, session_id: str, **args: Any) -> Any:
+    """A ``debug_*`` op (a daemon started with ``debug_ops``)."""
+    return client._call(op, {"session_id": session_id, **args})
+
+
+def send_kept_and_dropped_while_busy(daemon: Any, session: str, pid: int) -> None:
+    """While ``session``'s process ``pid`` is busy in a 2 s ``debug_hang``, a client that stays
+    sends "kept" and one that closes at once sends "dropped" (both relayed, by hand); returns
+    once the busy call returned and "kept" was answered (API.md §10: "dropped" never is)."""
+    spent = cpu_seconds(pid)
+    outcome: list = []
+
+    def busy() -> None:
+        with daemon.client(timeout=LONG) as own:
+            debug(own, "debug_hang", session, seconds=2)
+            outcome.append("returned")
+    busier = threading.Thread(target=busy)
+    busier.start()
+    try:
+        wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to be busy")
+        with raw_message(daemon.socket, session, "kept") as stays:
+            with raw_message(daemon.socket, session, "dropped"):
+                pass  # closed at once
+            busier.join(LONG)
+            assert outcome == ["returned"]
+            stays.settimeout(LONG)
+            assert "result" in wire.read_frame(stays, 1 << 20)
+    finally:
+        busier.join(LONG)
+
+
+def raw_message(socket_path: str, session: str, content: str) -> socket.socket:
+    """A connection of its own that sent ``send_message`` (id 1) by hand, relayed, with no
+    hello and no deadline; the caller closes it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(socket_path)
+    wire.write_frame(sock, {"id": 1, "op": "send_message", "args": {
+        "session_id": session, "role": "user", "content": content}}, 1 << 20)
+    return sock

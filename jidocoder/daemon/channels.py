@@ -99,8 +99,9 @@ class Channels:
                 self.sup.pacing.ack(record.session_id, link, frame["mark"])
         elif "wake" in frame:
             self.wake(record, link, frame["wake"])
-        elif type(frame["served"]) is list:  # direct calls, for the metrics
-            for op, seconds, failed in frame["served"]:
+        served = frame.get("served")  # alone, or with the events of the calls it counts
+        if type(served) is list:  # direct calls, for the metrics
+            for op, seconds, failed in served:
                 METRICS.observe_call(str(op), float(seconds), bool(failed))
 
     def wake(self, record: SessionRecord, link: SessionHandle, mark: Any) -> None:

@@ -45,6 +45,10 @@ _FD_SPACE = socket.CMSG_SPACE(_MAX_FDS * 4)  # 4: sizeof(int)
 CHANNEL_BATCH = 16  # a channel's requests served together at most (their replies: its backlog)
 _IN = select.POLLIN | select.POLLPRI
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+# Direct calls that sent no events are told to the daemon's metrics at most this often (those
+# that did are told with their events): a reader called back to back would otherwise cost the
+# session and the daemon one frame per call.
+REPORT_SECONDS = 0.05
 
 
 class Channel:
@@ -107,17 +111,20 @@ class SessionLoop:
         self.mark = 0  # event batches sent on the link for direct calls (and wakes)
         self.held: list[Any] = []  # link requests read while waiting to be woken
         # Direct calls served, [op, seconds, failed], for the daemon's metrics (it sees none of
-        # them): sent in one frame whenever the loop is about to wait, never on a call's path.
+        # them): sent with the next events frame, or alone when the loop is about to wait
+        # (at most every REPORT_SECONDS), never in a frame of their own on a call's path.
         self.served: list[list[Any]] = []
+        self.reported_at = 0.0
 
     def run(self) -> int:
         process, table, slot = self.process, self.process.table, self.process.spec.slot
         timeout_ms = process.beat_interval * 1000
         while True:
             table.beat(slot)
-            ready = self.poller.poll(0 if self.served else timeout_ms)
+            ready = self.poller.poll(self.report_in_ms() if self.served else timeout_ms)
             if not ready and self.served:  # about to wait: the daemon's metrics first
-                self.report_calls()
+                if self.report_in_ms() == 0:
+                    self.report_calls()
                 continue
             for fd, mask in ready:
                 if fd == self.link.fileno():
@@ -206,7 +213,9 @@ class SessionLoop:
         acknowledgement is asked for once half of it is used; with all of it used, no channel
         is read until one comes."""
         process, window = self.process, self.process.spec.events_window
-        frame = {"events": events, "mark": mark}
+        frame: dict[str, Any] = {"events": events, "mark": mark}
+        if self.served:  # the calls that made them, and any before, for the metrics
+            frame["served"], self.served, self.reported_at = self.served, [], time.monotonic()
         data = process.encode_reply(frame)
         if not self.ack_asked and self.unacked_bytes + len(data) >= window // 2:
             self.ack_asked = True
@@ -331,12 +340,20 @@ class SessionLoop:
             if woke is not None:
                 reply["woke"] = woke  # idle → active: on both topics
             channel.out.append(_packed(reply))
-        if channel.flush():
-            process.mark_done()
+        # Between calls from here, before the replies leave: a process lost with them unsent has
+        # committed each write with its call id, so its successor, sent the call again (not
+        # begun, says the daemon), answers it from that record; and a process whose client does
+        # not read its replies may still be hibernated.
+        process.mark_done()
+        channel.flush()
+
+    def report_in_ms(self) -> float:
+        """How long the loop may wait before ``served`` is due to the daemon."""
+        return max(0.0, (self.reported_at + REPORT_SECONDS - time.monotonic()) * 1000)
 
     def report_calls(self) -> None:
         self.process.send({"served": self.served})
-        self.served = []
+        self.served, self.reported_at = [], time.monotonic()
 
     def drop(self, fd: int) -> None:
         channel = self.channels.pop(fd)

@@ -16,14 +16,13 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from jidocoder import Client, Event, SessionStatus
 from jidocoder.errors import JidocoderError, SessionCrashedError, SessionNotFoundError
-from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, process_alive, process_state,
+from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, debug, process_alive, process_state,
                            wait_until, zombies_among_children)
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -96,10 +95,6 @@ def expect_first_crash_and_restart(events: EventLog, session: str, reason: str,
 
 def assert_no_zombies(daemon: DaemonProcess) -> None:
     assert zombies_among_children(daemon.pid) == []
-
-
-def debug(client: Client, op: str, session_id: str, **args: Any) -> Any:
-    return client._call(op, {"session_id": session_id, **args})
 
 
 def kill_new_pid(client: Client, session_id: str, old_pid: int | None, signum: int = signal.SIGKILL) -> int:

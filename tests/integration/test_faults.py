@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 
 import pytest
 
-from jidocoder import Client, wire
+from jidocoder import Client
 from jidocoder.errors import (JidocoderError, LimitExceededError, RequestTimeoutError, SessionNotFoundError,
                               StorageError)
-from tests.integration.test_crashes import EventLog, debug, kill_new_pid, subset, watch
+from tests.integration.test_crashes import EventLog, kill_new_pid, subset, watch
 from tests.integration.test_durability import traces_of
-from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, cpu_seconds, info_of, process_name,
-                           wait_until)
+from tests.support import (LONG, SHORT, DaemonProcess, children_of, contents, cpu_seconds, debug, info_of,
+                           process_name, raw_message, send_kept_and_dropped_while_busy, wait_until)
 
 if shutil.which("strace") is None:  # pragma: no cover - the environment's fault, said plainly
     pytest.fail("these tests inject faults with strace: apt-get install strace", pytrace=False)
@@ -333,10 +332,7 @@ def test_a_message_whose_client_closed_while_its_session_hung_is_not_applied(dae
         hanger.start()
         try:
             wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to hang")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
-                raw.connect(daemon.socket)
-                wire.write_frame(raw, {"id": 1, "op": "send_message", "args": {
-                    "session_id": session, "role": "user", "content": "late"}}, 1 << 20)
+            raw_message(daemon.socket, session, "late").close()
             events.wait_type("session_crashed", session, timeout=LONG)
             events.wait_type("session_restarted", session, timeout=LONG)
         finally:
@@ -354,31 +350,7 @@ def test_a_message_whose_client_closed_while_its_live_session_was_busy_is_not_ap
         session = client.create_session()
         client.send_message(session, "user", "before")
         pid = client.get_session_pid(session)
-        spent = cpu_seconds(pid)
-        outcome: list = []
-
-        def busy() -> None:
-            with daemon.client(timeout=LONG) as own:
-                debug(own, "debug_hang", session, seconds=2)
-                outcome.append("returned")
-        busier = threading.Thread(target=busy)
-        busier.start()
-        try:
-            wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the session to be busy")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stays:
-                stays.connect(daemon.socket)
-                wire.write_frame(stays, {"id": 1, "op": "send_message", "args": {
-                    "session_id": session, "role": "user", "content": "kept"}}, 1 << 20)
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as leaves:
-                    leaves.connect(daemon.socket)
-                    wire.write_frame(leaves, {"id": 1, "op": "send_message", "args": {
-                        "session_id": session, "role": "user", "content": "dropped"}}, 1 << 20)
-                busier.join(LONG)
-                assert outcome == ["returned"]
-                stays.settimeout(LONG)
-                assert "result" in wire.read_frame(stays, 1 << 20)
-        finally:
-            busier.join(LONG)
+        send_kept_and_dropped_while_busy(daemon, session, pid)
         assert contents(client, session) == ["before", "kept"]
         assert client.get_session_pid(session) == pid
 

@@ -113,3 +113,24 @@ def _spin(daemon, sid: str, stop: threading.Event) -> None:
     with daemon.client(timeout=LONG) as c:
         while not stop.is_set():
             c._call("debug_hang", {"session_id": sid, "seconds": 1.0})
+
+
+def test_direct_calls_with_no_events_are_counted_without_a_frame_each(daemon, client):
+    """A session reports direct calls that made no events when its loop is about to wait, at
+    most every REPORT_SECONDS, and those that made events with their events: none is lost."""
+    session = client.create_session()
+
+    def counted(op: str) -> float:
+        calls = metrics_of(daemon)["jidocoder_calls"]
+        found = [s.value for s in calls if s.name == "jidocoder_calls_total"
+                 and s.labels.get("op") == op and s.labels.get("outcome") == "ok"]
+        return found[0] if found else 0
+
+    for _ in range(5):
+        client.get_active_files(session)
+    wait_until(lambda: counted("get_active_files") == 5, SHORT, "the five reads counted")
+    for _ in range(3):
+        client.get_active_files(session)
+    client.send_message(session, "user", "m")  # its events frame carries the reads before it
+    wait_until(lambda: counted("send_message") == 1, SHORT, "the write counted")
+    assert counted("get_active_files") == 8

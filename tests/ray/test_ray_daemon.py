@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from typing import Any
 
 import pytest
 
-from jidocoder import Client, SessionStatus, wire
+from jidocoder import Client, SessionStatus
 from jidocoder.errors import (InvalidArgumentError, LimitExceededError, SessionCrashedError,
                               SessionNotFoundError)
 from tests.ray.helpers import START, node_of
-from tests.support import LONG, SHORT, cpu_seconds, process_alive, short_tempdir, take_events, wait_until
-
-
-def debug(client: Client, op: str, session_id: str, **args: Any) -> Any:
-    return client._call(op, {"session_id": session_id, **args})
+from tests.support import (LONG, SHORT, debug, process_alive, send_kept_and_dropped_while_busy,
+                           short_tempdir, take_events, wait_until)
 
 
 def until_event(client: Client, kind: str, session_id: str, timeout: float = START):
@@ -163,30 +159,6 @@ def test_a_message_whose_client_closed_while_its_actor_was_busy_is_not_applied(r
         session = client.create_session()
         client.send_message(session, "user", "before")
         pid = client.get_session_pid(session)
-        spent = cpu_seconds(pid)
-        outcome: list = []
-
-        def busy() -> None:
-            with daemon.client(timeout=LONG) as own:
-                debug(own, "debug_hang", session, seconds=2)
-                outcome.append("returned")
-        busier = threading.Thread(target=busy)
-        busier.start()
-        try:
-            wait_until(lambda: cpu_seconds(pid) > spent + 0.2, SHORT, "the actor to be busy")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stays:
-                stays.connect(daemon.socket)
-                wire.write_frame(stays, {"id": 1, "op": "send_message", "args": {
-                    "session_id": session, "role": "user", "content": "kept"}}, 1 << 20)
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as leaves:
-                    leaves.connect(daemon.socket)
-                    wire.write_frame(leaves, {"id": 1, "op": "send_message", "args": {
-                        "session_id": session, "role": "user", "content": "dropped"}}, 1 << 20)
-                busier.join(LONG)
-                assert outcome == ["returned"]
-                stays.settimeout(LONG)
-                assert "result" in wire.read_frame(stays, 1 << 20)
-        finally:
-            busier.join(LONG)
+        send_kept_and_dropped_while_busy(daemon, session, pid)
         assert [m.content for m in client.get_conversation_history(session)] == ["before", "kept"]
         assert client.get_session_pid(session) == pid

@@ -76,3 +76,28 @@ def test_without_a_store_the_calls_are_held_in_memory():
     assert calls.earlier_result("c" * 32) is NOT_FOUND  # not before its commit
     calls.committed()
     assert calls.earlier_result("c" * 32) == {"x": 1}
+
+
+def test_a_new_stores_calls_table_has_no_index_and_an_old_ones_unique_index_still_works(tmp_path):
+    """Ids are looked up in memory, so a new store writes no index page per stored call; a store
+    made with the earlier ``UNIQUE(call_id)`` keeps it and records and answers as before."""
+    with SessionStore(tmp_path / "new", SID) as db:
+        calls = CallLog(db)
+        apply(db, calls, "a" * 32, "one")
+        indexes = db._connection().execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'calls'").fetchall()
+    assert indexes == []
+    old = tmp_path / "old"
+    with SessionStore(old, SID) as db:  # made now, then given the calls table of before
+        conn = db._connection()
+        conn.execute("DROP TABLE calls")
+        conn.execute("CREATE TABLE calls (seq INTEGER PRIMARY KEY, call_id TEXT NOT NULL UNIQUE, "
+                     "reply BLOB NOT NULL)")
+        calls = CallLog(db)
+        apply(db, calls, "b" * 32, "two")
+    with SessionStore(old, SID) as db:
+        calls = CallLog(db)
+        assert calls.earlier_result("b" * 32) is None  # recorded: answered, not NOT_FOUND
+        assert calls.earlier_result("c" * 32) is NOT_FOUND
+        messages, _, _ = db.load()
+    assert [m.content for m in messages] == ["two"]
