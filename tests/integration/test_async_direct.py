@@ -9,6 +9,7 @@ import asyncio
 import gc
 import os
 import random
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -292,3 +293,22 @@ def test_close_and_collection_leave_no_fd_and_no_task(daemon):
     run(closed())
     run(dropped())
     assert fd_count() == fds
+
+
+def test_a_daemon_out_of_fds_answers_relay_and_the_async_call_goes_relayed(daemon):
+    # The real daemon's fallback (the scripted one: tests/unit/test_async_relay.py).
+    async def main():
+        async with AsyncClient(daemon.socket) as client:
+            session_id = await client.create_session()
+            await client.get_session_pid(session_id)  # its process serves: only the pair is left
+            soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (fd_count(daemon.pid), hard))
+            try:
+                await client.send_message(session_id, "user", "relayed")
+                assert session_id not in client._direct.channels
+            finally:
+                resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            await client.send_message(session_id, "user", "direct")
+            assert channel_pid(client, session_id) == await client.get_session_pid(session_id)
+            assert await history(client, session_id) == ["relayed", "direct"]
+    run(main())
