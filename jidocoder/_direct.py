@@ -38,26 +38,17 @@ import time
 from typing import Any
 
 from . import wire
+from ._channel import (CHANNEL_IDLE_SECONDS, CLOSED, DIRECT_OPS, LOST, ChannelCalls, DirectCall,
+                       take_unused)
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
 from ._sync import RECV_SLICE, SyncConnection
-from .errors import ProtocolError, SessionCrashedError, from_wire
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
 
-# Calls a session serves itself (the daemon's SESSION_OPS): these take a channel.
-DIRECT_OPS = frozenset({
-    "send_message", "get_conversation_history", "clear_conversation", "add_file",
-    "remove_file", "get_active_files", "update_file_index", "get_file_index", "build_context",
-    "cache_file", "get_file", "invalidate_file", "clear_session_cache"})
-
-CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less on each side)
-# How often a call looks for such channels: each look goes over all of them, so not every call
-# (a Client calling 1,000 sessions would spend more on that than on its call).
+# How often a call looks for unused channels: each look goes over all of them, so not every
+# call (a Client calling 1,000 sessions would spend more on that than on its call).
 SWEEP_SECONDS = CHANNEL_IDLE_SECONDS / 10
-
-_LOST = object()  # the channel ended before the reply came
-_CLOSED = object()  # the channel was closed on this side before the call was sent on it
 
 
 class Channel:
@@ -69,23 +60,19 @@ class Channel:
     leader/follower of _sync.py, on a smaller scale): it routes each reply to its caller by id
     and wakes them. The socket is closed by the last thread to stop using it."""
 
-    __slots__ = ("sock", "pid", "decoder", "send_lock", "lock", "arrived", "in_flight",
-                 "replies", "reading", "last_used", "closed", "lost_ids", "poller", "users",
-                 "buffer")
+    __slots__ = ("sock", "pid", "calls", "send_lock", "lock", "arrived", "reading", "last_used",
+                 "closed", "poller", "users", "buffer")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.pid = pid
-        self.decoder = wire.FrameDecoder(wire.MAX_FRAME)  # our own session's replies
+        self.calls = ChannelCalls()  # in flight, their replies, the end (_channel.py)
         self.send_lock = threading.Lock()  # one whole frame at a time
         self.lock = threading.Lock()  # guards everything below
         self.arrived = threading.Condition(self.lock)  # a reply routed, or the reader left
-        self.in_flight: dict[int, None] = {}  # ids sent and not answered, in the order sent
-        self.replies: dict[int, Any] = {}  # answered, not yet taken by their caller
         self.reading = False
         self.last_used = time.monotonic()
         self.closed = False
-        self.lost_ids: list[int] | None = None  # set when it ended: the ids then in flight
         self.poller = select.poll()  # not select(): a client may hold more than 1,024 fds
         self.poller.register(self.sock, select.POLLIN)
         self.users = 0  # threads inside round_trip: the last one out closes a closed channel
@@ -94,21 +81,20 @@ class Channel:
         wire.set_receive_timeout(self.sock, RECV_SLICE)
         self.buffer = bytearray(wire.RECV_CHUNK)  # the reader's: not allocated by every recv
 
-    def round_trip(self, request_id: int, frame: bytes, op: str, timeout: float,
-                   deadline: float) -> Any:
-        """Send ``frame`` and wait for its reply (a dict), ``_LOST`` or ``_CLOSED``; a
+    def round_trip(self, call: DirectCall, timeout: float) -> Any:
+        """Send the call's frame and wait for its reply (a dict), ``LOST`` or ``CLOSED``; a
         timeout raises."""
         with self.lock:
             if self.closed:
-                return _CLOSED
+                return CLOSED
             self.users += 1
             self.last_used = time.monotonic()
         try:
-            self._send(request_id, frame, op, timeout, deadline)
-            return self._await(request_id, op, timeout, deadline)
+            self._send(call.request_id, call.frame, call.op, timeout, call.deadline)
+            return self._await(call.request_id, call.op, timeout, call.deadline)
         finally:
             with self.lock:
-                self.in_flight.pop(request_id, None)  # given up: its late reply is dropped
+                self.calls.forget(call.request_id)  # given up: its late reply is dropped
                 self.users -= 1
                 if self.closed and not self.users and not self.reading:
                     self.sock.close()
@@ -119,7 +105,7 @@ class Channel:
             raise timed_out(op, timeout, "the channel is busy sending; nothing was sent")
         try:
             with self.lock:  # in flight in the order sent: the daemon's answer on a loss needs it
-                self.in_flight[request_id] = None
+                self.calls.sent(request_id)
             sent = send_until(self.sock, frame, deadline)
         except OSError:
             return  # the session is gone: the reader sees the end, and the daemon says
@@ -132,10 +118,9 @@ class Channel:
     def _await(self, request_id: int, op: str, timeout: float, deadline: float) -> Any:
         with self.lock:
             while True:
-                if request_id in self.replies:
-                    return self.replies.pop(request_id)
-                if self.lost_ids is not None:
-                    return _LOST
+                reply = self.calls.take(request_id)
+                if reply is not None:
+                    return reply
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise timed_out(op, timeout, "no reply; the request may still be applied")
@@ -145,51 +130,33 @@ class Channel:
                 self.reading = True
                 self.lock.release()
                 try:
-                    frames = self._read(remaining)
+                    data = self._read(remaining)
                 finally:
                     self.lock.acquire()
                     self.reading = False
-                self._route(frames)
+                self._route(data)
                 self.arrived.notify_all()
 
-    def _read(self, remaining: float) -> list[Any] | None:
-        """Frames that came within ``remaining`` seconds ([] if none); None: the channel ended."""
+    def _read(self, remaining: float) -> memoryview | None:
+        """What came within ``remaining`` seconds (empty if nothing); None: the channel ended."""
         if remaining < RECV_SLICE and not self.poller.poll(remaining * 1000):
-            return []
+            return memoryview(b"")
         try:
             count = self.sock.recv_into(self.buffer)
         except (BlockingIOError, InterruptedError):  # a slice went by: the caller looks again
-            return []
+            return memoryview(b"")
         except OSError:
             count = 0
-        if not count:
-            return None
-        try:
-            return self.decoder.feed(memoryview(self.buffer)[:count])
-        except ProtocolError:
-            return None
+        return memoryview(self.buffer)[:count] if count else None
 
-    def _route(self, frames: list[Any] | None) -> None:
+    def _route(self, data: memoryview | None) -> None:
         """Hand each reply to its caller (held under ``lock``); a reply whose caller gave up
         is dropped; the end of the channel is noted with the calls then unanswered."""
-        if frames is None:
-            self.lost_ids = list(self.in_flight)
-            return
-        for frame in frames:
-            if not isinstance(frame, dict):
-                self.lost_ids = list(self.in_flight)  # not our session's: unusable
-                return
-            request_id = frame.get("id")
-            if request_id in self.in_flight:
-                del self.in_flight[request_id]
-                self.replies[request_id] = frame
-            elif request_id is None and isinstance(frame.get("error"), dict):
-                # the session refused a frame and closed the channel: each caller hears why
-                for waiting in self.in_flight:
-                    self.replies[waiting] = frame
-                self.in_flight.clear()
-                self.closed = True
-                shutdown(self.sock)
+        if data is None:
+            self.calls.end()
+        elif not self.calls.feed(data):  # refused (each caller hears why) or unusable
+            self.closed = True
+            shutdown(self.sock)
 
     def close(self) -> None:
         """No call starts on it any more; the socket goes now, or with its last user."""
@@ -213,38 +180,29 @@ class DirectCalls:
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
-        session_id = args.get("session_id")
-        if not isinstance(session_id, str) or not conn.core.channels:
-            return conn.call(op, args)  # the daemon says what is wrong, or has no channels
-        deadline = time.monotonic() + conn.timeout
         with conn._lock:
-            request_id, frame, args = conn.core.direct_request(op, args, deadline)
+            call = DirectCall.start(conn.core, op, args, conn.timeout)
+        if call is None:
+            return conn.call(op, args)  # the daemon says what is wrong, or has no channels
         while True:
-            channel = self.channel_for(session_id)
+            channel = self.channel_for(call.session_id)
             if channel is None:
-                return conn.call(op, args)  # no channel can be made: relayed, same call id
-            reply = channel.round_trip(request_id, frame, op, conn.timeout, deadline)
-            if reply is _CLOSED:  # never sent on it: the next channel takes it
-                self._drop(session_id, channel)
+                return conn.call(op, call.args)  # no channel can be made: relayed, same call id
+            reply = channel.round_trip(call, conn.timeout)
+            if reply is CLOSED:  # never sent on it: the next channel takes it
+                self._drop(call.session_id, channel)
                 continue
-            if reply is not _LOST:
-                return self._outcome(session_id, channel, reply, deadline)
-            self._drop(session_id, channel)
-            lost = channel.lost_ids or [request_id]
-            begun = conn.call("channel_lost", {"pid": channel.pid, "ids": lost})["begun"]
-            if begun and request_id in begun:
-                raise SessionCrashedError(
-                    f"session {session_id}'s process died serving this call; it may or may not "
-                    "have been applied")
+            if reply is not LOST:
+                return self._outcome(call, channel, reply)
+            self._drop(call.session_id, channel)
+            query = call.lost_query(channel.pid, channel.calls.lost_ids)
+            call.after_lost(conn.call("channel_lost", query))
 
-    def _outcome(self, session_id: str, channel: Channel, reply: dict[str, Any],
-                 deadline: float) -> Any:
-        mark = self.conn.core.mark_to_await(session_id, reply)
+    def _outcome(self, call: DirectCall, channel: Channel, reply: dict[str, Any]) -> Any:
+        mark = call.mark(self.conn.core, reply)
         if mark:
-            self.conn.await_mark(session_id, channel.pid, mark, deadline)
-        if "error" in reply:
-            raise from_wire(reply["error"])
-        return reply.get("result")
+            self.conn.await_mark(call.session_id, channel.pid, mark, call.deadline)
+        return call.outcome(reply)
 
     def channel_for(self, session_id: str) -> Channel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
@@ -274,10 +232,8 @@ class DirectCalls:
         channel.close()
 
     def _close_unused(self, now: float) -> None:
-        for session_id, channel in list(self.channels.items()):
-            if now - channel.last_used > CHANNEL_IDLE_SECONDS and not channel.users:
-                del self.channels[session_id]
-                channel.close()
+        for channel in take_unused(self.channels, now, lambda channel: channel.users):
+            channel.close()
 
     def close(self) -> None:
         with self.lock:

@@ -1,7 +1,8 @@
 """``AsyncClient``: every ``Client`` method as a coroutine, for asyncio programs (docs/api.md §11).
 
 The same calls (built in ``_api``), the same protocol core (_protocol.py), over an
-``AsyncConnection`` (_async.py: asyncio streams, one reader task, no thread). Many tasks of one
+``AsyncConnection`` (_async.py: one socket on the event loop, no thread). A session's own calls
+go straight to its process on a channel (_adirect.py), as ``Client``'s do. Many tasks of one
 event loop may use one AsyncClient at once; cancelling a call leaves the connection usable and
 the call applied once or not at all. It reconnects by itself as ``Client`` does (§10).
 """
@@ -14,7 +15,9 @@ from typing import Any
 
 from . import _api
 from ._api import DEFAULT_INCLUDE, Request, T
+from ._adirect import AsyncDirectCalls
 from ._async import AsyncConnection
+from ._channel import DIRECT_OPS
 from .config import default_socket_path
 from .errors import RequestTimeoutError
 from .models import ActiveFile, CachedFile, Event, Message, SessionConfig, SessionInfo
@@ -30,6 +33,7 @@ class AsyncClient:
         self._conn = AsyncConnection(
             socket_path if socket_path is not None else default_socket_path(), timeout,
             event_buffer)
+        self._direct = AsyncDirectCalls(self._conn)  # a session's own calls: on its channel
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -47,8 +51,13 @@ class AsyncClient:
         await self._conn.open()
 
     async def close(self) -> None:
-        """Idempotent; leaves no task, fd or buffered event behind."""
+        """Idempotent; leaves no task, fd (channels included) or buffered event behind."""
+        self._direct.close()
         await self._conn.close()
+
+    async def aclose(self) -> None:
+        """``close()``, by the name ``contextlib.aclosing`` calls."""
+        await self.close()
 
     @property
     def timeout(self) -> float:
@@ -63,10 +72,16 @@ class AsyncClient:
         return self._conn.core.daemon_pid
 
     async def _run(self, request: Request[T]) -> T:
+        if request.op in DIRECT_OPS:
+            self._conn.check_open()
+            return request.convert(await self._direct.call(request.op, request.args))
         return request.convert(await self._conn.call(request.op, request.args))
 
     async def _call(self, op: str, args: dict[str, Any]) -> Any:
-        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here."""
+        """Any op by name, its result as sent: the ``debug_*`` test hooks go through here, on
+        the session's channel as its other calls do."""
+        if op.startswith("debug_") and "session_id" in args:
+            return await self._direct.call(op, args)
         return await self._conn.call(op, args)
 
     # -- sessions ----------------------------------------------------------------------------

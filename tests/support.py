@@ -111,6 +111,19 @@ def contents(client: Client, session_id: str) -> list[str]:
     return [m.content for m in client.get_conversation_history(session_id)]
 
 
+def check_settled(outcomes: dict[str, str], stored: list[str], writers: int, each: int) -> None:
+    """Writers ``t{w}-{i}`` whose session was killed mid-stream: every call settled ("stored",
+    or "crashed": begun, stored or not), none stored twice, nothing stored that was not sent,
+    and each writer's calls applied in the order it made them."""
+    assert len(outcomes) == writers * each
+    assert len(stored) == len(set(stored))
+    assert {c for c, how in outcomes.items() if how == "stored"} <= set(stored)
+    assert set(stored) <= set(outcomes)
+    for w in range(writers):
+        mine = [int(c.split("-")[1]) for c in stored if c.startswith(f"t{w}-")]
+        assert mine == sorted(mine)
+
+
 def info_of(client: Client, session_id: str):
     """The session's listed info: reading it is not a call to the session (its status stays)."""
     return next(i for i in client.list_sessions() if i.session_id == session_id)

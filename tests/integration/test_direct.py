@@ -12,11 +12,12 @@ import time
 
 import pytest
 
-from jidocoder import Client, SessionCrashedError, SessionNotFoundError, wire
+from jidocoder import (Client, RequestTimeoutError, SessionCrashedError, SessionNotFoundError,
+                       wire)
 from tests.integration.test_events import RAW_MAX, raw_subscriber
 from tests.integration.test_reconnect import call_across_a_daemon_kill, in_background
-from tests.support import (LONG, SHORT, contents, cpu_seconds, fd_count, process_alive, rss_kib, take_events,
-                           wait_until)
+from tests.support import (EXPIRES, LONG, SHORT, check_settled, contents, cpu_seconds, fd_count,
+                           process_alive, rss_kib, take_events, wait_until)
 
 
 def channel_pid(client: Client, session_id: str) -> int:
@@ -75,11 +76,29 @@ def test_a_call_the_dead_process_never_read_is_served_by_its_successor(daemon):
         pid = client.get_session_pid(session_id)
         os.kill(pid, signal.SIGSTOP)  # it reads nothing more
         thread, outcome = in_background(lambda: client.send_message(session_id, "user", "queued"))
-        wait_until(lambda: client._direct.channels[session_id].in_flight, SHORT, "the call")
+        wait_until(lambda: client._direct.channels[session_id].calls.in_flight, SHORT, "the call")
         os.kill(pid, signal.SIGKILL)
         thread.join(LONG)
         assert outcome == {"result": None}
         assert contents(client, session_id) == ["before", "queued"]
+
+
+def test_a_call_cut_off_mid_frame_is_never_applied_and_the_next_takes_a_new_channel(daemon):
+    with daemon.client(timeout=LONG) as client:
+        session_id = client.create_session()
+        client.send_message(session_id, "user", "before")
+        pid = client.get_session_pid(session_id)
+        os.kill(pid, signal.SIGSTOP)  # more than the socket's buffers hold stays unsent
+        try:
+            client.timeout = EXPIRES * 5
+            with pytest.raises(RequestTimeoutError, match="not applied"):
+                client.send_message(session_id, "user", "z" * (4 << 20))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        client.timeout = SHORT  # the closed channel is replaced; the live process not awaited
+        client.send_message(session_id, "user", "after")
+        assert contents(client, session_id) == ["before", "after"]
+        assert client.get_session_pid(session_id) == pid
 
 
 def test_a_terminated_sessions_channel_ends_with_not_found(daemon):
@@ -213,12 +232,5 @@ def test_threads_sharing_a_client_pipeline_on_its_channel_and_a_kill_settles_eac
         os.kill(pid, signal.SIGKILL)
         for thread in threads:
             thread.join(LONG)
-        assert len(outcomes) == 400
-        stored = contents(client, session_id)
-        assert len(stored) == len(set(stored))  # none twice
-        assert {c for c, how in outcomes.items() if how == "stored"} <= set(stored)
-        assert set(stored) <= set(outcomes)
-        for t in range(8):  # each thread's calls were applied in the order it made them
-            mine = [int(c.split("-")[1]) for c in stored if c.startswith(f"t{t}-")]
-            assert mine == sorted(mine)
+        check_settled(outcomes, contents(client, session_id), writers=8, each=50)
         assert client.get_session_pid(session_id) != pid

@@ -112,6 +112,7 @@ async def async_client_calls(client: AsyncClient, sid: str) -> None:
     assert_type(await client.shutdown(), None)
     assert_type(await client.connect(), None)
     assert_type(await client.close(), None)
+    assert_type(await client.aclose(), None)
 
 
 async def async_client_lifecycle() -> None:

@@ -34,7 +34,8 @@ def test_only_wire_imports_msgpack():
 
 
 CLIENT_MODULES = ["client.py", "async_client.py", "_protocol.py", "_lifecycle.py", "_api.py", "_sync.py",
-                  "_async.py", "_drain.py", "_dial.py"]
+                  "_async.py", "_drain.py", "_dial.py", "_channel.py", "_direct.py", "_adirect.py",
+                  "_aiosock.py"]
 
 
 def test_client_never_imports_the_daemon():
