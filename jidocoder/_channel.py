@@ -37,6 +37,7 @@ DIRECT_OPS = frozenset({
 
 CHANNEL_IDLE_SECONDS = 60.0  # a channel unused this long is closed (one fd less on each side)
 
+
 class _Used(Protocol):
     last_used: float
 

@@ -13,11 +13,12 @@ together as one group (one commit), so threads sharing a Client pipeline their c
 relayed path. A late reply (its caller gave up at its deadline) is read and dropped.
 
 What a lost channel (EOF, reset) means is the daemon's to say, as for a relayed call: it is
-asked which of the calls in flight (in the order they were sent) the dead process had begun (``channel_lost``, from its
-table's ``started`` field): those raise ``SessionCrashedError``; the others are sent again, as
-they were (same id, call id, deadline), on a channel to the successor, which ``open_channel``
-waits for. A daemon that never ran that process (it was restarted, and its sessions with it)
-answers that it cannot tell: the call is resent, and its call id keeps it at most once.
+asked which of the calls in flight (in the order they were sent) the dead process had begun
+(``channel_lost``, from its table's ``started`` field): those raise ``SessionCrashedError``;
+the others are sent again, as they were (same id, call id, deadline), on a channel to the
+successor, which ``open_channel`` waits for. A daemon that never ran that process (it was
+restarted, and its sessions with it) answers that it cannot tell: the call is resent, and its
+call id keeps it at most once.
 
 Events before replies: a reply that carries a ``mark`` waits, if this Client is subscribed to the
 session, until the daemon's events of that mark have come (``SyncConnection.await_mark``), so a
