@@ -20,7 +20,7 @@ calls then in flight; begun → ``SessionCrashedError``, else the same frame goe
 ended, before the kernel took any) is ``CLOSED``: it goes on a new channel with no question.
 A ``relay`` answer to ``open_channel`` sends the call relayed. Tasks that need a session's
 channel at once wait for one ``open_channel``, not one each. A channel unused for
-``CHANNEL_IDLE_SECONDS`` is closed at the next call; ``close()`` closes them all.
+``CHANNEL_IDLE_SECONDS`` is closed at a later call (``Sweep``); ``close()`` closes them all.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 from ._aiosock import AioSocket, close_quietly
 from ._async import AsyncConnection
-from ._channel import CLOSED, LOST, ChannelCalls, DirectCall, take_unused
+from ._channel import CLOSED, LOST, ChannelCalls, DirectCall, Sweep
 from ._lifecycle import timed_out
 from .errors import RequestTimeoutError
 
@@ -110,6 +110,7 @@ class AsyncDirectCalls:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self.channels: dict[str, AsyncChannel] = {}
+        self.sweep = Sweep()
         self.opening: dict[str, asyncio.Future[None]] = {}  # session → its open_channel done
         # Dropped without close(): the loop holds the channels' sockets, not this object.
         weakref.finalize(self, _close_all, self.channels)
@@ -162,7 +163,7 @@ class AsyncDirectCalls:
         channel.close()  # its waiting calls, if any, find it lost and ask the daemon
 
     def _close_unused(self, now: float) -> None:
-        for channel in take_unused(self.channels, now, lambda channel: channel.waiters):
+        for channel in self.sweep.take(self.channels, now, lambda channel: channel.waiters):
             channel.close()
 
     def close(self) -> None:

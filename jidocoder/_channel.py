@@ -27,7 +27,7 @@ from ._protocol import ClientProtocol
 from .errors import ProtocolError, SessionCrashedError, from_wire
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "CLOSED", "ChannelCalls", "DIRECT_OPS", "DirectCall", "LOST",
-           "take_unused"]
+           "Sweep", "take_unused"]
 
 # Calls a session serves itself (the daemon's SESSION_OPS): these take a channel.
 DIRECT_OPS = frozenset({
@@ -156,6 +156,24 @@ class DirectCall:
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply.get("result")
+
+
+class Sweep:
+    """When a client looks for channels unused for ``CHANNEL_IDLE_SECONDS``: at a call, once in
+    every tenth of that time, not at every call (a look goes over all of its channels: a client
+    calling 1,000 sessions would spend more on that than on its call)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def take(self, channels: dict[str, C], now: float, busy: Callable[[C], object]) -> list[C]:
+        """``take_unused``, if a look is due."""
+        if now - self.at < CHANNEL_IDLE_SECONDS / 10:
+            return []
+        self.at = now
+        return take_unused(channels, now, busy)
 
 
 def take_unused(channels: dict[str, C], now: float, busy: Callable[[C], object]) -> list[C]:

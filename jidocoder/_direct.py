@@ -26,8 +26,8 @@ subscriber sees a call's events before the call returns, as on the relayed path.
 
 Where no channel can be made (the daemon says ``relay``: out of fds, a backend without them),
 the call goes relayed; the next call asks again. A channel unused for ``CHANNEL_IDLE_SECONDS``
-is closed at a later call (looked for every ``SWEEP_SECONDS``): a session holds one fd per
-client using it, not per client ever.
+is closed at a later call (``Sweep``): a session holds one fd per client using it, not per
+client ever.
 """
 
 from __future__ import annotations
@@ -40,16 +40,12 @@ from typing import Any
 
 from . import wire
 from ._channel import (CHANNEL_IDLE_SECONDS, CLOSED, DIRECT_OPS, LOST, ChannelCalls, DirectCall,
-                       take_unused)
+                       Sweep)
 from ._dial import send_until, shutdown
 from ._lifecycle import timed_out
 from ._sync import RECV_SLICE, SyncConnection
 
 __all__ = ["CHANNEL_IDLE_SECONDS", "DIRECT_OPS", "DirectCalls"]
-
-# How often a call looks for unused channels: each look goes over all of them, so not every
-# call (a Client calling 1,000 sessions would spend more on that than on its call).
-SWEEP_SECONDS = CHANNEL_IDLE_SECONDS / 10
 
 
 class Channel:
@@ -177,7 +173,7 @@ class DirectCalls:
         self.conn = conn
         self.channels: dict[str, Channel] = {}
         self.lock = threading.Lock()
-        self.swept_at = time.monotonic()
+        self.sweep = Sweep()
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         conn = self.conn
@@ -208,10 +204,7 @@ class DirectCalls:
     def channel_for(self, session_id: str) -> Channel | None:
         """The session's channel, opened now if it has none; None: the daemon says relay."""
         with self.lock:
-            now = time.monotonic()
-            if now - self.swept_at >= SWEEP_SECONDS:
-                self.swept_at = now
-                self._close_unused(now)
+            self._close_unused(time.monotonic())
             channel = self.channels.get(session_id)
             if channel is not None:
                 return channel
@@ -233,7 +226,7 @@ class DirectCalls:
         channel.close()
 
     def _close_unused(self, now: float) -> None:
-        for channel in take_unused(self.channels, now, lambda channel: channel.users):
+        for channel in self.sweep.take(self.channels, now, lambda channel: channel.users):
             channel.close()
 
     def close(self) -> None:
